@@ -1,0 +1,346 @@
+"""Dataclass configurations, recipes and command-line overrides.
+
+Every component of the package is configured by one dataclass that inherits :class:`ConfigBase`:
+
+- ``Cfg.from_dict(d)`` builds it, recursing into nested dataclass fields, checking the type of every value and
+  rejecting an unknown key with a message that names the key and the closest valid ones.
+- A class may define ``PRESETS: ClassVar[dict[str, dict]]``; a dict holding ``preset: NAME`` starts from that
+  preset and the other keys override it. ``Cfg.preset(name, **overrides)`` does the same from Python.
+- ``cfg.to_dict()`` returns plain data (YAML/JSON-able) and ``from_dict(to_dict())`` round-trips.
+- ``__post_init__`` of a subclass rejects inconsistent fields by raising :class:`ConfigError`.
+
+A recipe is a YAML file that maps onto a top-level dataclass; :func:`load_recipe` reads it and applies
+``section.field=value`` overrides from the command line with the same type checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Mapping, Sequence, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "ConfigBase",
+    "DiffusionConfig",
+    "load_recipe",
+    "apply_overrides",
+    "save_config",
+]
+
+C = TypeVar("C", bound="ConfigBase")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: an unknown key, a wrong type, an inconsistent combination or a bad recipe file."""
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, tuple, Sequence):
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin in (dict, Mapping):
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it in canonical form (tuples for sequences)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(f"{where}: {value!r} is not one of {_type_name(tp)}")
+    if origin in (Union, types.UnionType):
+        errors = []
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{where}: null is not allowed (expected {_type_name(tp)})")
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(tp)}")
+    if isinstance(tp, type) and issubclass(tp, ConfigBase):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+        return tp.from_dict(value, _where=where)
+    if origin in (tuple, list, Sequence) or tp in (tuple, list):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        if origin is tuple and len(args) > 1 and Ellipsis not in get_args(tp):
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:  # YAML reads "1e-4" (no dot) as a string
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _unknown_key(key: str, valid: Sequence[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    full = f"{where}.{key}" if where else key
+    return ConfigError(f"unknown key {full!r}{hint} (valid keys: {', '.join(valid)})")
+
+
+@dataclass
+class ConfigBase:
+    """Mixin for configuration dataclasses: typed ``from_dict``/``to_dict``, presets, validation."""
+
+    PRESETS: ClassVar[dict[str, dict]] = {}
+
+    @classmethod
+    def _hints(cls) -> dict[str, Any]:
+        return typing.get_type_hints(cls)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any] | None = None, *, _where: str = "") -> C:
+        """Build from plain data, checking every key and type (see the module docstring)."""
+        data = dict(data or {})
+        preset = data.pop("preset", None)
+        base: dict[str, Any] = {}
+        if preset is not None:
+            if preset not in cls.PRESETS:
+                raise ConfigError(
+                    f"{_where or cls.__name__}: unknown preset {preset!r}; available: {', '.join(cls.PRESETS) or 'none'}"
+                )
+            base = _deep_merge({}, cls.PRESETS[preset])
+        merged = _deep_merge(base, data)
+        hints = cls._hints()
+        names = cls.field_names()
+        kwargs = {}
+        for key, value in merged.items():
+            if key not in names:
+                raise _unknown_key(key, names, _where)
+            kwargs[key] = _coerce(value, hints[key], f"{_where + '.' if _where else ''}{key}")
+        try:
+            return cls(**kwargs)
+        except ConfigError as e:
+            raise ConfigError(f"{_where}: {e}" if _where else str(e)) from None
+
+    @classmethod
+    def preset(cls: type[C], name: str, **overrides: Any) -> C:
+        """The preset ``name`` with some fields overridden."""
+        return cls.from_dict({"preset": name, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            out[f.name] = _plain(getattr(self, f.name))
+        return out
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with some fields changed (validated again)."""
+        return type(self).from_dict(_deep_merge(self.to_dict(), changes))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, ConfigBase):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _deep_merge(base: dict, update: Mapping) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and "preset" not in v:
+            out[k] = _deep_merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Recipes
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    text = text[2:] if text.startswith("--") else text
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (dotted keys for nesting, e.g. train.lr=1e-4)")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _check_path(cls: type[ConfigBase], path: list[str], full: str) -> None:
+    """Reject an override whose dotted key does not name a field, suggesting the closest ones."""
+    current: Any = cls
+    for i, part in enumerate(path):
+        if not (isinstance(current, type) and issubclass(current, ConfigBase)):
+            return  # free-form mapping below this point
+        names = current.field_names()
+        if part not in names and not (part == "preset" and current.PRESETS):
+            prefix = ".".join(path[:i])
+            raise _unknown_key(part, names, prefix)
+        if part == "preset":
+            return
+        hint = current._hints()[part]
+        args = [a for a in get_args(hint) if a is not type(None)]
+        current = args[0] if get_origin(hint) in (Union, types.UnionType) and len(args) == 1 else hint
+
+
+def apply_overrides(cls: type[ConfigBase], data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to plain recipe data."""
+    out = _deep_merge({}, data)
+    for text in overrides:
+        path, value = _parse_override(text)
+        _check_path(cls, path, text)
+        node = out
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[part] = nxt
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def load_recipe(cls: type[C], path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> C:
+    """Read a YAML recipe into ``cls``, applying command-line overrides (``train.lr=1e-4``)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"recipe file {str(p)!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"recipe file {str(p)!r} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"recipe file {str(p)!r} must hold a mapping at the top level")
+    data = apply_overrides(cls, data, overrides)
+    try:
+        return cls.from_dict(data)
+    except ConfigError as e:
+        where = f"recipe {str(path)!r}: " if path is not None else ""
+        raise ConfigError(f"{where}{e}") from None
+
+
+def save_config(cfg: ConfigBase | Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write a resolved configuration as YAML (atomically)."""
+    data = cfg.to_dict() if isinstance(cfg, ConfigBase) else dict(cfg)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The diffusion process of a model
+
+
+@dataclass
+class DiffusionConfig(ConfigBase):
+    """The noise schedule, the network's prediction target and the training loss of one model.
+
+    ``schedule``: ``linear`` (Ho et al. 2020: β from ``beta_start`` to ``beta_end``), ``cosine`` (Nichol &
+    Dhariwal 2021 with offset ``cosine_s``) or ``sigmoid``. ``prediction``: what the network outputs (ε, x0 or v).
+    ``loss``: the norm of the simple loss (``l1`` is what lmnt's DiffWave trains with). ``min_snr_gamma``: optional
+    min-SNR-γ weighting (Hang et al. 2023). ``hybrid_lambda``: weight of L_vlb for a model that learns its variance.
+    """
+
+    schedule: Literal["linear", "cosine", "sigmoid"] = "linear"
+    num_steps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    cosine_s: float = 0.008
+    max_beta: float = 0.999
+    prediction: Literal["eps", "x0", "v"] = "eps"
+    loss: Literal["l2", "l1"] = "l2"
+    min_snr_gamma: float | None = None
+    hybrid_lambda: float = 0.001
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1:
+            raise ConfigError(f"diffusion.num_steps must be at least 1, got {self.num_steps}")
+        if self.schedule == "linear" and not (0 < self.beta_start <= self.beta_end < 1):
+            raise ConfigError(
+                f"diffusion betas must satisfy 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}"
+            )
+        if not (0 < self.max_beta < 1):
+            raise ConfigError(f"diffusion.max_beta must be in (0, 1), got {self.max_beta}")
+        if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
+            raise ConfigError(f"diffusion.min_snr_gamma must be positive, got {self.min_snr_gamma}")
+
+    def build(self):
+        """The :class:`~diffcore.schedule.NoiseSchedule` this config describes."""
+        from diffcore.schedule import NoiseSchedule
+
+        if self.schedule == "linear":
+            return NoiseSchedule.linear(self.num_steps, self.beta_start, self.beta_end)
+        if self.schedule == "cosine":
+            return NoiseSchedule.cosine(self.num_steps, s=self.cosine_s, max_beta=self.max_beta)
+        return NoiseSchedule.sigmoid(self.num_steps, self.beta_start, self.beta_end)

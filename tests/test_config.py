@@ -1,0 +1,68 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from diffcore.config import ConfigBase, ConfigError, DiffusionConfig, apply_overrides, load_recipe
+
+
+@dataclass
+class Inner(ConfigBase):
+    width: int = 4
+    mode: str = "a"
+
+
+@dataclass
+class Recipe(ConfigBase):
+    lr: float = 1e-3
+    steps: int = 10
+    flag: bool = False
+    clip: float | None = 1.0
+    dims: tuple[int, ...] = (1, 2)
+    inner: Inner = field(default_factory=Inner)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    PRESETS = {"small": {"steps": 3, "inner": {"width": 2}}}
+
+
+def test_round_trip_and_presets():
+    r = Recipe.from_dict({"preset": "small", "lr": 0.5, "diffusion": {"num_steps": 50}})
+    assert (r.steps, r.inner.width, r.lr, r.diffusion.num_steps) == (3, 2, 0.5, 50)
+    assert Recipe.from_dict(r.to_dict()) == r
+    assert r.replace(steps=7).steps == 7 and r.replace(steps=7).inner.width == 2
+
+
+def test_unknown_key_names_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown key 'inner\.widht'.*did you mean 'width'"):
+        Recipe.from_dict({"inner": {"widht": 3}})
+    with pytest.raises(ConfigError, match="unknown preset 'big'"):
+        Recipe.from_dict({"preset": "big"})
+
+
+@pytest.mark.parametrize(
+    "data, msg",
+    [
+        ({"steps": "ten"}, "steps: expected an integer"),
+        ({"flag": 1}, "flag: expected true or false"),
+        ({"dims": 3}, "dims: expected a list"),
+        ({"diffusion": {"schedule": "quadratic"}}, "diffusion.schedule"),
+        ({"diffusion": {"beta_start": 0.5, "beta_end": 0.1}}, "beta_start <= beta_end"),
+    ],
+)
+def test_wrong_types_and_inconsistent_values(data, msg):
+    with pytest.raises(ConfigError, match=msg):
+        Recipe.from_dict(data)
+
+
+def test_overrides_are_typed(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("lr: 2.0e-4\ninner:\n  width: 8\n")
+    r = load_recipe(Recipe, path, ["inner.mode=b", "--steps=5", "lr=1e-4", "clip=null", "dims=[3,4]"])
+    assert (r.inner.width, r.inner.mode, r.steps, r.lr, r.clip, r.dims) == (8, "b", 5, 1e-4, None, (3, 4))
+    with pytest.raises(ConfigError, match=r"unknown key 'inner\.mdoe'.*'mode'"):
+        apply_overrides(Recipe, {}, ["inner.mdoe=1"])
+    with pytest.raises(ConfigError, match="steps: expected an integer"):
+        load_recipe(Recipe, path, ["steps=abc"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(Recipe, tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("lr: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(Recipe, tmp_path / "bad.yaml")
