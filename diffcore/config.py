@@ -307,25 +307,36 @@ class DiffusionConfig(ConfigBase):
     """The noise schedule, the network's prediction target and the training loss of one model.
 
     ``schedule``: ``linear`` (Ho et al. 2020: β from ``beta_start`` to ``beta_end``), ``cosine`` (Nichol &
-    Dhariwal 2021 with offset ``cosine_s``) or ``sigmoid``. ``prediction``: what the network outputs (ε, x0 or v).
+    Dhariwal 2021 with offset ``cosine_s``), ``sigmoid`` (Chen 2023 with ``sigmoid_start/end/tau``) or ``betas``. ``prediction``: what the network outputs (ε, x0 or v).
+    ``betas``: an explicit β list, used when ``schedule`` is ``betas`` (e.g. an imported lmnt checkpoint).
     ``loss``: the norm of the simple loss (``l1`` is what lmnt's DiffWave trains with). ``min_snr_gamma``: optional
     min-SNR-γ weighting (Hang et al. 2023). ``hybrid_lambda``: weight of L_vlb for a model that learns its variance.
     """
 
-    schedule: Literal["linear", "cosine", "sigmoid"] = "linear"
+    schedule: Literal["linear", "cosine", "sigmoid", "betas"] = "linear"
     num_steps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
     cosine_s: float = 0.008
     max_beta: float = 0.999
+    sigmoid_start: float = -3.0
+    sigmoid_end: float = 3.0
+    sigmoid_tau: float = 1.0
     prediction: Literal["eps", "x0", "v"] = "eps"
     loss: Literal["l2", "l1"] = "l2"
     min_snr_gamma: float | None = None
     hybrid_lambda: float = 0.001
+    betas: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.num_steps < 1:
             raise ConfigError(f"diffusion.num_steps must be at least 1, got {self.num_steps}")
+        if self.schedule == "betas":
+            if self.betas is None or len(self.betas) != self.num_steps:
+                got = "none" if self.betas is None else len(self.betas)
+                raise ConfigError(f"diffusion.schedule 'betas' needs num_steps={self.num_steps} betas, got {got}")
+            if not all(0 < b < 1 for b in self.betas):
+                raise ConfigError("diffusion.betas must all lie in (0, 1)")
         if self.schedule == "linear" and not (0 < self.beta_start <= self.beta_end < 1):
             raise ConfigError(
                 f"diffusion betas must satisfy 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}"
@@ -341,6 +352,10 @@ class DiffusionConfig(ConfigBase):
 
         if self.schedule == "linear":
             return NoiseSchedule.linear(self.num_steps, self.beta_start, self.beta_end)
+        if self.schedule == "betas":
+            return NoiseSchedule.from_betas(self.betas)
         if self.schedule == "cosine":
             return NoiseSchedule.cosine(self.num_steps, s=self.cosine_s, max_beta=self.max_beta)
-        return NoiseSchedule.sigmoid(self.num_steps, self.beta_start, self.beta_end)
+        return NoiseSchedule.sigmoid(
+            self.num_steps, start=self.sigmoid_start, end=self.sigmoid_end, tau=self.sigmoid_tau, max_beta=self.max_beta
+        )

@@ -66,3 +66,32 @@ def test_overrides_are_typed(tmp_path):
     (tmp_path / "bad.yaml").write_text("lr: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_recipe(Recipe, tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "sigmoid"])
+def test_diffusion_config_builds_its_schedule(kind):
+    import numpy as np
+
+    from diffcore.schedule import NoiseSchedule
+
+    cfg = DiffusionConfig(schedule=kind, num_steps=20)
+    s = cfg.build()
+    assert s.num_steps == 20
+    expected = {
+        "linear": lambda: NoiseSchedule.linear(20, cfg.beta_start, cfg.beta_end),
+        "cosine": lambda: NoiseSchedule.cosine(20, s=cfg.cosine_s, max_beta=cfg.max_beta),
+        "sigmoid": lambda: NoiseSchedule.sigmoid(20, start=-3.0, end=3.0, tau=1.0, max_beta=cfg.max_beta),
+    }[kind]()
+    np.testing.assert_allclose(np.asarray(s.betas), np.asarray(expected.betas))
+
+
+def test_explicit_betas():
+    import numpy as np
+
+    betas = (0.1, 0.2, 0.3)
+    s = DiffusionConfig(schedule="betas", num_steps=3, betas=betas).build()
+    np.testing.assert_allclose(np.asarray(s.betas), betas)
+    with pytest.raises(ConfigError, match="needs num_steps=4 betas, got 3"):
+        DiffusionConfig(schedule="betas", num_steps=4, betas=betas)
+    with pytest.raises(ConfigError, match="in \\(0, 1\\)"):
+        DiffusionConfig(schedule="betas", num_steps=2, betas=(0.5, 1.5))

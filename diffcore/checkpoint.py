@@ -1,0 +1,268 @@
+"""Self-describing checkpoints: atomic writes, ``weights_only`` loading, keep-last-K, a ``latest`` pointer, export.
+
+A checkpoint is one ``torch.save`` dict (see ``docs/DESIGN.md``)::
+
+    {"format": 1, "step": int, "model": state_dict, "ema": EMA.state_dict() | None, "optimizer": ...,
+     "scaler": ... | None, "rng": ..., "data": {"epoch": int, "samples": int}, "config": resolved recipe (dict),
+     "train": TrainConfig.to_dict(), "world_size": int}
+
+Everything in it is a tensor or plain Python data, so it loads with ``torch.load(weights_only=True)``; nothing is
+ever unpickled. A run folder keeps its checkpoints as ``RUN/checkpoints/step_XXXXXXXX.pt`` plus a text file
+``RUN/checkpoints/latest`` naming the newest one.
+
+Atomicity: a file is written to a temporary name in the same folder, flushed and fsync'ed, renamed over the final
+name with ``os.replace`` (atomic on POSIX), and the folder is fsync'ed so the rename survives a power cut. A process
+killed at any point leaves the previous checkpoint and pointer untouched (at worst a stray ``.*.tmp*`` file, removed
+by :func:`remove_stale_temp_files`). A failed write (e.g. ``OSError`` disk full) removes its temporary file and
+raises :class:`CheckpointError`; the previous checkpoint stays valid.
+
+An export is a folder with ``config.json`` (the resolved recipe) and ``model.safetensors`` (EMA weights, or the
+plain weights of a run without EMA); it loads with ``json`` + ``safetensors`` alone, without the training code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "atomic_write",
+    "save_checkpoint",
+    "load_checkpoint",
+    "find_latest",
+    "list_checkpoints",
+    "remove_stale_temp_files",
+    "load_for_inference",
+    "export",
+    "checkpoint_name",
+]
+
+FORMAT_VERSION = 1
+LATEST = "latest"
+CKPT_DIR = "checkpoints"
+EXPORT_CONFIG = "config.json"
+EXPORT_WEIGHTS = "model.safetensors"
+_NAME_RE = re.compile(r"^step_(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or read; the message names the file and the problem."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}.pt"
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms/filesystems cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Write ``path`` atomically: ``write(f)`` into a temporary file of the same folder, flush, fsync, rename,
+    fsync the folder. On any failure the temporary file is removed, ``path`` is untouched, and
+    :class:`CheckpointError` is raised naming the file and the cause."""
+    path = Path(path)
+    folder = path.parent
+    tmp: str | None = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(folder)
+    except Exception as e:
+        raise CheckpointError(f"could not write {path}: {type(e).__name__}: {e}") from e
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return path
+
+
+def _ckpt_dir(run_or_ckpt_dir: Path) -> Path:
+    return run_or_ckpt_dir / CKPT_DIR if (run_or_ckpt_dir / CKPT_DIR).is_dir() else run_or_ckpt_dir
+
+
+def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``step_*.pt`` in a checkpoint folder (or a run folder), oldest first."""
+    folder = _ckpt_dir(Path(ckpt_dir))
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = _NAME_RE.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def remove_stale_temp_files(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """Delete temporary files left by writes that were killed (``.NAME.XXXX.tmp``). Returns what was removed."""
+    folder = Path(ckpt_dir)
+    removed = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.name.startswith(".") and p.name.endswith(".tmp"):
+                try:
+                    p.unlink()
+                    removed.append(p)
+                except OSError:
+                    pass
+    return removed
+
+
+def save_checkpoint(state: Mapping[str, Any], ckpt_dir: str | os.PathLike, step: int, keep_last: int = 3) -> Path:
+    """Write ``state`` as ``ckpt_dir/step_XXXXXXXX.pt`` atomically, point ``latest`` at it, then delete all but
+    the ``keep_last`` newest checkpoints. Raises :class:`CheckpointError` if the write fails (the previous
+    checkpoint and pointer are then unchanged)."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+    folder = Path(ckpt_dir)
+    path = folder / checkpoint_name(step)
+    atomic_write(path, lambda f: torch.save(dict(state), f))
+    atomic_write(folder / LATEST, lambda f: f.write((path.name + "\n").encode()))
+    for _, old in list_checkpoints(folder)[:-keep_last]:
+        if old != path:
+            try:
+                old.unlink()
+            except OSError:
+                pass
+    return path
+
+
+def find_latest(run_or_ckpt_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint of a run folder (or its ``checkpoints`` folder): the one ``latest`` names, or, if the
+    pointer is missing or dangling, the highest ``step_*.pt``; ``None`` if there is none."""
+    folder = _ckpt_dir(Path(run_or_ckpt_dir))
+    pointer = folder / LATEST
+    if pointer.is_file():
+        name = pointer.read_text().strip()
+        if name and (folder / name).is_file():
+            return folder / name
+    found = list_checkpoints(folder)
+    return found[-1][1] if found else None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file with ``weights_only=True`` and check that it is one of ours.
+
+    Raises :class:`CheckpointError` naming the file for a missing, truncated or corrupt file, a file holding
+    objects that weights-only loading refuses, a file that is not a diffstack checkpoint, or a newer format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            problem = f"holds objects that weights-only loading refuses ({msg})"
+        else:
+            problem = f"is truncated, corrupt or not a torch file ({type(e).__name__}: {msg})"
+        raise CheckpointError(f"{path}: {problem}") from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointError(f"{path}: not a diffstack checkpoint (no 'format' entry)")
+    if not isinstance(state["format"], int) or state["format"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {state['format']!r} is newer than this version of diffstack reads "
+            f"({FORMAT_VERSION}); upgrade diffstack"
+        )
+    for key in ("model", "config", "step"):
+        if key not in state:
+            raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
+    return state
+
+
+def _weights_of(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+    ema = state.get("ema")
+    if ema:
+        return dict(ema["shadow"]), "ema"
+    return dict(state["model"]), "model"
+
+
+def _resolve(path: Path) -> tuple[str, Path]:
+    """Classify a path as ("export", folder), ("checkpoint", file)."""
+    if path.is_dir():
+        if (path / EXPORT_WEIGHTS).is_file() and (path / EXPORT_CONFIG).is_file():
+            return "export", path
+        latest = find_latest(path)
+        if latest is None:
+            raise CheckpointError(
+                f"{path}: neither a run folder with checkpoints nor an export folder "
+                f"({EXPORT_CONFIG} + {EXPORT_WEIGHTS})"
+            )
+        return "checkpoint", latest
+    if path.is_file():
+        return "checkpoint", path
+    raise CheckpointError(f"{path}: no such file or folder")
+
+
+def load_for_inference(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(config, state_dict)`` for inference from a run folder (its latest checkpoint), a ``.pt`` checkpoint
+    or an export folder. The weights are the EMA ones when the checkpoint has them, the plain ones otherwise.
+    The config is the resolved recipe the model was trained with: rebuild the model from ``config["model"]``."""
+    kind, where = _resolve(Path(path))
+    if kind == "export":
+        from safetensors.torch import load_file
+
+        try:
+            config = json.loads((where / EXPORT_CONFIG).read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{where / EXPORT_CONFIG}: unreadable ({e})") from None
+        try:
+            weights = load_file(str(where / EXPORT_WEIGHTS))
+        except Exception as e:
+            raise CheckpointError(f"{where / EXPORT_WEIGHTS}: unreadable ({type(e).__name__}: {e})") from None
+        return config, weights
+    state = load_checkpoint(where)
+    weights, _ = _weights_of(state)
+    return dict(state["config"]), weights
+
+
+def export(checkpoint_or_run: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write ``out_dir/config.json`` + ``out_dir/model.safetensors`` (EMA weights preferred) from a checkpoint
+    or a run folder. The safetensors metadata records ``step``, ``source`` (``ema``/``model``) and the format."""
+    from safetensors.torch import save
+
+    kind, where = _resolve(Path(checkpoint_or_run))
+    if kind == "export":
+        raise CheckpointError(f"{where}: already an export folder")
+    state = load_checkpoint(where)
+    weights, source = _weights_of(state)
+    # safetensors wants contiguous tensors that share no storage (tied weights are written twice).
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
+    meta = {"format": f"diffstack-export-{FORMAT_VERSION}", "step": str(int(state["step"])), "source": source}
+    out = Path(out_dir)
+    try:
+        text = json.dumps(state["config"], indent=2, sort_keys=False)
+    except TypeError as e:
+        raise CheckpointError(f"{where}: its config is not JSON-able ({e})") from None
+    blob = save(tensors, metadata=meta)
+    atomic_write(out / EXPORT_WEIGHTS, lambda f: f.write(blob))
+    atomic_write(out / EXPORT_CONFIG, lambda f: f.write((text + "\n").encode()))
+    return out

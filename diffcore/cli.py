@@ -1,0 +1,127 @@
+"""Command-line helpers shared by the console commands of the model packages.
+
+A training command is three lines on top of these::
+
+    def _main(argv: list[str]) -> int:
+        args = parse_args(recipe_parser("diffwave-train", "Train DiffWave.", run_dir=True), argv)
+        recipe = load_recipe(DiffWaveRecipe, args.recipe, args.overrides)
+        Trainer(DiffWaveTask(recipe), recipe.train, args.run_dir).fit()
+        return 0
+
+    def main() -> None:                         # the console-script entry point
+        raise SystemExit(run_cli(_main))
+
+Overrides are ``key=value`` or ``--key=value`` with dotted keys for nesting (``train.lr=1e-4``,
+``--model.residual_layers=30``); values are parsed as YAML and type-checked against the recipe's dataclasses.
+:func:`run_cli` turns the errors a user can fix (bad recipe, bad checkpoint, bad argument) into one line
+``error: ...`` on stderr and exit status 2 (1 for :class:`~diffcore.train.TrainingError`), without a traceback
+unless ``--debug`` is given or ``DIFFSTACK_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Sequence
+
+from diffcore.checkpoint import CheckpointError
+from diffcore.config import ConfigError
+
+__all__ = ["UsageError", "recipe_parser", "parse_args", "run_cli", "debug_enabled"]
+
+
+class UsageError(ValueError):
+    """A command-line mistake the user can fix (reported as ``error: ...`` with exit status 2)."""
+
+
+def recipe_parser(prog: str | None = None, description: str | None = None, *, run_dir: bool = False,
+                  recipe_required: bool = False) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with ``--recipe FILE``, ``--debug``, optionally ``--run-dir DIR``, and positional
+    ``key=value`` overrides. Add command-specific options to it, then call :func:`parse_args`."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        allow_abbrev=False,  # so that --lr=... is never taken for a prefix of a real option
+        epilog="Overrides: key=value or --key=value, dotted for nesting (e.g. train.lr=1e-4). "
+        "Set DIFFSTACK_DEBUG=1 or pass --debug for full tracebacks.",
+    )
+    p.add_argument("--recipe", metavar="FILE", required=recipe_required, help="YAML recipe file")
+    if run_dir:
+        p.add_argument("--run-dir", dest="run_dir", metavar="DIR", required=True,
+                       help="run folder (resumed if it already holds a checkpoint)")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
+    return p
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` with ``parser``. Every ``key=value`` and every ``--key=value`` whose key is not an option
+    of the parser is a recipe override; ``args.overrides`` lists them in command-line order (later ones win)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    actions = parser._option_string_actions
+    overrides: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("-") and a != "-":
+            name = a.split("=", 1)[0]
+            action = actions.get(name)
+            if action is None:
+                if a.startswith("--") and "=" in a:
+                    overrides.append(a[2:])
+                    i += 1
+                    continue
+                raise UsageError(f"unknown option {a!r}; recipe overrides are written --key=value or key=value")
+            rest.append(a)
+            if "=" not in a and action.nargs != 0 and i + 1 < len(argv):
+                rest.append(argv[i + 1])  # the option's value, even if it contains '='
+                i += 1
+        elif "=" in a:
+            overrides.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    args = parser.parse_args(rest)
+    stray = [a for a in (getattr(args, "overrides", None) or []) if "=" not in a]
+    if stray:
+        raise UsageError(f"argument {stray[0]!r} is not an override: write key=value (e.g. train.lr=1e-4)")
+    args.overrides = overrides
+    return args
+
+
+def debug_enabled(argv: Sequence[str] | None = None) -> bool:
+    argv = sys.argv[1:] if argv is None else argv
+    return "--debug" in argv or os.environ.get("DIFFSTACK_DEBUG", "") not in ("", "0")
+
+
+def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)`` and return its exit status, reporting user-fixable errors as one line on stderr:
+    ``ConfigError``, ``CheckpointError``, ``UsageError``, ``FileNotFoundError`` → status 2; ``TrainingError`` →
+    status 1; Ctrl-C → 130. Anything else (a bug) propagates with its traceback. With ``--debug`` or
+    ``DIFFSTACK_DEBUG=1`` every error propagates."""
+    from diffcore.train.engine import TrainingError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_enabled(argv)
+    try:
+        code = main(argv)
+    except (ConfigError, CheckpointError, UsageError, FileNotFoundError) as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as e:  # argparse's own usage errors (status 2) and deliberate exits
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return int(code or 0)

@@ -1,0 +1,238 @@
+"""The variational bound on -log p(x_0) of Ho et al. 2020 (eq. 5), computed in closed form per step.
+
+    L = L_T + sum_{t >= 2} L_{t-1} + L_0   (nats per example)
+    L_T     = KL(q(x_T | x_0) || N(0, I))
+    L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)),  p(x_{t-1} | x_t) = N(mu_theta(x_t, t), sigma_t^2 I)
+    L_0     = -log p(x_0 | x_1), a decoder with mean mu_theta(x_1, 1) (= the predicted x_0) and variance sigma_1^2
+
+One Monte-Carlo sample of x_t ~ q(x_t | x_0) per step and example; the KLs between Gaussians are exact.
+
+| symbol             | name here                                                       |
+| ------------------ | --------------------------------------------------------------- |
+| sigma_t^2          | ``variance="beta"``: beta_t; ``"posterior"``: beta~_t (clipped); ``"learned"``: exp(v log beta_t + (1 - v) log beta~_t) |
+| mu_theta(x_t, t)   | posterior mean mu~_t(x0_hat, x_t) with x0_hat from the network  |
+| L_{t-1} (index t-1)| column ``t - 1`` of ``nll_terms`` (column 0 = L_0)              |
+| L_T                | last column of ``nll_terms``                                    |
+
+"Clipped" beta~: beta~_1 = 0, so its log is replaced by log beta~_2 (improved-diffusion's
+``posterior_log_variance_clipped``); this gives sigma_1^2 for the decoder under ``variance="posterior"``.
+"learned" is Nichol & Dhariwal 2021 eq. 15 with a network whose output has 2x channels along dim 1 (eps, v).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from diffcore.schedule import NoiseSchedule, Prediction
+from diffcore.utils import Denoiser, randn, sum_flat
+
+__all__ = [
+    "normal_kl",
+    "discretized_gaussian_log_likelihood",
+    "continuous_gaussian_log_likelihood",
+    "reverse_log_variance",
+    "prior_kl",
+    "vlb_term",
+    "nll_terms",
+    "nll",
+    "bits_per_dim",
+]
+
+Decoder = Literal["gaussian", "discretized"]
+Variance = Literal["beta", "posterior", "learned"]
+
+
+def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
+    """Elementwise KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) in nats (arguments broadcast).
+
+    0.5 (logvar2 - logvar1 + exp(logvar1 - logvar2) + (mean1 - mean2)^2 exp(-logvar2) - 1).
+    """
+    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1.0)
+
+
+def continuous_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Tensor) -> Tensor:
+    """Elementwise log N(x; means, exp(log_scales)^2) (a density, in nats). ``log_scales`` = log std."""
+    z = (x - means) * torch.exp(-log_scales)
+    return -0.5 * math.log(2 * math.pi) - log_scales - 0.5 * z**2
+
+
+def discretized_gaussian_log_likelihood(
+    x: Tensor, means: Tensor, log_scales: Tensor, num_levels: int = 256
+) -> Tensor:
+    """Elementwise log-probability of the discretised decoder of Ho et al. 2020 (eq. 13), in nats.
+
+    ``x`` holds data in [-1, 1] on ``num_levels`` evenly spaced levels (8-bit images: 256, spacing 2/255). The
+    probability is the Gaussian mass of the bin [x - 1/(L-1), x + 1/(L-1)], with the outermost bins extended to
+    -inf and +inf. ``log_scales`` = log std. Computed from ``log_ndtr`` so that tiny bin masses keep their
+    precision (exact down to masses of about 1e-300 in float64).
+    """
+    half = 1.0 / (num_levels - 1)
+    inv_std = torch.exp(-log_scales)
+    centered = x - means
+    upper = (centered + half) * inv_std
+    lower = (centered - half) * inv_std
+    # log(Phi(hi) - Phi(lo)) = log Phi(hi) + log(-expm1(log Phi(lo) - log Phi(hi))), evaluated on the lower-tail
+    # side (mirror the bin when it lies above the mean) so that neither tail loses precision; torch's ndtr itself
+    # underflows to 0 already near -10.
+    flip = centered > 0
+    hi = torch.where(flip, -lower, upper)
+    lo = torch.where(flip, -upper, lower)
+    log_hi = torch.special.log_ndtr(hi)
+    log_mid = log_hi + torch.log(-torch.expm1(torch.special.log_ndtr(lo) - log_hi))
+    log_left = torch.special.log_ndtr(upper)  # x = -1: mass of (-inf, upper]
+    log_right = torch.special.log_ndtr(-lower)  # x = +1: mass of [lower, +inf)
+    edge = 1.0 - 0.5 * half  # levels closer to +-1 than half a bin are the edge levels
+    return torch.where(x < -edge, log_left, torch.where(x > edge, log_right, log_mid))
+
+
+def reverse_log_variance(
+    schedule: NoiseSchedule,
+    t: Tensor,
+    like: Tensor,
+    variance: Variance,
+    v: Tensor | None = None,
+) -> Tensor:
+    """log sigma_t^2 of the reverse step p(x_{t-1} | x_t), broadcast to ``like``.
+
+    ``"beta"``: log beta_t; ``"posterior"``: log beta~_t clipped; ``"learned"``: v log beta_t + (1 - v) log beta~_t
+    (Nichol & Dhariwal eq. 15, ``v`` the raw network output, shaped like ``like``).
+    """
+    if variance == "beta":
+        return torch.log(schedule.at("betas", t, like))
+    if variance == "posterior":
+        return schedule.posterior_log_variance(t, like)
+    if variance == "learned":
+        if v is None:
+            raise ValueError("variance='learned' needs the network's variance output v")
+        log_beta = torch.log(schedule.at("betas", t, v))
+        return v * log_beta + (1.0 - v) * schedule.posterior_log_variance(t, v)
+    raise ValueError(f"variance must be 'beta', 'posterior' or 'learned', got {variance!r}")
+
+
+def prior_kl(schedule: NoiseSchedule, x0: Tensor) -> Tensor:
+    """L_T = KL(q(x_T | x_0) || N(0, I)) per example, ``[B]`` nats (summed over non-batch dims)."""
+    t = torch.full((x0.shape[0],), schedule.num_steps - 1, device=x0.device, dtype=torch.long)
+    mean, var = schedule.q_mean_variance(x0, t)
+    zero = torch.zeros((), dtype=x0.dtype, device=x0.device)
+    return sum_flat(normal_kl(mean, torch.log(var), zero, zero).expand_as(x0))
+
+
+def vlb_term(
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    x_t: Tensor,
+    t: Tensor,
+    pred_x0: Tensor,
+    log_variance: Tensor,
+    decoder: Decoder = "gaussian",
+) -> Tensor:
+    """Term L_{t} of the bound at 0-based step ``t`` ``[B]`` (may differ per example), ``[B]`` nats.
+
+    t > 0: KL(q(x_{t-1} | x_t, x_0) || N(mu~_t(pred_x0, x_t), exp(log_variance))) summed over dims.
+    t = 0: decoder -log p(x_0 | x_1) with mean mu~_1(pred_x0, x_1) = pred_x0 and variance exp(log_variance),
+    continuous Gaussian density (``"gaussian"``) or Ho et al.'s 8-bit discretised decoder (``"discretized"``).
+    """
+    true_mean, _ = schedule.q_posterior(x0, x_t, t)
+    true_log_var = schedule.posterior_log_variance(t, x_t)
+    model_mean, _ = schedule.q_posterior(pred_x0, x_t, t)
+    kl = sum_flat(normal_kl(true_mean, true_log_var, model_mean, log_variance).expand_as(x_t))
+    log_scales = (0.5 * log_variance).expand_as(x_t)
+    if decoder == "gaussian":
+        ll = continuous_gaussian_log_likelihood(x0, model_mean, log_scales)
+    elif decoder == "discretized":
+        ll = discretized_gaussian_log_likelihood(x0, model_mean, log_scales)
+    else:
+        raise ValueError(f"decoder must be 'gaussian' or 'discretized', got {decoder!r}")
+    return torch.where(t == 0, -sum_flat(ll), kl)
+
+
+def _split_output(out: Tensor, variance: Variance) -> tuple[Tensor, Tensor | None]:
+    if variance != "learned":
+        return out, None
+    if out.ndim < 2 or out.shape[1] % 2:
+        raise ValueError(f"variance='learned' needs an output with an even size along dim 1, got {tuple(out.shape)}")
+    mean_out, v = out.chunk(2, dim=1)
+    return mean_out, v
+
+
+@torch.no_grad()
+def nll_terms(
+    model: Denoiser,
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    cond: Any = None,
+    decoder: Decoder = "gaussian",
+    variance: Variance = "beta",
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    prediction: Prediction = "eps",
+    clip_denoised: bool | float | None = None,
+) -> Tensor:
+    """Every term of the bound, ``[B, T + 1]`` nats: column i < T is L_i at 0-based step i (column 0 = decoder
+    L_0), column T is the prior term L_T.
+
+    Noise: for step t = 0, 1, ..., T - 1 in that order one ``randn(x0.shape)`` is drawn from ``generator`` and
+    x_t = q_sample(x0, t, noise). The network is called batch-parallel at each step with
+    ``schedule.model_timesteps(t)``. ``clip_denoised`` clamps the predicted x_0 to [-c, c] (True = 1.0, images).
+    """
+    batch = x0.shape[0]
+    clip = None if clip_denoised in (None, False) else (1.0 if clip_denoised is True else float(clip_denoised))
+    terms = torch.empty(batch, schedule.num_steps + 1, dtype=x0.dtype, device=x0.device)
+    for k in tqdm(range(schedule.num_steps), disable=not progress, desc="nll"):
+        t = torch.full((batch,), k, device=x0.device, dtype=torch.long)
+        noise = randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x_t = schedule.q_sample(x0, t, noise)
+        out, v = _split_output(model(x_t, schedule.model_timesteps(t), cond=cond), variance)
+        _, pred_x0 = schedule.eps_x0_from_output(x_t, t, out, prediction)
+        if clip is not None:
+            pred_x0 = pred_x0.clamp(-clip, clip)
+        log_var = reverse_log_variance(schedule, t, x_t, variance, v)
+        terms[:, k] = vlb_term(schedule, x0, x_t, t, pred_x0, log_var, decoder)
+    terms[:, -1] = prior_kl(schedule, x0)
+    return terms
+
+
+@torch.no_grad()
+def nll(
+    model: Denoiser,
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    cond: Any = None,
+    decoder: Decoder = "gaussian",
+    variance: Variance = "beta",
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    prediction: Prediction = "eps",
+    clip_denoised: bool | float | None = None,
+) -> Tensor:
+    """Per-example upper bound on -log p(x_0), ``[B]`` nats: L_T + sum_{t>=2} L_{t-1} + L_0 (Ho et al. eq. 5)
+    over all T steps (the sum of ``nll_terms``; same arguments).
+
+    ``decoder="discretized"`` is the 8-bit image decoder (data in [-1, 1]; the result is then a bound on the
+    negative log *probability* of the quantised image); ``"gaussian"`` is a continuous decoder N(x_0_hat, sigma_1^2)
+    for audio and vectors (a bound on the negative log *density*).
+    """
+    return nll_terms(
+        model, schedule, x0, cond, decoder=decoder, variance=variance, generator=generator, progress=progress,
+        prediction=prediction, clip_denoised=clip_denoised,
+    ).sum(dim=1)
+
+
+def bits_per_dim(nll_nats: Tensor | float, x0_shape_or_num_dims: Sequence[int] | torch.Size | int) -> Tensor | float:
+    """nats per example -> bits per dimension: nll / (D ln 2).
+
+    ``x0_shape_or_num_dims`` is either D (an int) or the batch shape ``[B, ...]`` of x_0 (D = product of the
+    non-batch sizes).
+    """
+    if isinstance(x0_shape_or_num_dims, int):
+        dims = x0_shape_or_num_dims
+    else:
+        dims = math.prod(tuple(x0_shape_or_num_dims)[1:])
+    if dims < 1:
+        raise ValueError(f"need at least one dimension per example, got {x0_shape_or_num_dims!r}")
+    return nll_nats / (dims * math.log(2.0))

@@ -1,0 +1,285 @@
+"""Training losses of denoising diffusion, each a per-example loss ``[B]`` (mean over the non-batch dims).
+
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,  t ~ U{0..T-1},  eps ~ N(0, I)
+    eps-loss (Ho et al. 2020, Algorithm 1):  || eps - eps_theta(x_t, t) ||
+    x0-loss:                                 || x_0 - x0_theta(x_t, t) ||
+    v-loss (Salimans & Ho 2022):             || v - v_theta(x_t, t) ||,  v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
+    hybrid (Nichol & Dhariwal 2021 sec. 3.1): L_simple + lambda L_vlb
+
+| symbol          | name here                                                         |
+| --------------- | ----------------------------------------------------------------- |
+| ||.||           | ``norm="l2"`` (mean squared error) or ``"l1"`` (mean absolute error, as lmnt DiffWave trains) |
+| SNR_t           | ``schedule.snr(t)`` = abar_t / (1 - abar_t)                        |
+| gamma (min-SNR) | ``min_snr_gamma`` (Hang et al. 2023)                              |
+| lambda          | ``vlb_weight`` (Nichol & Dhariwal: 0.001)                          |
+| w_t             | ``weighting``: per-example weights ``[B]`` or a callable t -> ``[B]`` |
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import torch
+from torch import Tensor
+
+from diffcore.likelihood import Decoder, reverse_log_variance, vlb_term
+from diffcore.schedule import NoiseSchedule, Prediction
+from diffcore.utils import Denoiser, mean_flat, randn
+
+__all__ = [
+    "UniformTimesteps",
+    "min_snr_weights",
+    "epsilon_loss",
+    "x0_loss",
+    "v_loss",
+    "hybrid_loss",
+    "hybrid_loss_terms",
+    "diffusion_loss",
+]
+
+Norm = Literal["l1", "l2"]
+Weighting = Tensor | Callable[[Tensor], Tensor] | None
+
+
+@dataclass(frozen=True)
+class UniformTimesteps:
+    """Uniform sampling of training steps t ~ U{0, ..., num_steps - 1} (improved-diffusion ``resample.py``).
+
+    ``sample`` returns ``(t, weights)``: long ``[B]`` steps and float32 importance weights ``[B]`` (all ones for
+    the uniform sampler; a non-uniform sampler would return 1 / (T p(t)) so the weighted loss stays unbiased).
+    """
+
+    num_steps: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, numbers.Integral) or self.num_steps < 1:
+            raise ValueError(f"num_steps must be a positive integer, got {self.num_steps!r}")
+
+    def sample(
+        self, batch: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        t = torch.randint(0, self.num_steps, (batch,), device=device, generator=generator)
+        return t, torch.ones(batch, device=device)
+
+
+def min_snr_weights(schedule: NoiseSchedule, t: Tensor, gamma: float, prediction: Prediction = "eps") -> Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023), float64 ``[B]``.
+
+    The weight min(SNR_t, gamma) applies to the x_0-space error; in terms of the other targets it reads
+    eps: min(SNR, gamma) / SNR, x0: min(SNR, gamma), v: min(SNR, gamma) / (SNR + 1).
+    """
+    if not gamma > 0:
+        raise ValueError(f"min_snr_gamma must be > 0, got {gamma}")
+    snr = schedule.snr(t)
+    clipped = snr.clamp(max=gamma)
+    if prediction == "eps":
+        # min(SNR, gamma) / SNR -> 1 as SNR -> 0 (a zero-terminal-SNR step would otherwise give 0 / 0).
+        return torch.where(snr > 0, clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny), torch.ones_like(snr))
+    if prediction == "x0":
+        return clipped
+    if prediction == "v":
+        return clipped / (snr + 1.0)
+    raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+
+
+def _distance(pred: Tensor, target: Tensor, norm: Norm) -> Tensor:
+    if norm == "l2":
+        return mean_flat((pred - target) ** 2)
+    if norm == "l1":
+        return mean_flat((pred - target).abs())
+    raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
+
+
+def _prepare(schedule, x0, t, noise, generator):
+    if t is None:
+        t, _ = UniformTimesteps(schedule.num_steps).sample(x0.shape[0], x0.device, generator)
+    if noise is None:
+        noise = randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    elif noise.shape != x0.shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(x0.shape)}")
+    return t, noise, schedule.q_sample(x0, t, noise)
+
+
+def _apply_weighting(loss: Tensor, t: Tensor, weighting: Weighting) -> Tensor:
+    if weighting is None:
+        return loss
+    w = weighting(t) if callable(weighting) else weighting
+    return loss * w.to(device=loss.device, dtype=loss.dtype)
+
+
+def _target_loss(
+    target_kind: Prediction,
+    model: Denoiser,
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    cond,
+    norm: Norm,
+    t: Tensor | None,
+    noise: Tensor | None,
+    generator: torch.Generator | None,
+    weighting: Weighting,
+) -> Tensor:
+    t, noise, x_t = _prepare(schedule, x0, t, noise, generator)
+    out = model(x_t, schedule.model_timesteps(t), cond=cond)
+    if out.shape != x0.shape:
+        raise ValueError(f"model output has shape {tuple(out.shape)}, expected {tuple(x0.shape)}")
+    target = {"eps": noise, "x0": x0}.get(target_kind)
+    if target is None:
+        target = schedule.v_target(x0, t, noise)
+    return _apply_weighting(_distance(out, target, norm), t, weighting)
+
+
+def epsilon_loss(
+    model: Denoiser,
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    cond: Any = None,
+    norm: Norm = "l2",
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    weighting: Weighting = None,
+) -> Tensor:
+    """L_simple of Ho et al. 2020 (Algorithm 1, eq. 14): w_t mean ||eps - eps_theta(x_t, t)||^p, ``[B]``.
+
+    Args:
+        x0: data ``[B, ...]`` of any rank.
+        t: long ``[B]`` steps; drawn uniformly from ``generator`` when ``None``.
+        noise: eps ``[B, ...]``; drawn from ``generator`` when ``None`` (after t).
+        weighting: per-example weights ``[B]``, or a callable ``t -> [B]`` (e.g. min-SNR), or ``None``.
+    """
+    return _target_loss("eps", model, schedule, x0, cond, norm, t, noise, generator, weighting)
+
+
+def x0_loss(
+    model: Denoiser,
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    cond: Any = None,
+    norm: Norm = "l2",
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    weighting: Weighting = None,
+) -> Tensor:
+    """w_t mean ||x_0 - x0_theta(x_t, t)||^p for a network predicting x_0, ``[B]`` (arguments as ``epsilon_loss``)."""
+    return _target_loss("x0", model, schedule, x0, cond, norm, t, noise, generator, weighting)
+
+
+def v_loss(
+    model: Denoiser,
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    cond: Any = None,
+    norm: Norm = "l2",
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    weighting: Weighting = None,
+) -> Tensor:
+    """w_t mean ||v - v_theta(x_t, t)||^p with v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022),
+    ``[B]`` (arguments as ``epsilon_loss``)."""
+    return _target_loss("v", model, schedule, x0, cond, norm, t, noise, generator, weighting)
+
+
+def hybrid_loss_terms(
+    model: Denoiser,
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    cond: Any = None,
+    norm: Norm = "l2",
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    weighting: Weighting = None,
+    vlb_weight: float = 1e-3,
+    decoder: Decoder = "gaussian",
+) -> dict[str, Tensor]:
+    """The parts of ``hybrid_loss``: dict of ``[B]`` tensors ``loss``, ``simple``, ``vlb`` and the long ``t``.
+
+    The network outputs ``[B, 2C, ...]`` for ``x0`` of ``[B, C, ...]``: eps (first half along dim 1) and the
+    variance interpolation v (second half), Sigma = exp(v log beta_t + (1 - v) log beta~_t) (Nichol & Dhariwal
+    eq. 15, raw v, beta~ clipped at t = 1).
+
+    - ``simple``: L_simple on the eps half (``norm``), per dimension.
+    - ``vlb``: the bound's term L_t at the sampled step (``likelihood.vlb_term``; decoder NLL at index 0), in
+      **bits per dimension**, computed with a stop-gradient on eps so that it trains only v (Nichol & Dhariwal
+      sec. 3.1).
+    - ``loss = weighting * (simple + vlb_weight * T * vlb)``: T L_t is the one-sample estimate of the full bound
+      L_vlb = sum_t L_t, so ``vlb_weight`` is the paper's lambda (0.001).
+    """
+    t, noise, x_t = _prepare(schedule, x0, t, noise, generator)
+    out = model(x_t, schedule.model_timesteps(t), cond=cond)
+    if out.ndim < 2 or out.shape[1] != 2 * x0.shape[1] or out.shape[2:] != x0.shape[2:]:
+        raise ValueError(f"hybrid_loss needs an output of shape [B, 2C, ...] for x0 {tuple(x0.shape)}, "
+                         f"got {tuple(out.shape)}")
+    eps, v = out.chunk(2, dim=1)
+    simple = _distance(eps, noise, norm)
+    pred_x0 = schedule.predict_x0_from_eps(x_t, t, eps.detach())
+    log_var = reverse_log_variance(schedule, t, x_t, "learned", v)
+    dims = x0[0].numel()
+    vlb = vlb_term(schedule, x0, x_t, t, pred_x0, log_var, decoder) / (dims * math.log(2.0))
+    loss = simple + vlb_weight * schedule.num_steps * vlb
+    return {"loss": _apply_weighting(loss, t, weighting), "simple": simple, "vlb": vlb, "t": t}
+
+
+def hybrid_loss(
+    model: Denoiser,
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    cond: Any = None,
+    norm: Norm = "l2",
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    weighting: Weighting = None,
+    vlb_weight: float = 1e-3,
+    decoder: Decoder = "gaussian",
+) -> Tensor:
+    """L_hybrid = L_simple + lambda L_vlb of Nichol & Dhariwal 2021 for a learned-variance network, ``[B]``.
+
+    See ``hybrid_loss_terms`` for the output layout, units and the stop-gradient.
+    """
+    return hybrid_loss_terms(
+        model, schedule, x0, cond, norm, t, noise, generator, weighting, vlb_weight, decoder
+    )["loss"]
+
+
+def diffusion_loss(
+    model: Denoiser,
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    cond: Any = None,
+    *,
+    prediction: Prediction = "eps",
+    norm: Norm = "l2",
+    min_snr_gamma: float | None = None,
+    generator: torch.Generator | None = None,
+    timesteps: UniformTimesteps | None = None,
+    learned_variance: bool = False,
+    vlb_weight: float = 1e-3,
+    decoder: Decoder = "gaussian",
+) -> Tensor:
+    """The per-example training loss ``[B]`` the training engine calls, dispatching on the prediction type.
+
+    Draws t from ``timesteps`` (default uniform; its importance weights multiply the loss) and eps from
+    ``generator``; ``min_snr_gamma`` adds min-SNR-gamma weights for the prediction type; ``learned_variance``
+    selects ``hybrid_loss`` (eps prediction only).
+    """
+    sampler = timesteps if timesteps is not None else UniformTimesteps(schedule.num_steps)
+    t, weights = sampler.sample(x0.shape[0], x0.device, generator)
+    weights = weights.to(torch.float64)
+    if min_snr_gamma is not None:
+        weights = weights * min_snr_weights(schedule, t, min_snr_gamma, prediction)
+    common = dict(cond=cond, norm=norm, t=t, generator=generator, weighting=weights)
+    if learned_variance:
+        if prediction != "eps":
+            raise ValueError("learned_variance (hybrid loss) is defined for prediction='eps' only")
+        return hybrid_loss(model, schedule, x0, vlb_weight=vlb_weight, decoder=decoder, **common)
+    loss_fn = {"eps": epsilon_loss, "x0": x0_loss, "v": v_loss}.get(prediction)
+    if loss_fn is None:
+        raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+    return loss_fn(model, schedule, x0, **common)

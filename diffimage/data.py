@@ -1,0 +1,322 @@
+"""Image data sets for diffusion training and evaluation.
+
+Every data set returns ``dict(image=Tensor [C, H, W] float32 in [-1, 1], label=LongTensor [])``, the scaling of
+Ho et al. 2020 (§4: "we assume image data consists of integers in {0, 1, …, 255} scaled linearly to [−1, 1]").
+A data set without labels returns ``label = -1``, which :class:`diffimage.unet.UNet` reads as the null label.
+
+- :class:`ImageFolderDataset`: every image file PIL can open under a folder (recursive), RGB or grey, optional
+  resize + centre crop; unreadable files are logged by name and skipped.
+- :class:`NpzImageDataset`: ``images`` uint8 ``[N, H, W]`` or ``[N, H, W, C]`` and optional ``labels`` in a
+  ``.npz`` (the layout of the shared test data) or in arrays (:meth:`NpzImageDataset.from_arrays`).
+- :func:`cifar10`, :func:`mnist`, :func:`celeba`: torchvision's data sets in the same format (``download=``).
+- :func:`synthetic_images`: coloured shapes on plain backgrounds, labelled by shape, for a quickstart with no data.
+
+Random horizontal flips (``random_flip``) are the only augmentation DDPM used on CIFAR-10 and CelebA; keep them off
+for digits and text, whose mirror images are not in the distribution.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = [
+    "ImageFolderDataset",
+    "NpzImageDataset",
+    "TorchvisionImages",
+    "cifar10",
+    "mnist",
+    "celeba",
+    "synthetic_images",
+    "uint8_to_unit",
+    "unit_to_uint8",
+    "SHAPES",
+]
+
+log = logging.getLogger(__name__)
+
+SHAPES = ("disc", "square", "triangle", "ring")  # the classes of synthetic_images
+
+
+def uint8_to_unit(images: Tensor | np.ndarray) -> Tensor:
+    """uint8 ``[0, 255]`` → float32 ``[-1, 1]``: ``x / 127.5 − 1`` (any shape)."""
+    return torch.as_tensor(images).float() / 127.5 - 1.0
+
+
+def unit_to_uint8(images: Tensor) -> Tensor:
+    """float ``[-1, 1]`` → uint8 ``[0, 255]``, rounding to the nearest level and clamping (any shape)."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def _pil_to_chw(img: Image.Image, channels: Literal[1, 3]) -> Tensor:
+    """PIL image → uint8 ``[C, H, W]`` with 1 (``L``) or 3 (``RGB``) channels; alpha is composited on black."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img)
+    img = img.convert("L" if channels == 1 else "RGB")
+    arr = np.asarray(img, dtype=np.uint8)
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Scale the shorter side to ``size`` (bicubic, antialiased by PIL when shrinking), then crop the centre."""
+    w, h = img.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def _item(image_u8: Tensor, label: int, random_flip: bool) -> dict[str, Tensor]:
+    x = uint8_to_unit(image_u8)
+    if random_flip and torch.rand(()) < 0.5:
+        x = x.flip(-1)
+    return {"image": x, "label": torch.tensor(label, dtype=torch.long)}
+
+
+class ImageFolderDataset(Dataset):
+    """All images under ``root`` (recursively, sorted by path), with no labels (``label = -1``).
+
+    Args:
+        root: folder to search; every file whose extension PIL registers is a candidate.
+        image_size: if set, scale the shorter side to it and centre-crop to ``image_size × image_size``.
+        channels: 3 (RGB) or 1 (grey).
+        random_flip: flip horizontally with probability 1/2 (training augmentation).
+        verify: open and verify every file now (``PIL.Image.verify``), so unreadable ones are dropped before
+            training. Files that fail only when decoded later are logged and replaced by the next readable one.
+
+    Attributes:
+        files: the usable files. ``skipped``: the unreadable ones; ``num_skipped`` their count (logged once).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        image_size: int | None = None,
+        channels: Literal[1, 3] = 3,
+        random_flip: bool = False,
+        verify: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        self.image_size = image_size
+        self.channels = channels
+        self.random_flip = random_flip
+        extensions = {ext.lower() for ext in Image.registered_extensions()}
+        candidates = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+        self.files: list[Path] = []
+        self.skipped: list[Path] = []
+        for path in candidates:
+            if verify and not self._readable(path):
+                self.skipped.append(path)
+            else:
+                self.files.append(path)
+        if self.skipped:
+            log.warning("skipped %d unreadable image(s) of %d under %s", len(self.skipped), len(candidates), self.root)
+        if not self.files:
+            raise ValueError(f"no readable images under {str(self.root)!r}")
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
+    @staticmethod
+    def _readable(path: Path) -> bool:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+            return True
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+            log.warning("unreadable image %s skipped: %s", path, e)
+            return False
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int) -> Tensor:
+        """The image at ``index`` as uint8 ``[C, H, W]`` (resized/cropped, no flip)."""
+        with Image.open(self.files[index]) as img:
+            img.load()
+            if self.image_size is not None:
+                img = _resize_center_crop(img, self.image_size)
+            return _pil_to_chw(img, self.channels)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        for attempt in range(len(self.files)):
+            i = (index + attempt) % len(self.files)
+            try:
+                image = self.load(i)
+            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+                log.warning("unreadable image %s skipped: %s", self.files[i], e)
+                continue
+            return _item(image, -1, self.random_flip)
+        raise RuntimeError(f"no image under {str(self.root)!r} could be decoded")
+
+
+class NpzImageDataset(Dataset):
+    """Images held in arrays: ``images`` uint8 ``[N, H, W]`` (grey) or ``[N, H, W, C]``, optional ``labels [N]``.
+
+    ``NpzImageDataset(path)`` reads a ``.npz`` with those keys; :meth:`from_arrays` wraps arrays in memory.
+    Items: ``dict(image=[C, H, W] float32 in [-1, 1], label=long)`` (``-1`` when there are no labels).
+    """
+
+    def __init__(self, path: str | os.PathLike, random_flip: bool = False, limit: int | None = None) -> None:
+        with np.load(path, allow_pickle=False) as data:
+            if "images" not in data:
+                raise KeyError(f"{str(path)!r} has no 'images' array (keys: {', '.join(data.files)})")
+            images = data["images"][:limit]
+            labels = data["labels"][:limit] if "labels" in data else None
+        self._init(images, labels, random_flip)
+
+    @classmethod
+    def from_arrays(
+        cls, images: np.ndarray, labels: np.ndarray | None = None, random_flip: bool = False
+    ) -> "NpzImageDataset":
+        self = cls.__new__(cls)
+        self._init(np.asarray(images), None if labels is None else np.asarray(labels), random_flip)
+        return self
+
+    def _init(self, images: np.ndarray, labels: np.ndarray | None, random_flip: bool) -> None:
+        if images.dtype != np.uint8:
+            raise TypeError(f"images must be uint8 in [0, 255], got {images.dtype}")
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.ndim != 4 or images.shape[-1] not in (1, 3):
+            raise ValueError(f"images must be [N, H, W] or [N, H, W, C] with C = 1 or 3, got {list(images.shape)}")
+        if labels is not None and labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must have shape [{images.shape[0]}], got {list(labels.shape)}")
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # [N, C, H, W] view
+        self.labels = None if labels is None else torch.from_numpy(labels.astype(np.int64))
+        self.random_flip = random_flip
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.labels is None else int(self.labels.max()) + 1
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        label = -1 if self.labels is None else int(self.labels[index])
+        return _item(self.images[index], label, self.random_flip)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# torchvision data sets (these download; tests never call them)
+
+
+class TorchvisionImages(Dataset):
+    """Adapts a torchvision data set of ``(PIL image, target)`` pairs to the dict format of this module."""
+
+    def __init__(
+        self, dataset: Dataset, channels: Literal[1, 3], random_flip: bool, image_size: int | None = None,
+        crop: int | None = None, label: bool = True,
+    ) -> None:
+        self.dataset = dataset
+        self.channels = channels
+        self.random_flip = random_flip
+        self.image_size = image_size
+        self.crop = crop
+        self.label = label
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        img, target = self.dataset[index]
+        if self.crop is not None:  # a fixed centre crop before resizing (CelebA's face region)
+            w, h = img.size
+            left, top = (w - self.crop) // 2, (h - self.crop) // 2
+            img = img.crop((left, top, left + self.crop, top + self.crop))
+        if self.image_size is not None:
+            img = _resize_center_crop(img, self.image_size)
+        return _item(_pil_to_chw(img, self.channels), int(target) if self.label else -1, self.random_flip)
+
+
+def cifar10(root: str | os.PathLike, train: bool = True, download: bool = False, random_flip: bool = True) -> Dataset:
+    """CIFAR-10 (32×32 RGB, 10 labels) via torchvision; flips on by default as in DDPM."""
+    from torchvision.datasets import CIFAR10
+
+    return TorchvisionImages(CIFAR10(str(root), train=train, download=download), 3, random_flip)
+
+
+def mnist(root: str | os.PathLike, train: bool = True, download: bool = False, random_flip: bool = False) -> Dataset:
+    """MNIST (28×28 grey, 10 labels) via torchvision; no flips (a mirrored digit is not a digit)."""
+    from torchvision.datasets import MNIST
+
+    return TorchvisionImages(MNIST(str(root), train=train, download=download), 1, random_flip)
+
+
+def celeba(
+    root: str | os.PathLike,
+    split: Literal["train", "valid", "test", "all"] = "train",
+    download: bool = False,
+    image_size: int = 64,
+    random_flip: bool = True,
+) -> Dataset:
+    """CelebA faces via torchvision: centre crop 140×140 of the aligned 178×218 image, then resize to
+    ``image_size`` (the 64×64 preprocessing of the DDIM and NCSN code). No labels (``label = -1``)."""
+    from torchvision.datasets import CelebA
+
+    ds = CelebA(str(root), split=split, target_type=[], download=download)  # items are (image, None)
+    return TorchvisionImages(ds, 3, random_flip, image_size=image_size, crop=140, label=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Synthetic images
+
+
+def synthetic_images(
+    n: int, size: int = 32, channels: Literal[1, 3] = 3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images of one coloured shape on a plain background, for a quickstart that needs no download.
+
+    Each image has a dark background colour and one bright shape (``SHAPES``: disc, square, triangle, ring) of
+    random size, position and colour; the label is the shape's index. Deterministic given ``seed``.
+
+    Returns:
+        ``images`` uint8 ``[n, size, size, channels]`` and ``labels`` int64 ``[n]``: the layout of
+        :class:`NpzImageDataset` (``NpzImageDataset.from_arrays(*synthetic_images(1000))``).
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if size < 8:
+        raise ValueError(f"size must be at least 8 pixels, got {size}")
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    images = np.empty((n, size, size, channels), dtype=np.uint8)
+    labels = rng.integers(0, len(SHAPES), size=n)
+    for i in range(n):
+        background = rng.uniform(0, 90, channels)
+        colour = rng.uniform(150, 255, channels)
+        r = rng.uniform(0.18, 0.32) * size
+        cx, cy = rng.uniform(r, size - r, 2)
+        dx, dy = xx - cx, yy - cy
+        shape = SHAPES[labels[i]]
+        if shape == "disc":
+            mask = dx**2 + dy**2 <= r**2
+        elif shape == "square":
+            mask = (np.abs(dx) <= r * 0.85) & (np.abs(dy) <= r * 0.85)
+        elif shape == "triangle":  # apex up, base at the bottom
+            mask = (dy <= r * 0.8) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.6)
+        else:  # ring
+            d2 = dx**2 + dy**2
+            mask = (d2 <= r**2) & (d2 >= (0.55 * r) ** 2)
+        img = np.where(mask[..., None], colour, background)
+        images[i] = np.clip(np.round(img), 0, 255).astype(np.uint8)
+    return images, labels.astype(np.int64)

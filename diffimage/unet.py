@@ -1,0 +1,443 @@
+"""The DDPM U-Net (Ho et al. 2020, Appendix B) with the options of Nichol & Dhariwal 2021 ("improved DDPM").
+
+The network is a PixelCNN++-style U-Net: a stack of residual blocks and downsamplers, a middle section, and a
+mirrored stack of residual blocks and upsamplers that concatenates the skip activations of the way down. Every
+residual block receives the timestep embedding; self-attention sits at the chosen resolutions and in the middle.
+
+Notation (the paper's TF code → this module):
+
+| symbol | name | meaning |
+| --- | --- | --- |
+| ``ch`` | ``base_channels`` | width of level 0; level ``i`` has ``ch * channel_mult[i]`` channels |
+| ``ch_mult`` | ``channel_mult`` | width multipliers, one per resolution level |
+| ``num_res_blocks`` | ``num_res_blocks`` | residual blocks per level on the way down (one more on the way up) |
+| ``attn_resolutions`` | ``attention_resolutions`` | spatial sizes (in pixels) that get self-attention |
+| ``temb`` | ``emb`` | sinusoidal embedding of t, through a 2-layer MLP ``ch → 4ch → 4ch`` |
+| ``resamp_with_conv`` | ``resample="conv"`` | strided 3×3 conv down, nearest + 3×3 conv up |
+| (``False``) | ``resample="resample"`` | 2×2 average pool down, nearest up, no weights |
+
+Improvements that are off by default so that the ``cifar10`` preset is the paper's network exactly (35.7M
+parameters): ``scale_shift_norm`` (adaptive group norm, Nichol & Dhariwal 2021 / Dhariwal & Nichol 2021),
+multi-head attention (``num_heads`` / ``num_head_channels``), ``learn_sigma`` (2× output channels: ε and the
+interpolation weight v of Σ for the hybrid loss, Eq. 15 of Nichol & Dhariwal 2021), class conditioning with a
+reserved null label for classifier-free guidance (Ho & Salimans 2022), activation checkpointing and
+channels-last memory layout.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from diffcore.config import ConfigBase, ConfigError, DiffusionConfig
+
+__all__ = ["UNetConfig", "UNet", "timestep_embedding", "ResBlock", "AttentionBlock", "Downsample", "Upsample"]
+
+NORM_GROUPS = 32  # GroupNorm(32) throughout, as in the paper
+
+
+@dataclass
+class UNetConfig(ConfigBase):
+    """Everything needed to rebuild a DDPM U-Net for inference: the network and its diffusion process.
+
+    ``out_channels`` is derived: ``in_channels`` (ε, x0 or v prediction) or ``2 * in_channels`` when
+    ``learn_sigma`` is set (the prediction and the variance interpolation weight, concatenated on channels).
+    ``num_classes``: None for an unconditional model; otherwise labels ``0 .. num_classes - 1`` plus the null label
+    ``num_classes`` (what ``cond=None`` or a negative label means), which ``class_dropout`` substitutes at random
+    while training so that one network gives both terms of classifier-free guidance.
+    ``num_head_channels``: when set, the number of heads at a level is ``channels // num_head_channels`` (as in
+    guided-diffusion); otherwise every attention layer has ``num_heads`` heads.
+    ``resample``: ``"conv"`` (strided 3×3 conv / nearest + 3×3 conv, DDPM's ``resamp_with_conv=True``) or
+    ``"resample"`` (2×2 average pool / nearest, no weights).
+
+    Presets (``UNetConfig.preset(name, **overrides)``):
+
+    - ``cifar10``: Ho et al. 2020's CIFAR-10 model, 32×32×3, ch 128, mult (1, 2, 2, 2), 2 blocks, attention at 16,
+      dropout 0.1: 35,746,307 parameters (the paper's "35.7M").
+    - ``mnist``: 28×28×1; 28 = 4·7 so three levels (28, 14, 7) with mult (1, 2, 2), ch 64, attention at 14: 6.5M.
+    - ``celeba64``: the DDIM paper's CelebA 64×64 network (Song et al. 2021, a DDPM U-Net): ch 128,
+      mult (1, 2, 2, 2, 4) over resolutions 64…4, 2 blocks, attention at 16, dropout 0.1: 78.7M parameters.
+    - ``tiny``: 16×16×3, ch 32, mult (1, 2), 1 block, attention at 8: for tests and the CPU quickstart.
+    """
+
+    image_size: int = 32
+    in_channels: int = 3
+    learn_sigma: bool = False
+    base_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16,)
+    num_heads: int = 1
+    num_head_channels: int | None = None
+    dropout: float = 0.1
+    resample: Literal["conv", "resample"] = "conv"
+    scale_shift_norm: bool = False
+    num_classes: int | None = None
+    class_dropout: float = 0.0
+    use_checkpoint: bool = False
+    channels_last: bool = True
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    PRESETS: ClassVar[dict[str, dict]] = {
+        "cifar10": dict(
+            image_size=32, in_channels=3, base_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+            attention_resolutions=(16,), dropout=0.1,
+        ),
+        "mnist": dict(
+            image_size=28, in_channels=1, base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2,
+            attention_resolutions=(14,), dropout=0.1,
+        ),
+        "celeba64": dict(
+            image_size=64, in_channels=3, base_channels=128, channel_mult=(1, 2, 2, 2, 4), num_res_blocks=2,
+            attention_resolutions=(16,), dropout=0.1,
+        ),
+        "tiny": dict(
+            image_size=16, in_channels=3, base_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+            attention_resolutions=(8,), dropout=0.0,
+        ),
+    }
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the network output: ``in_channels``, doubled when ``learn_sigma``."""
+        return self.in_channels * (2 if self.learn_sigma else 1)
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """Spatial size of each level, ``image_size / 2**i``."""
+        return tuple(self.image_size // 2**i for i in range(len(self.channel_mult)))
+
+    def heads_at(self, channels: int) -> int:
+        """Number of attention heads for a layer of ``channels`` channels."""
+        return channels // self.num_head_channels if self.num_head_channels else self.num_heads
+
+    def __post_init__(self) -> None:
+        levels = len(self.channel_mult)
+        if levels < 1:
+            raise ConfigError("channel_mult must have at least one level")
+        if any(m < 1 for m in self.channel_mult):
+            raise ConfigError(f"channel_mult entries must be positive integers, got {self.channel_mult}")
+        if self.image_size < 1 or self.image_size % 2 ** (levels - 1):
+            raise ConfigError(
+                f"image_size {self.image_size} must be divisible by 2**(len(channel_mult) - 1) = {2 ** (levels - 1)} "
+                f"so that each of the {levels} levels halves it exactly"
+            )
+        if self.in_channels < 1:
+            raise ConfigError(f"in_channels must be at least 1, got {self.in_channels}")
+        if self.base_channels < 1 or self.base_channels % NORM_GROUPS:
+            raise ConfigError(
+                f"base_channels {self.base_channels} must be a positive multiple of {NORM_GROUPS} (GroupNorm groups)"
+            )
+        if self.num_res_blocks < 1:
+            raise ConfigError(f"num_res_blocks must be at least 1, got {self.num_res_blocks}")
+        unknown = [r for r in self.attention_resolutions if r not in self.resolutions]
+        if unknown:
+            raise ConfigError(
+                f"attention_resolutions {unknown} never occur: the levels have resolutions {list(self.resolutions)}"
+            )
+        if self.num_heads < 1:
+            raise ConfigError(f"num_heads must be at least 1, got {self.num_heads}")
+        if self.num_head_channels is not None and self.num_head_channels < 1:
+            raise ConfigError(f"num_head_channels must be positive or null, got {self.num_head_channels}")
+        attn_levels = [i for i, r in enumerate(self.resolutions) if r in self.attention_resolutions]
+        for c in {self.base_channels * self.channel_mult[i] for i in attn_levels} | {
+            self.base_channels * self.channel_mult[-1]  # the middle block always has attention
+        }:
+            heads = self.heads_at(c)
+            if heads < 1 or c % heads or (self.num_head_channels and c % self.num_head_channels):
+                what = f"num_head_channels {self.num_head_channels}" if self.num_head_channels else f"num_heads {heads}"
+                raise ConfigError(f"an attention layer with {c} channels cannot be split by {what}")
+        if self.resample not in ("conv", "resample"):
+            raise ConfigError(f"resample must be 'conv' or 'resample', got {self.resample!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ConfigError(f"num_classes must be null or at least 1, got {self.num_classes}")
+        if not 0.0 <= self.class_dropout < 1.0:
+            raise ConfigError(f"class_dropout must be in [0, 1), got {self.class_dropout}")
+        if self.learn_sigma and self.diffusion.prediction != "eps":
+            raise ConfigError(
+                f"learn_sigma (the hybrid loss) needs diffusion.prediction = 'eps', got {self.diffusion.prediction!r}"
+            )
+        if self.class_dropout > 0 and self.num_classes is None:
+            raise ConfigError("class_dropout > 0 needs num_classes (an unconditional model has no label to drop)")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, as in DDPM's ``get_timestep_embedding``.
+
+    ``emb[:, j] = sin(t * w_j)`` and ``emb[:, half + j] = cos(t * w_j)`` with
+    ``w_j = max_period ** (-j / (half - 1))``, ``half = dim // 2`` (Vaswani et al. 2017, §3.5).
+
+    Args:
+        t: ``[B]`` integer step indices or float steps.
+        dim: embedding width (an odd width gets one zero column).
+    Returns:
+        ``[B, dim]`` float32.
+    """
+    half = dim // 2
+    exponent = torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1)
+    freqs = torch.exp(-math.log(max_period) * exponent)
+    args = t.to(torch.float32)[:, None] * freqs[None]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(NORM_GROUPS, channels, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    """Residual block conditioned on the time embedding (Ho et al. 2020, App. B; Wide ResNet ordering).
+
+    ``h = conv1(SiLU(GN(x))) + W·SiLU(emb)``, then ``conv2(dropout(SiLU(GN(h))))``, plus a 1×1 shortcut when the
+    width changes. With ``scale_shift_norm`` the embedding instead modulates the second norm:
+    ``GN(h)·(1 + s) + b`` with ``[s, b] = W·SiLU(emb)``. ``conv2`` starts at zero, so the block starts as the
+    identity (the paper's ``init_scale=0``).
+
+    Shapes: ``x [B, in_ch, H, W]``, ``emb [B, emb_dim]`` → ``[B, out_ch, H, W]``.
+    """
+
+    def __init__(
+        self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, scale_shift_norm: bool = False,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        self.scale_shift_norm = scale_shift_norm
+        self.use_checkpoint = use_checkpoint
+        self.norm1 = _norm(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if scale_shift_norm else out_ch)
+        self.norm2 = _norm(out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        if self.use_checkpoint and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, emb, use_reentrant=False)
+        return self._forward(x, emb)
+
+    def _forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        e = self.emb_proj(F.silu(emb)).to(h.dtype)[:, :, None, None]
+        if self.scale_shift_norm:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the ``H·W`` positions, with a residual connection.
+
+    ``q, k, v = W_qkv GN(x)`` (a 1×1 conv whose ``3C`` outputs are laid out as ``[q | k | v]``, each split into
+    ``num_heads`` consecutive groups of ``C / num_heads`` channels), then per head
+    ``softmax(qᵀk / √d) v`` (``torch.nn.functional.scaled_dot_product_attention``), then a zero-initialised 1×1
+    output projection: ``x + W_o · attn``.
+
+    Shapes: ``x [B, C, H, W]`` → ``[B, C, H, W]``.
+    """
+
+    def __init__(self, channels: int, num_heads: int = 1, use_checkpoint: bool = False) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"{channels} channels cannot be split into {num_heads} heads")
+        self.num_heads = num_heads
+        self.use_checkpoint = use_checkpoint
+        self.norm = _norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        if self.use_checkpoint and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        b, c, height, width = x.shape
+        d = c // self.num_heads
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, d, height * width)
+        # [B, heads, HW, d] for each of q, k, v
+        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q kᵀ / √d) v
+        out = out.transpose(-1, -2).reshape(b, c, height, width)
+        return x + self.proj(out)
+
+
+class Downsample(nn.Module):
+    """Halve H and W: a 3×3 stride-2 conv (``with_conv``) or a 2×2 average pool. ``[B,C,H,W] → [B,C,H/2,W/2]``."""
+
+    def __init__(self, channels: int, with_conv: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if with_conv else None
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        return self.conv(x) if self.conv is not None else F.avg_pool2d(x, 2)
+
+
+class Upsample(nn.Module):
+    """Double H and W: nearest neighbour, then a 3×3 conv if ``with_conv``. ``[B,C,H,W] → [B,C,2H,2W]``."""
+
+    def __init__(self, channels: int, with_conv: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if with_conv else None
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(x) if self.conv is not None else x
+
+
+class _EmbSequential(nn.Sequential):
+    """A sequence of blocks that all take ``(x, emb)``."""
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:  # type: ignore[override]
+        for layer in self:
+            x = layer(x, emb)
+        return x
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The network
+
+
+class UNet(nn.Module):
+    """The DDPM U-Net. ``UNet(config)(x_t [B,C,H,W], t [B], cond=None) -> [B, config.out_channels, H, W]``.
+
+    ``t``: 0-based step indices (LongTensor) or float steps; a 0-d tensor is broadcast to the batch.
+    ``cond``: class labels ``[B]`` (LongTensor) for a model with ``num_classes``; ``None`` or a negative label
+    means the null label (unconditional branch of classifier-free guidance). In training mode each label is
+    replaced by the null label with probability ``config.class_dropout``.
+    H and W may differ from ``config.image_size`` (the network is fully convolutional) if divisible by
+    ``2**(len(channel_mult) - 1)``.
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        cfg = config
+        ch = cfg.base_channels
+        emb_dim = 4 * ch
+        ckpt = cfg.use_checkpoint
+        with_conv = cfg.resample == "conv"
+
+        def res(cin: int, cout: int) -> ResBlock:
+            return ResBlock(cin, cout, emb_dim, cfg.dropout, cfg.scale_shift_norm, ckpt)
+
+        def attn(c: int) -> AttentionBlock:
+            return AttentionBlock(c, cfg.heads_at(c), ckpt)
+
+        self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes is not None else None
+
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        skip_channels = [ch]
+        cur = ch
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers: list[nn.Module] = [res(cur, ch * mult)]
+                cur = ch * mult
+                if cfg.resolutions[level] in cfg.attention_resolutions:
+                    layers.append(attn(cur))
+                self.down.append(_EmbSequential(*layers))
+                skip_channels.append(cur)
+            if level != len(cfg.channel_mult) - 1:
+                self.down.append(_EmbSequential(Downsample(cur, with_conv)))
+                skip_channels.append(cur)
+
+        self.middle = _EmbSequential(res(cur, cur), attn(cur), res(cur, cur))
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for block in range(cfg.num_res_blocks + 1):
+                layers = [res(cur + skip_channels.pop(), ch * mult)]
+                cur = ch * mult
+                if cfg.resolutions[level] in cfg.attention_resolutions:
+                    layers.append(attn(cur))
+                if level != 0 and block == cfg.num_res_blocks:
+                    layers.append(Upsample(cur, with_conv))
+                self.up.append(_EmbSequential(*layers))
+        assert not skip_channels
+
+        self.norm_out = _norm(cur)
+        self.conv_out = _zero(nn.Conv2d(cur, cfg.out_channels, 3, padding=1))
+        if cfg.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    @property
+    def null_label(self) -> int | None:
+        """The label index meaning "no class" (classifier-free guidance's unconditional branch)."""
+        return self.config.num_classes
+
+    def _labels(self, cond: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        null = self.config.num_classes
+        assert null is not None
+        if cond is None:
+            return torch.full((batch,), null, dtype=torch.long, device=device)
+        labels = torch.as_tensor(cond, device=device)
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise TypeError(f"class labels must be an integer tensor, got {labels.dtype}")
+        labels = labels.long().expand(batch) if labels.ndim == 0 else labels.long()
+        if labels.shape != (batch,):
+            raise ValueError(f"class labels must have shape [{batch}], got {list(labels.shape)}")
+        if bool((labels > null).any()):
+            raise ValueError(f"class labels must be < num_classes = {null} (or {null} / negative for no class)")
+        labels = torch.where(labels < 0, torch.full_like(labels, null), labels)
+        if self.training and self.config.class_dropout > 0:
+            drop = torch.rand(batch, device=device) < self.config.class_dropout
+            labels = torch.where(drop, torch.full_like(labels, null), labels)
+        return labels
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """ε (or x0 / v) prediction ``[B, out_channels, H, W]`` for noisy images ``x [B, in_channels, H, W]``."""
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"expected x of shape [B, {cfg.in_channels}, H, W], got {list(x.shape)}")
+        factor = 2 ** (len(cfg.channel_mult) - 1)
+        if x.shape[2] % factor or x.shape[3] % factor:
+            raise ValueError(f"H and W must be divisible by {factor}, got {x.shape[2]}×{x.shape[3]}")
+        batch = x.shape[0]
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if t.shape != (batch,):
+            raise ValueError(f"t must have shape [{batch}], got {list(t.shape)}")
+
+        emb = self.time_embed(timestep_embedding(t, cfg.base_channels).to(self.conv_in.weight.dtype))
+        if self.label_embed is not None:
+            emb = emb + self.label_embed(self._labels(cond, batch, x.device))
+        elif cond is not None:
+            raise ValueError("this model is unconditional (num_classes is null) but cond was given")
+
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        h = self.conv_in(x)
+        skips = [h]
+        for block in self.down:
+            h = block(h, emb)
+            skips.append(h)
+        h = self.middle(h, emb)
+        for block in self.up:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+        return self.conv_out(F.silu(self.norm_out(h)))

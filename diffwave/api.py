@@ -1,0 +1,372 @@
+"""Python API: load a trained DiffWave (run folder, checkpoint, export folder or lmnt checkpoint) and use it.
+
+    import diffwave.api as dw
+    voc = dw.load("runs/ljspeech")                  # the latest checkpoint's EMA weights, on the GPU if there is one
+    wav = voc.vocode(mel)                           # mel [n_mels, F] -> [F * hop];  [B, n_mels, F] -> [B, F * hop]
+    wav = voc.vocode(voc.mel(recording))            # resynthesis with the model's own mel preset
+    clips = dw.load("runs/sc09").generate(4)        # unconditional models: [4, audio_length]
+
+The model is always rebuilt from the configuration stored with the weights (``config["model"]``), never from
+defaults, so a model trained with a ``hifigan`` mel or 16 kHz audio vocodes with exactly that front end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffcore.checkpoint import EXPORT_CONFIG, EXPORT_WEIGHTS, CheckpointError, atomic_write, load_for_inference
+from diffcore.config import ConfigError
+from diffwave.config import DiffWaveConfig
+from diffwave.mel import compute_mel, validate_mel
+from diffwave.model import DiffWave
+from diffwave.vocode import DEFAULT_MAX_FRAMES, Steps, generate_audio, vocode_mels
+
+__all__ = ["Vocoder", "load", "save_export", "resolve_device"]
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` is the first CUDA GPU when there is one, else the CPU; ``cuda`` without a GPU is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available (use --device cpu or auto)")
+    return torch.device(device)
+
+
+class Vocoder:
+    """A DiffWave model in evaluation mode with what inference needs (its config: mel preset, schedules, rate).
+
+    Attributes: ``model`` (:class:`~diffwave.model.DiffWave`), ``config`` (:class:`DiffWaveConfig`), ``device``,
+    ``source`` (where it was loaded from), ``info`` (the stored recipe or the import's metadata, plain data).
+    """
+
+    def __init__(self, model: DiffWave, source: str = "<memory>", info: Mapping[str, Any] | None = None) -> None:
+        self.model = model.eval()
+        self.config: DiffWaveConfig = model.config
+        self.source = source
+        self.info = dict(info or {})
+
+    # ---------------------------------------------------------------------------------------------- construction
+
+    @classmethod
+    def from_config_and_weights(
+        cls, config: Mapping[str, Any], weights: Mapping[str, Tensor], device: str | torch.device = "auto",
+        source: str = "<memory>",
+    ) -> "Vocoder":
+        """Rebuild from a stored recipe (``{"model": ..., ...}``) and a state dict; raises ``CheckpointError``."""
+        if "model" not in config or not isinstance(config["model"], Mapping):
+            raise CheckpointError(f"{source}: its config has no 'model' section, so the model cannot be rebuilt")
+        try:
+            model_config = DiffWaveConfig.from_dict(config["model"])
+        except ConfigError as e:
+            raise CheckpointError(f"{source}: its model config is not a DiffWave config ({e})") from None
+        model = DiffWave(model_config)
+        try:
+            model.load_state_dict(dict(weights))
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            raise CheckpointError(f"{source}: the weights do not fit the stored model config ({' '.join(first[:3])})") \
+                from None
+        return cls(model.to(resolve_device(device)), source, config)
+
+    @classmethod
+    def from_lmnt(cls, path: str | os.PathLike, device: str | torch.device = "auto") -> "Vocoder":
+        """Load an lmnt-com/diffwave checkpoint (file or folder with ``weights.pt``); outputs equal lmnt's."""
+        from diffwave.lmnt import load_lmnt_checkpoint
+
+        model, config = load_lmnt_checkpoint(path)
+        info = {"model": config.to_dict(), "source": {"kind": "lmnt", "path": str(path)}}
+        return cls(model.to(resolve_device(device)), str(path), info)
+
+    # ---------------------------------------------------------------------------------------------- properties
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def hop_length(self) -> int | None:
+        return self.config.hop_length
+
+    @property
+    def conditional(self) -> bool:
+        return self.config.conditional
+
+    def to(self, device: str | torch.device) -> "Vocoder":
+        self.model.to(resolve_device(device))
+        return self
+
+    def __repr__(self) -> str:
+        c = self.config
+        mel = f"{c.mel.preset} mel, hop {c.mel.hop_length}" if c.mel is not None else "unconditional"
+        return (f"Vocoder({self.source!r}: {c.residual_layers} layers x {c.residual_channels} channels, "
+                f"T={c.diffusion.num_steps}, {mel}, {c.sample_rate} Hz, on {self.device})")
+
+    # ---------------------------------------------------------------------------------------------- inference
+
+    def mel(self, wav: Tensor | np.ndarray) -> Tensor:
+        """The model's own mel ``[..., n_mels, frames]`` of ``wav`` ``[..., T]`` (float in [-1, 1] at
+        ``sample_rate``), on the CPU."""
+        if not self.conditional:
+            raise ValueError("this model is unconditional: it takes no mel")
+        return compute_mel(torch.as_tensor(wav, dtype=torch.float32).clamp(-1.0, 1.0), self.config.mel)
+
+    def vocode(
+        self,
+        mel: Tensor | np.ndarray,
+        steps: Steps = "fast",
+        generator: torch.Generator | None = None,
+        *,
+        max_frames: int | None = DEFAULT_MAX_FRAMES,
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> Tensor:
+        """Waveform(s) for a mel ``[n_mels, F]`` → ``[F · hop]`` or a batch ``[B, n_mels, F]`` → ``[B, F · hop]``.
+
+        ``steps``: ``fast`` (the model's ``fast_betas``, 6 network calls for the paper's presets) or ``full`` (all T
+        training steps). ``generator``: the noise source, on the model's device (default: the global RNG).
+        Mels longer than ``max_frames`` are vocoded in exact overlapping chunks (see :mod:`diffwave.vocode`).
+        Raises :class:`~diffwave.mel.MelError` naming the preset the model expects when the mel does not fit it.
+        Returns float32 audio in [-1, 1] on the CPU.
+        """
+        if not self.conditional:
+            raise ValueError("this model is unconditional: use generate(n)")
+        mel_t = torch.as_tensor(mel)
+        validate_mel(mel_t, self.config.mel, source="mel")
+        batch = mel_t.float() if mel_t.ndim == 3 else mel_t.float().unsqueeze(0)
+        wavs = vocode_mels(self.model, list(batch), steps, generator=generator, max_frames=max_frames,
+                           batch_size=batch_size, progress=progress)
+        out = torch.stack(wavs).cpu()
+        return out if mel_t.ndim == 3 else out[0]
+
+    def generate(
+        self, n: int, generator: torch.Generator | None = None, steps: Steps = "fast", *, length: int | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """``n`` clips ``[n, length]`` (default ``config.audio_length``) from an unconditional model, on the CPU."""
+        return generate_audio(self.model, n, steps, generator=generator, length=length, progress=progress).cpu()
+
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """Write this model as an export folder (``config.json`` + ``model.safetensors``) that :func:`load` reads."""
+        return save_export(self.model, self.info or {"model": self.config.to_dict()}, out_dir)
+
+
+def save_export(model: DiffWave, config: Mapping[str, Any], out_dir: str | os.PathLike,
+                metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``out_dir/config.json`` (``config``, which holds a ``model`` section) and ``out_dir/model.safetensors``
+    (``model``'s weights), each atomically, in the layout of :func:`diffcore.checkpoint.export`."""
+    from safetensors.torch import save
+
+    if "model" not in config:
+        config = {**config, "model": model.config.to_dict()}
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {"format": "diffstack-export-1", "source": "model", **dict(metadata or {})}
+    out = Path(out_dir)
+    blob = save(tensors, metadata=meta)
+    atomic_write(out / EXPORT_WEIGHTS, lambda f: f.write(blob))
+    atomic_write(out / EXPORT_CONFIG, lambda f: f.write((json.dumps(dict(config), indent=2) + "\n").encode()))
+    return out
+
+
+def _looks_like_lmnt(path: Path) -> bool:
+    target = path / "weights.pt" if path.is_dir() else path
+    if not target.is_file():
+        return False
+    try:
+        from diffwave.lmnt import read_lmnt_checkpoint
+
+        ckpt = read_lmnt_checkpoint(target)
+    except Exception:
+        return False
+    return isinstance(ckpt, dict) and "params" in ckpt and "model" in ckpt and "format" not in ckpt
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "auto") -> Vocoder:
+    """Load a model for inference from a run folder (its latest checkpoint), a ``.pt`` checkpoint, an export
+    folder (``config.json`` + ``model.safetensors``) or an lmnt-com/diffwave checkpoint.
+
+    Checkpoints give their EMA weights. Raises ``CheckpointError`` (naming the path) when nothing loadable is there.
+    """
+    p = Path(path)
+    try:
+        config, weights = load_for_inference(p)
+    except CheckpointError:
+        if _looks_like_lmnt(p):
+            return Vocoder.from_lmnt(p, device)
+        raise
+    return Vocoder.from_config_and_weights(config, weights, device, source=str(p))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2, default=_jsonable) + "\n").encode()))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Path):
+        return str(x)
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    raise TypeError(f"not JSON-able: {type(x).__name__}")
+
+
+def evaluate_resynthesis_files(
+    vocoder: Vocoder,
+    files: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    steps: Steps = "fast",
+    *,
+    seed: int = 0,
+    max_seconds: float | None = None,
+    with_dnsmos: bool = True,
+    gl_iters: int = 64,
+    plot_clips: int = 2,
+    group: int = 8,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Resynthesis of recordings: vocode each file's own mel (the model's preset) and invert the same mel with
+    Griffin-Lim, then compare both with the recording (:func:`diffwave.metrics.evaluate_resynthesis`).
+
+    Writes ``out_dir/wavs/<stem>.{reference,diffwave,griffinlim}.wav``, ``metrics.md`` (the table),
+    ``metrics.json`` (means, counts, per-clip values, settings) and ``spectrograms.png`` (recording, DiffWave and
+    Griffin-Lim of the first ``plot_clips`` clips). ``max_seconds`` keeps only the start of long recordings.
+    Returns ``{"table": ResynthesisTable, "per_clip": [...], "paths": {...}}``.
+    """
+    from tqdm.auto import tqdm
+
+    from diffwave.audio import load_audio, save_audio
+    from diffwave.metrics import evaluate_pair, evaluate_resynthesis, griffin_lim_from_mel, plot_spectrograms
+    from diffwave.vocode import num_sampling_steps, vocode_mels
+
+    if not vocoder.conditional:
+        raise ValueError("resynthesis needs a mel-conditioned model; use evaluate_generation for unconditional ones")
+    if not files:
+        raise ValueError("no recordings to evaluate")
+    out = Path(out_dir)
+    sr, mel_cfg = vocoder.sample_rate, vocoder.config.mel
+    refs, mels, names = [], [], []
+    for f in files:
+        wav, _ = load_audio(f, sr)
+        wav = wav.clamp(-1.0, 1.0)
+        if max_seconds is not None:
+            wav = wav[: int(max_seconds * sr)]
+        refs.append(wav)
+        mels.append(vocoder.mel(wav))
+        names.append(Path(f).stem)
+    n_steps = num_sampling_steps(vocoder.config, steps)
+    bar = tqdm(total=n_steps * len(range(0, len(files), group)), disable=not progress, desc=f"vocode ({steps})")
+    outs: list[Tensor] = []
+    for k, i in enumerate(range(0, len(files), group)):
+        g = torch.Generator(device=vocoder.device).manual_seed(seed * 1_000_003 + k)
+        part = vocode_mels(vocoder.model, mels[i : i + group], steps, generator=g, callback=lambda *_: bar.update(1))
+        outs += [w.cpu()[: r.shape[-1]] for w, r in zip(part, refs[i : i + group])]
+    bar.close()
+    gls = [griffin_lim_from_mel(m, mel_cfg, n_iter=gl_iters) for m in mels]
+    paths: dict[str, Any] = {"wavs": []}
+    for name, ref, est, gl in zip(names, refs, outs, gls):
+        for kind, wav in (("reference", ref), ("diffwave", est), ("griffinlim", gl)):
+            paths["wavs"].append(save_audio(out / "wavs" / f"{name}.{kind}.wav", wav, sr))
+    system = f"DiffWave ({steps})"
+    table = evaluate_resynthesis(list(zip(refs, outs)), sr, list(zip(refs, gls)), system=system,
+                                 with_dnsmos=with_dnsmos)
+    per_clip = [
+        {"clip": name, "diffwave": evaluate_pair(r, e, sr, with_dnsmos=False),
+         "griffinlim": evaluate_pair(r, g_, sr, with_dnsmos=False)}
+        for name, r, e, g_ in zip(names, refs, outs, gls)
+    ]
+    items = []
+    for name, ref, est, gl in list(zip(names, refs, outs, gls))[:plot_clips]:
+        items += [(f"{name}: recording", ref), (f"{name}: {system}", est), (f"{name}: Griffin-Lim ({gl_iters} it.)", gl)]
+    paths["png"] = plot_spectrograms(out / "spectrograms.png", items, sr)
+    header = (f"# Resynthesis of {len(files)} recording(s)\n\nmodel: `{vocoder.source}` ({vocoder.config.mel.preset} "
+              f"mel, {sr} Hz); sampling: {steps} ({n_steps} steps); baseline: Griffin-Lim, {gl_iters} iterations, "
+              f"on the same mels.\n\n")
+    paths["markdown"] = out / "metrics.md"
+    atomic_write(paths["markdown"], lambda f: f.write((header + table.markdown()).encode()))
+    paths["json"] = out / "metrics.json"
+    _write_json(paths["json"], {"model": vocoder.source, "steps": steps, "sample_rate": sr, "files": [str(f) for f in files],
+                                **table.to_dict(), "per_clip": per_clip})
+    return {"table": table, "per_clip": per_clip, "paths": paths}
+
+
+def evaluate_generation(
+    vocoder: Vocoder,
+    reference_files: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    n: int = 64,
+    steps: Steps = "fast",
+    *,
+    seed: int = 0,
+    batch_size: int = 16,
+    classifier: str | os.PathLike | None = None,
+    classifier_epochs: int = 30,
+    save_clips: int = 10,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The DiffWave paper's Table 2 metrics (FID, IS, mIS, AM, NDB) of ``n`` generated clips against
+    ``reference_files`` (spoken digits named ``{digit}_{speaker}_{index}.wav``, e.g. FSDD's training part), judged
+    by a digit classifier: ``classifier`` (a checkpoint of :func:`diffwave.digits.train_digit_classifier`), or one
+    trained here on the reference clips (saved as ``out_dir/digit_classifier.pt``).
+
+    Writes ``metrics.json``, ``metrics.md`` and the first ``save_clips`` clips under ``out_dir/generated``.
+    """
+    from tqdm.auto import tqdm
+
+    from diffwave.audio import AudioError, load_audio, save_audio
+    from diffwave.digits import digit_metrics, load_digit_classifier, split_fsdd_files, train_digit_classifier
+
+    if vocoder.conditional:
+        raise ValueError("generation metrics need an unconditional model; use evaluate_resynthesis_files")
+    out = Path(out_dir)
+    if classifier is not None:
+        clf = load_digit_classifier(classifier)
+        clf_path = Path(classifier)
+    else:
+        train, val = split_fsdd_files(reference_files)
+        clf_path = out / "digit_classifier.pt"
+        clf, hist = train_digit_classifier(train, clf_path, classifier_epochs, val_files=val or None)
+    refs = []
+    for f in reference_files:
+        try:
+            refs.append(load_audio(f, vocoder.sample_rate, log_resample=False)[0])  # the rate of the clips
+        except AudioError:
+            continue
+    clips: list[Tensor] = []
+    bar = tqdm(total=n, disable=not progress, desc=f"generate ({steps})")
+    for k, i in enumerate(range(0, n, batch_size)):
+        g = torch.Generator(device=vocoder.device).manual_seed(seed + i)
+        clips += list(vocoder.generate(min(batch_size, n - i), generator=g, steps=steps))
+        bar.update(min(batch_size, n - i))
+    bar.close()
+    for i, c in enumerate(clips[:save_clips]):
+        save_audio(out / "generated" / f"sample_{i:04d}.wav", c, vocoder.sample_rate)
+    metrics = digit_metrics(clips, refs, clf, sr=vocoder.sample_rate)
+    rows = [("FID", "fid", "lower"), ("IS", "is", "higher"), ("mIS", "mis", "higher"), ("AM", "am", "lower"),
+            ("NDB/K", "ndb_k", "lower")]
+    md = ["| metric | generated | better |", "|---|---:|---|"] + [f"| {a} | {metrics[k]:.3f} | {b} |" for a, k, b in rows]
+    md.append(f"| IS of the reference clips | {metrics['reference_is']:.3f} | |")
+    text = (f"# Unconditional generation: {n} clips, {steps} sampling\n\nmodel: `{vocoder.source}`; classifier: "
+            f"`{clf_path}`; reference: {len(refs)} clips\n\n" + "\n".join(md) + "\n")
+    atomic_write(out / "metrics.md", lambda f: f.write(text.encode()))
+    _write_json(out / "metrics.json", {"model": vocoder.source, "steps": steps, "n": n, "classifier": str(clf_path),
+                                       **metrics})
+    return {"metrics": metrics, "paths": {"markdown": out / "metrics.md", "json": out / "metrics.json",
+                                          "classifier": clf_path}}

@@ -1,0 +1,390 @@
+"""The ``diffwave`` command: ``diffwave <command> [options]`` (``python -m diffwave`` does the same).
+
+    preprocess   compute and cache the mels of a recipe's data (process pool, progress bar)
+    train        train from a recipe through diffcore's engine (resumable; run it under torchrun to scale out)
+    vocode       wav or mel (.npy/.pt) files or folders -> wav, batched, long inputs in seamless chunks
+    generate     clips from an unconditional model
+    evaluate     resynthesis metrics beside Griffin-Lim (vocoders) or digit metrics (unconditional models)
+    export       a run's EMA weights -> config.json + model.safetensors
+    import-lmnt  an lmnt-com/diffwave checkpoint -> an export folder of this package
+    quickstart   synthetic speech -> a small vocoder trained on the CPU -> vocoded clips, plot and metrics
+
+Each command prints one line ``error: ...`` and exits with status 2 for a mistake the user can fix (a bad recipe,
+a missing file, a mel that does not fit the model), writes every output file atomically, and shows progress bars
+on long work. ``--debug`` (or ``DIFFSTACK_DEBUG=1``) shows full tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from diffcore.cli import UsageError, parse_args, recipe_parser, run_cli
+
+__all__ = ["main", "COMMANDS"]
+
+log = logging.getLogger("diffwave")
+
+
+def _user_errors(fn: Callable[[list[str]], int | None]) -> Callable[[list[str]], int | None]:
+    """Turn this package's own user-facing errors (bad audio, a mel that does not fit, an lmnt file we cannot read)
+    into :class:`UsageError`, which ``run_cli`` reports as one line."""
+
+    @functools.wraps(fn)
+    def wrapper(argv: list[str]) -> int | None:
+        from diffwave.audio import AudioError
+        from diffwave.lmnt import LmntImportError
+        from diffwave.mel import MelError
+
+        try:
+            return fn(argv)
+        except (AudioError, MelError, LmntImportError) as e:
+            raise UsageError(str(e)) from e
+
+    return wrapper
+
+
+def _parser(command: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"diffwave {command}", description=description, allow_abbrev=False)
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return p
+
+
+def _add_model_args(p: argparse.ArgumentParser, steps: bool = True) -> None:
+    p.add_argument("--model", "-m", required=True, metavar="PATH",
+                   help="run folder, checkpoint (.pt), export folder or lmnt checkpoint")
+    p.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda[:N] (default: auto)")
+    if steps:
+        p.add_argument("--steps", choices=("fast", "full"), default="fast",
+                       help="fast: the model's short fast_betas schedule; full: all T training steps (default: fast)")
+
+
+def _is_main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    for noisy in ("matplotlib", "PIL", "numba"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# --------------------------------------------------------------------------------------------------- preprocess
+
+
+@_user_errors
+def cmd_preprocess(argv: list[str]) -> int:
+    from diffwave.preprocess import preprocess
+    from diffwave.recipe import load_diffwave_recipe, resolve_files
+
+    p = recipe_parser("diffwave preprocess", "Compute and cache the mel spectrograms of a recipe's data "
+                      "(its data.path with its model.mel front end) so training reads them from disk.")
+    p.add_argument("--data", metavar="DIR", help="shortcut for data.path=DIR")
+    p.add_argument("--out", metavar="DIR", help="the cache folder (default: the recipe's data.cache_dir)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs; 0: this process)")
+    args = parse_args(p, argv)
+    recipe = load_diffwave_recipe(args.recipe, args.overrides, data=args.data)
+    if recipe.model.mel is None:
+        raise UsageError("this recipe's model is unconditional (no mel front end): there is nothing to preprocess")
+    out = args.out or recipe.data.cache_dir
+    if out is None:
+        raise UsageError("say where to cache the mels: --out DIR or data.cache_dir=DIR (then train with the same "
+                         "data.cache_dir)")
+    files = resolve_files(recipe.data)
+    summary = preprocess(files, out, recipe.model.mel, num_workers=args.workers)
+    print(f"{summary['computed']} mel(s) computed, {summary['cached']} already cached, {summary['failed']} failed "
+          f"-> {summary['out_dir']}")
+    if args.out and args.out != recipe.data.cache_dir:
+        print(f"train with data.cache_dir={args.out} to use them")
+    return 1 if summary["failed"] and summary["failed"] == summary["total"] else 0
+
+
+# --------------------------------------------------------------------------------------------------- train
+
+
+@_user_errors
+def cmd_train(argv: list[str]) -> int:
+    from diffcore.train import Trainer
+    from diffwave.recipe import load_diffwave_recipe
+    from diffwave.task import make_task
+
+    p = recipe_parser("diffwave train", "Train DiffWave from a recipe. A run folder that already holds a checkpoint "
+                      "is resumed (its config.yaml is the recipe when --recipe is left out). Scale out with "
+                      "torchrun --nproc_per_node=N -m diffwave train ...", run_dir=True)
+    p.add_argument("--data", metavar="DIR", help="shortcut for data.path=DIR")
+    args = parse_args(p, argv)
+    recipe_path = args.recipe
+    stored = Path(args.run_dir) / "config.yaml"
+    if recipe_path is None:
+        if not stored.is_file():
+            raise UsageError(f"give --recipe FILE (the run folder {args.run_dir} has no config.yaml to resume from)")
+        recipe_path = stored
+    recipe = load_diffwave_recipe(recipe_path, args.overrides, data=args.data)
+    summary = Trainer(make_task(recipe), recipe.train, args.run_dir).fit()
+    if _is_main_rank():
+        print(f"trained to step {summary['step']} (loss {summary['loss']:.4g}) on {summary['device']} "
+              f"x{summary['world_size']}, {summary['precision']}; checkpoint: {summary['checkpoint']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- vocode
+
+
+@_user_errors
+def cmd_vocode(argv: list[str]) -> int:
+    from diffwave.api import load
+    from diffwave.vocode import DEFAULT_MAX_FRAMES, collect_inputs, vocode_files
+
+    p = _parser("vocode", "Turn mel spectrograms (.npy/.pt, in the model's mel preset) or recordings (their mel is "
+                "computed with the model's preset) into waveforms.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, mel files or folders of them")
+    _add_model_args(p)
+    p.add_argument("--out", "-o", default="vocoded", metavar="PATH",
+                   help="output folder (default: vocoded/), or a .wav path for a single input")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per network call (default: 16)")
+    p.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
+                   help=f"longest mel vocoded in one piece; longer ones go in exact overlapping chunks "
+                        f"(default: {DEFAULT_MAX_FRAMES})")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    p.add_argument("--strict", action="store_true", help="refuse audio at another sample rate instead of resampling")
+    args = p.parse_args(argv)
+    try:
+        inputs = collect_inputs(args.inputs)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    single = None
+    if args.out.lower().endswith(".wav"):
+        if len(inputs) != 1:
+            raise UsageError(f"--out {args.out} names one file, but there are {len(inputs)} inputs: give a folder")
+        single = args.out
+    voc = load(args.model, args.device)
+    if not voc.conditional:
+        raise UsageError(f"{args.model} is an unconditional model: use `diffwave generate`")
+    written, failed = vocode_files(voc.model, inputs, args.out, args.steps, seed=args.seed,
+                                   batch_size=args.batch_size, max_frames=args.max_frames, strict=args.strict,
+                                   single_output=single)
+    where = single or args.out
+    print(f"vocoded {len(written)} file(s) with {args.steps} sampling at {voc.sample_rate} Hz -> {where}")
+    if failed:
+        print(f"error: {len(failed)} of {len(inputs)} input(s) failed:", file=sys.stderr)
+        for path, reason in failed:
+            print(f"  {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- generate
+
+
+@_user_errors
+def cmd_generate(argv: list[str]) -> int:
+    import torch
+
+    from diffwave.api import load
+    from diffwave.audio import save_audio
+
+    p = _parser("generate", "Generate clips with an unconditional model.")
+    _add_model_args(p)
+    p.add_argument("--n", type=int, default=8, help="number of clips (default: 8)")
+    p.add_argument("--out", "-o", default="generated", metavar="DIR", help="output folder (default: generated/)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed: clips i..i+batch-1 come from seed + i, so with --batch-size 1 clip i is seed + i")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per sampling run (default: 8)")
+    p.add_argument("--seconds", type=float, default=None, help="clip length (default: the model's audio_length)")
+    args = p.parse_args(argv)
+    if args.n < 1 or args.batch_size < 1:
+        raise UsageError("--n and --batch-size must be at least 1")
+    voc = load(args.model, args.device)
+    if voc.conditional:
+        raise UsageError(f"{args.model} is a mel-conditioned vocoder: use `diffwave vocode`")
+    length = int(round(args.seconds * voc.sample_rate)) if args.seconds else None
+    from tqdm.auto import tqdm
+
+    out = Path(args.out)
+    manifest = []
+    with tqdm(total=args.n, desc=f"generate ({args.steps})", unit="clip") as bar:
+        for i in range(0, args.n, args.batch_size):
+            k = min(args.batch_size, args.n - i)
+            g = torch.Generator(device=voc.device).manual_seed(args.seed + i)
+            clips = voc.generate(k, generator=g, steps=args.steps, length=length)
+            for j, clip in enumerate(clips):
+                path = save_audio(out / f"sample_{i + j:04d}.wav", clip, voc.sample_rate)
+                manifest.append({"file": path.name, "seed": args.seed + i, "index_in_batch": j})
+            bar.update(k)
+    (out / "manifest.json").write_text(json.dumps({"model": voc.source, "steps": args.steps, "clips": manifest},
+                                                  indent=1) + "\n")
+    print(f"generated {args.n} clip(s) at {voc.sample_rate} Hz -> {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- evaluate
+
+
+def _stored_heldout(info: dict) -> list[Path]:
+    """The held-out clips of the recipe stored with a model (``data.holdout``), if its data is reachable."""
+    from diffcore.config import ConfigError
+    from diffwave.recipe import DataConfig, split_files
+
+    data = info.get("data")
+    if not isinstance(data, dict) or not data.get("path") or not data.get("holdout"):
+        return []
+    try:
+        return split_files(DataConfig.from_dict(data))[1]
+    except (ConfigError, FileNotFoundError, OSError):
+        return []
+
+
+@_user_errors
+def cmd_evaluate(argv: list[str]) -> int:
+    from diffwave.api import evaluate_generation, evaluate_resynthesis_files, load
+    from diffwave.recipe import DataConfig, resolve_files
+
+    p = _parser("evaluate", "Vocoders: resynthesise held-out recordings and compare with Griffin-Lim on the same "
+                "mels (log-mel L1, MR-STFT, PESQ, STOI, DNSMOS), writing wavs, a table and a spectrogram plot. "
+                "Unconditional models: generate clips and compute FID/IS/mIS/AM/NDB with a digit classifier.")
+    _add_model_args(p)
+    p.add_argument("--data", metavar="PATH", help="recordings (folder or file list); for a vocoder the default is "
+                   "the held-out clips of the model's recipe; for an unconditional model, the reference digits")
+    p.add_argument("--n", type=int, default=None,
+                   help="vocoder: evaluate the first N recordings (default 8); unconditional: clips (default 64)")
+    p.add_argument("--out", "-o", default="evaluation", metavar="DIR", help="output folder (default: evaluation/)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-seconds", type=float, default=None, help="keep only the start of long recordings")
+    p.add_argument("--gl-iters", type=int, default=64, help="Griffin-Lim iterations (default: 64)")
+    p.add_argument("--no-dnsmos", action="store_true", help="skip DNSMOS (the slowest metric)")
+    p.add_argument("--classifier", metavar="CKPT", help="digit classifier checkpoint (default: train one on --data)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per sampling run (unconditional)")
+    args = p.parse_args(argv)
+    voc = load(args.model, args.device)
+    if args.data is not None:
+        files = resolve_files(DataConfig(path=args.data))
+    else:
+        files = _stored_heldout(voc.info)
+        if not files:
+            raise UsageError("give --data PATH: the model's recipe holds no reachable held-out clips (data.holdout)")
+    if voc.conditional:
+        files = files[: args.n or 8]
+        result = evaluate_resynthesis_files(voc, files, args.out, args.steps, seed=args.seed,
+                                            max_seconds=args.max_seconds, with_dnsmos=not args.no_dnsmos,
+                                            gl_iters=args.gl_iters)
+        print(result["table"].markdown())
+    else:
+        result = evaluate_generation(voc, files, args.out, args.n or 64, args.steps, seed=args.seed,
+                                     batch_size=args.batch_size, classifier=args.classifier)
+        print(result["paths"]["markdown"].read_text())
+    print(f"results in {args.out}/ ({', '.join(p.name for p in result['paths'].values() if isinstance(p, Path))})")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- export / import
+
+
+@_user_errors
+def cmd_export(argv: list[str]) -> int:
+    from diffcore.checkpoint import export
+    from diffwave.api import load
+
+    p = _parser("export", "Export a run's EMA weights as config.json + model.safetensors.")
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run folder (its latest checkpoint) or a .pt file")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="the export folder")
+    args = p.parse_args(argv)
+    voc = load(args.source, "cpu")  # checks that it is a DiffWave model before writing anything
+    out = export(args.source, args.out)
+    load(out, "cpu")
+    print(f"exported {voc!r} -> {out}")
+    return 0
+
+
+@_user_errors
+def cmd_import_lmnt(argv: list[str]) -> int:
+    from diffwave.api import Vocoder, load
+    from diffwave.lmnt import read_lmnt_checkpoint
+
+    p = _parser("import-lmnt", "Convert an lmnt-com/diffwave checkpoint (weights.pt, or its folder) into an export "
+                "folder of this package; the imported model gives lmnt's outputs.")
+    p.add_argument("source", metavar="LMNT_CHECKPOINT")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="the export folder")
+    args = p.parse_args(argv)
+    voc = Vocoder.from_lmnt(args.source, "cpu")
+    step = read_lmnt_checkpoint(args.source).get("step", 0)
+    from diffwave.api import save_export
+
+    save_export(voc.model, voc.info, args.out, metadata={"step": str(int(step)), "source": "lmnt"})
+    load(args.out, "cpu")
+    print(f"imported lmnt checkpoint {args.source} (step {int(step)}) -> {args.out}: {voc!r}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- quickstart
+
+
+@_user_errors
+def cmd_quickstart(argv: list[str]) -> int:
+    from diffwave.quickstart import DEFAULT_MINUTES, run_quickstart
+
+    p = _parser("quickstart", "Train a small vocoder on the CPU for a few minutes on speech-like audio this package "
+                "synthesises (or on your recordings with --data), vocode held-out clips, and compare with "
+                "Griffin-Lim.")
+    p.add_argument("--out", "-o", default="quickstart_out", metavar="DIR", help="output folder (default: quickstart_out/)")
+    p.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
+                   help=f"training time budget in minutes (default: {DEFAULT_MINUTES:g})")
+    p.add_argument("--steps", type=int, default=None, help="train exactly this many steps (no time budget)")
+    p.add_argument("--data", metavar="DIR", help="train on these recordings instead of synthetic speech")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--fresh", action="store_true", help="start a new run even if the output folder holds one")
+    p.add_argument("--no-dnsmos", action="store_true", help="skip DNSMOS")
+    args = p.parse_args(argv)
+    run_quickstart(args.out, minutes=args.minutes, steps=args.steps, data=args.data, device=args.device,
+                   fresh=args.fresh, with_dnsmos=not args.no_dnsmos)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- dispatch
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int | None], str]] = {
+    "preprocess": (cmd_preprocess, "compute and cache the mels of a recipe's data"),
+    "train": (cmd_train, "train from a recipe (resumable; torchrun-ready)"),
+    "vocode": (cmd_vocode, "mel or wav files/folders -> wav"),
+    "generate": (cmd_generate, "clips from an unconditional model"),
+    "evaluate": (cmd_evaluate, "metrics beside Griffin-Lim, or digit metrics"),
+    "export": (cmd_export, "EMA weights -> config.json + model.safetensors"),
+    "import-lmnt": (cmd_import_lmnt, "lmnt-com/diffwave checkpoint -> export folder"),
+    "quickstart": (cmd_quickstart, "train a small vocoder on the CPU and compare it with Griffin-Lim"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: diffwave <command> [options]   (diffwave <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _dispatch(argv: list[str]) -> int | None:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"unknown command {name!r}{hint} (commands: {', '.join(COMMANDS)})")
+    return COMMANDS[name][0](rest)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console entry point (``diffwave = "diffwave.cli:main"``); returns the exit status."""
+    _setup_logging()
+    return run_cli(_dispatch, list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

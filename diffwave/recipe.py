@@ -1,0 +1,158 @@
+"""A DiffWave training recipe: ``model`` (:class:`~diffwave.config.DiffWaveConfig`) + ``data`` (:class:`DataConfig`) +
+``train`` (:class:`~diffcore.train.TrainConfig`), read from YAML by :func:`load_diffwave_recipe`.
+
+The ``data`` section says where the recordings are (``data.path``: a folder, a file list, an LJSpeech, FSDD or
+Speech Commands folder) and how they are cut; :func:`split_files` turns it into the training clips and the held-out
+clips (``data.holdout`` of them, evenly spread over the sorted list, never trained on; ``diffwave evaluate`` uses
+them by default).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+
+from diffcore.config import ConfigBase, ConfigError, load_recipe
+from diffcore.train import TrainConfig
+from diffwave.audio import AUDIO_EXTENSIONS, list_audio_files
+from diffwave.config import DiffWaveConfig
+from diffwave.data import fsdd_files, fsdd_label, ljspeech_files, sc09_files
+
+__all__ = ["DataConfig", "DiffWaveRecipe", "load_diffwave_recipe", "resolve_files", "split_files", "holdout_indices"]
+
+Layout = Literal["auto", "files", "ljspeech", "fsdd", "sc09"]
+
+
+@dataclass
+class DataConfig(ConfigBase):
+    """Where the training audio is and how it is cut.
+
+    ``path``: a folder of audio files (searched recursively), a file list (one path per line; LJSpeech's
+    ``id|text`` lines work), an LJSpeech folder (``wavs/`` + ``metadata.csv``), an FSDD folder (``recordings/``) or
+    a Speech Commands folder (its SC09 digits). ``None`` in a recipe means "give it on the command line"
+    (``data.path=DIR`` or ``--data DIR``). ``layout``: how to read ``path`` (``auto`` detects it). ``split``: the
+    part of FSDD (``train``/``test``/``all``) or SC09 (``train``/``valid``/``test``/``all``) to use.
+    ``holdout``: clips kept out of training, evenly spread over the sorted list (see :func:`holdout_indices`).
+
+    Vocoder crops: ``crop_frames`` mel frames per example (the paper: 62), ``pad_short`` zero-pads shorter clips
+    (otherwise they are dropped, with a count), ``cache_dir`` reads/writes cached mels (``diffwave preprocess``).
+    Unconditional clips are ``model.audio_length`` samples at ``model.sample_rate``. ``strict`` refuses files at
+    another sample rate instead of resampling them. ``repeat``: every clip appears that many times per epoch (an
+    epoch must hold at least one batch; tiny sets are repeated automatically to reach one).
+    """
+
+    path: str | None = None
+    layout: Layout = "auto"
+    split: Literal["train", "valid", "test", "all"] = "train"
+    holdout: int = 0
+    crop_frames: int = 62
+    pad_short: bool = True
+    cache_dir: str | None = None
+    strict: bool = False
+    repeat: int = 1
+
+    def __post_init__(self) -> None:
+        if self.holdout < 0:
+            raise ConfigError(f"data.holdout must not be negative, got {self.holdout}")
+        if self.crop_frames < 1:
+            raise ConfigError(f"data.crop_frames must be at least 1, got {self.crop_frames}")
+        if self.repeat < 1:
+            raise ConfigError(f"data.repeat must be at least 1, got {self.repeat}")
+        if self.layout == "fsdd" and self.split == "valid":
+            raise ConfigError("FSDD has no 'valid' split (use train, test or all; data.holdout keeps clips aside)")
+
+
+@dataclass
+class DiffWaveRecipe(ConfigBase):
+    """Everything a DiffWave run needs: the model (what inference rebuilds), the data and the training settings."""
+
+    model: DiffWaveConfig = field(default_factory=DiffWaveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_diffwave_recipe(
+    path: str | os.PathLike | None, overrides: Sequence[str] = (), data: str | os.PathLike | None = None
+) -> DiffWaveRecipe:
+    """Read a recipe file (or the defaults when ``path`` is ``None``) with ``key=value`` overrides.
+
+    ``data`` is the ``--data DIR`` shortcut: it sets ``data.path`` (made absolute) before the overrides apply.
+    """
+    extra = [f"data.path={Path(data).expanduser().resolve()}"] if data is not None else []
+    return load_recipe(DiffWaveRecipe, path, [*extra, *overrides])
+
+
+def _is_fsdd_name(p: Path) -> bool:
+    try:
+        fsdd_label(p)
+        return True
+    except ValueError:
+        return False
+
+
+def _detect_layout(root: Path) -> str:
+    if root.is_file():
+        return "files"
+    if (root / "metadata.csv").is_file() or (root / "wavs").is_dir():
+        return "ljspeech"
+    rec = root / "recordings" if (root / "recordings").is_dir() else root
+    wavs = list(rec.glob("*.wav"))[:50]
+    if wavs and all(_is_fsdd_name(p) for p in wavs):
+        return "fsdd"
+    if any((c / "zero").is_dir() for c in (root, root / "speech_commands_v0.02",
+                                             root / "SpeechCommands" / "speech_commands_v0.02")):
+        return "sc09"
+    return "files"
+
+
+def resolve_files(data: DataConfig) -> list[Path]:
+    """All clips that ``data`` names (training and held-out together), in a stable order."""
+    if data.path is None:
+        raise ConfigError("no training data: set data.path=DIR in the recipe or on the command line (or --data DIR)")
+    root = Path(data.path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"data.path {str(root)!r} does not exist")
+    layout = data.layout if data.layout != "auto" else _detect_layout(root)
+    split = data.split
+    if layout == "ljspeech":
+        files = ljspeech_files(root)
+    elif layout == "fsdd":
+        if split == "valid":
+            raise ConfigError("FSDD has no 'valid' split (use train, test or all)")
+        files = fsdd_files(root, split)  # type: ignore[arg-type]
+    elif layout == "sc09":
+        files = sc09_files(root, split)  # type: ignore[arg-type]
+    else:
+        files = list_audio_files(root)
+    if not files:
+        kinds = ", ".join(sorted(AUDIO_EXTENSIONS))
+        raise FileNotFoundError(f"data.path {str(root)!r} ({layout} layout) holds no audio files ({kinds})")
+    return list(files)
+
+
+def holdout_indices(n: int, k: int) -> list[int]:
+    """``k`` indices evenly spread over ``range(n)`` (``round(linspace(0, n - 1, k + 2))`` without the two ends, so
+    held-out clips are neither the first nor the last ones when there are enough)."""
+    if k <= 0:
+        return []
+    if k >= n:
+        raise ConfigError(f"data.holdout={k} leaves no training clip out of {n}")
+    picks = np.round(np.linspace(0, n - 1, k + 2)[1:-1]).astype(int)
+    out = sorted(set(int(i) for i in picks))
+    i = 0
+    while len(out) < k:  # rounding collisions on very small sets
+        if i not in out:
+            out.append(i)
+        i += 1
+    return sorted(out)
+
+
+def split_files(data: DataConfig) -> tuple[list[Path], list[Path]]:
+    """``(training clips, held-out clips)`` of ``data`` (see :func:`holdout_indices`)."""
+    files = resolve_files(data)
+    held = set(holdout_indices(len(files), data.holdout))
+    return [f for i, f in enumerate(files) if i not in held], [f for i, f in enumerate(files) if i in held]

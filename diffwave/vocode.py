@@ -1,0 +1,452 @@
+"""Vocoding mels of any length, in batches, without seams; unconditional generation; vocoding files and folders.
+
+Long inputs. A DiffWave output sample depends on the input only within its receptive field: ``R = Σ_i 2^(i mod
+cycle)`` samples on each side (kernel-3 dilated convolutions; the 1×1 convolutions add nothing) plus about one mel
+frame of the transposed-convolution upsampler. So the network can be evaluated on overlapping windows of the mel
+and the noisy waveform, and each window's ε-prediction is exact (equal to the whole-input one) everywhere farther
+than ``R`` samples from the window's cut edges. :class:`ChunkedDenoiser` does exactly that inside the sampler:
+
+    windows  = cores of ``max_frames - 2·context`` frames, each widened by ``context`` frames on both sides
+    ε(x_t)   = Σ_k w_k · ε_θ(x_t[window_k], t, mel[window_k])      (placed back at the window's position)
+    w_k      = 1 on core k, complementary linear ramps of ``crossfade`` frames across each core boundary
+
+while the sampler updates one global state over the whole length: one x_T and one noise draw per step cover all
+chunks. With ``context ≥ ⌈R / hop⌉ + 2 + crossfade`` (the default, :func:`context_frames`), the chunked ε equals the
+unchunked one up to float rounding, so chunked and whole-input vocoding give the same waveform for the same noise:
+there is no seam to hear. A smaller ``context`` still shares the noise and crossfades, and the seams stay faint.
+
+Batching. Several inputs are packed end to end into one state ``[1, Σ T_i]``; their windows never cross an input's
+boundary (each input sees zero padding at its own edges, as when it is vocoded alone), and windows of equal length
+share a network call (at most ``batch_size`` windows per call). ``pad_multiple`` pads each mel with the preset's
+silence to a multiple of that many frames (the padding is cut off), so inputs of similar length share calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from diffcore.samplers import ddpm_sample, fast_sample
+from diffwave.audio import AUDIO_EXTENSIONS, AudioError, load_audio, save_audio
+from diffwave.config import DiffWaveConfig
+from diffwave.mel import HIFIGAN_LOG_FLOOR, MelConfig, MelError, compute_mel, load_mel_file, validate_mel
+
+__all__ = [
+    "Steps",
+    "receptive_field",
+    "context_frames",
+    "Chunk",
+    "plan_chunks",
+    "chunk_weights",
+    "ChunkedDenoiser",
+    "sample_waveform",
+    "vocode_mels",
+    "generate_audio",
+    "MEL_EXTENSIONS",
+    "VocodeInput",
+    "collect_inputs",
+    "vocode_files",
+]
+
+log = logging.getLogger(__name__)
+
+Steps = Literal["fast", "full"]
+MEL_EXTENSIONS = frozenset({".npy", ".pt", ".pth"})
+
+#: Default longest window (frames) vocoded in one piece: about 12 s at 22.05 kHz with hop 256.
+DEFAULT_MAX_FRAMES = 1024
+#: Default crossfade across chunk boundaries, in frames.
+DEFAULT_CROSSFADE = 2
+
+
+def receptive_field(config: DiffWaveConfig) -> int:
+    """Samples on each side of an output sample that the residual stack sees: ``Σ_i 2^(i mod cycle)``."""
+    return sum(2 ** (i % config.dilation_cycle) for i in range(config.residual_layers))
+
+
+def context_frames(config: DiffWaveConfig, crossfade: int = DEFAULT_CROSSFADE) -> int:
+    """Context frames per side that make a chunk exact over its core and its crossfade ramps:
+    ``⌈R / hop⌉ + 2 + crossfade`` (2 frames for the upsampler's reach)."""
+    if config.hop_length is None:
+        raise ValueError("an unconditional model has no mel frames to chunk")
+    return math.ceil(receptive_field(config) / config.hop_length) + 2 + crossfade
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One window ``[start, end)`` of an input's frames and the core ``[core_start, core_end)`` it is responsible for."""
+
+    start: int
+    end: int
+    core_start: int
+    core_end: int
+
+
+def plan_chunks(frames: int, max_frames: int | None, context: int) -> list[Chunk]:
+    """Windows covering ``frames`` frames: the whole input when it fits in ``max_frames`` (or ``max_frames`` is
+    ``None``), otherwise cores of ``max_frames - 2·context`` frames widened by ``context`` on each side (clipped
+    to the input)."""
+    if frames < 1:
+        raise ValueError(f"cannot vocode a mel with {frames} frames")
+    if max_frames is None or frames <= max_frames:
+        return [Chunk(0, frames, 0, frames)]
+    core = max_frames - 2 * context
+    if core < 1:
+        raise ValueError(
+            f"max_frames={max_frames} leaves no core with {context} context frames on each side "
+            f"(use max_frames > {2 * context})"
+        )
+    chunks = []
+    for cs in range(0, frames, core):
+        ce = min(cs + core, frames)
+        chunks.append(Chunk(max(0, cs - context), min(frames, ce + context), cs, ce))
+    return chunks
+
+
+def chunk_weights(chunks: Sequence[Chunk], k: int, hop: int, crossfade: int) -> Tensor:
+    """Weights ``[(end - start) · hop]`` (float64) of window ``k``: 1 on its core, linear ramps of ``crossfade``
+    frames centred on each core boundary shared with a neighbour (the neighbours' ramps sum to 1), 0 elsewhere.
+    ``crossfade`` is limited to what both windows and the core can hold."""
+    c = chunks[k]
+    n = (c.end - c.start) * hop
+    pos = torch.arange(n, dtype=torch.float64) + c.start * hop  # sample positions in the input
+    w = torch.ones(n, dtype=torch.float64)
+
+    def ramp(boundary: int, width_frames: int) -> Tensor:  # rises 0 → 1 across the boundary
+        b, x = boundary * hop, width_frames * hop
+        if x == 0:
+            return (pos >= b).to(torch.float64)
+        return ((pos - (b - x / 2) + 0.5) / x).clamp(0.0, 1.0)
+
+    def width(left: Chunk, right: Chunk) -> int:
+        room = min(left.end - left.core_end, right.core_start - right.start)  # context on both sides of the cut
+        return max(0, min(crossfade, 2 * room, left.core_end - left.core_start, right.core_end - right.core_start))
+
+    if k > 0:
+        w = w * ramp(c.core_start, width(chunks[k - 1], c))
+    if k < len(chunks) - 1:
+        w = w * (1.0 - ramp(c.core_end, width(c, chunks[k + 1])))
+    return w
+
+
+class ChunkedDenoiser:
+    """``ε(x [1, N], t, cond=None) -> [1, N]``: a DiffWave network evaluated window by window over several packed
+    inputs (see the module docstring). ``mels[i]`` ``[n_mels, F_i]`` conditions samples
+    ``offsets[i] : offsets[i] + F_i · hop`` of the packed state; ``length`` is ``Σ F_i · hop``."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        mels: Sequence[Tensor],
+        *,
+        max_frames: int | None = DEFAULT_MAX_FRAMES,
+        context: int | None = None,
+        crossfade: int = DEFAULT_CROSSFADE,
+        batch_size: int = 16,
+    ) -> None:
+        config: DiffWaveConfig = model.config
+        hop = config.hop_length
+        if hop is None:
+            raise ValueError("ChunkedDenoiser needs a mel-conditioned model")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        context = context_frames(config, crossfade) if context is None else context
+        self.model = model
+        self.hop = hop
+        self.offsets: list[int] = []
+        groups: dict[int, list[tuple[Tensor, int, Tensor]]] = defaultdict(list)
+        offset = 0
+        coverage = []
+        for mel in mels:
+            frames = mel.shape[-1]
+            chunks = plan_chunks(frames, max_frames, context)
+            cover = torch.zeros(frames * hop, dtype=torch.float64)
+            for k, c in enumerate(chunks):
+                w = chunk_weights(chunks, k, hop, crossfade)
+                cover[c.start * hop : c.end * hop] += w
+                groups[c.end - c.start].append((mel[:, c.start : c.end], offset + c.start * hop, w))
+            coverage.append(cover)
+            self.offsets.append(offset)
+            offset += frames * hop
+        self.length = offset
+        worst = max(float((cov - 1).abs().max()) for cov in coverage)
+        if worst > 1e-9:  # the weights are a partition of unity by construction
+            raise AssertionError(f"chunk weights do not sum to 1 (off by {worst:.3g})")
+        self.num_windows = sum(len(g) for g in groups.values())
+        # Network calls: windows of equal length, at most batch_size per call.
+        self.calls: list[tuple[Tensor, list[int], Tensor]] = []
+        for length, items in sorted(groups.items()):
+            for i in range(0, len(items), batch_size):
+                part = items[i : i + batch_size]
+                self.calls.append((
+                    torch.stack([m for m, _, _ in part]),
+                    [s for _, s, _ in part],
+                    torch.stack([w for _, _, w in part]),
+                ))
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "ChunkedDenoiser":
+        self.calls = [(m.to(device, dtype), s, w.to(device, dtype)) for m, s, w in self.calls]
+        return self
+
+    def __call__(self, x: Tensor, t: Tensor, cond: object = None) -> Tensor:
+        if x.shape != (1, self.length):
+            raise ValueError(f"expected the packed state [1, {self.length}], got {list(x.shape)}")
+        flat = x[0]
+        out = torch.zeros_like(flat)
+        step = t.reshape(-1)[:1]
+        for mel, starts, weights in self.calls:
+            n = weights.shape[-1]
+            xb = torch.stack([flat[s : s + n] for s in starts])
+            eps = self.model(xb, step.expand(len(starts)), mel)
+            for j, s in enumerate(starts):
+                out[s : s + n] += eps[j] * weights[j]
+        return out.unsqueeze(0)
+
+
+def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters())
+    return p.device, p.dtype
+
+
+def sample_waveform(
+    model: torch.nn.Module,
+    shape: Sequence[int],
+    steps: Steps,
+    *,
+    denoiser: Callable | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callable[[int, Tensor], None] | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """Run DiffWave's reverse process for a waveform of ``shape`` and clamp it to [-1, 1].
+
+    ``fast``: the model's ``fast_betas`` schedule through :func:`~diffcore.samplers.fast_sample` (Kong et al. 2021,
+    Alg. 2 at the aligned fractional steps), clamping the state to [-1, 1] after every step as lmnt's reference
+    does. ``full``: ancestral sampling over all T training steps (:func:`~diffcore.samplers.ddpm_sample` with
+    σ_t² = β̃_t, the DiffWave paper's choice). ``denoiser`` replaces the model call (e.g. a
+    :class:`ChunkedDenoiser`); noise comes from ``generator`` (on the model's device).
+    """
+    config: DiffWaveConfig = model.config
+    schedule = config.diffusion.build()
+    device, dtype = _model_device_dtype(model)
+    net = denoiser if denoiser is not None else model
+    common = dict(generator=generator, device=device, dtype=dtype, prediction=config.diffusion.prediction,
+                  callback=callback, progress=progress)
+    if steps == "fast":
+        x = fast_sample(net, tuple(shape), schedule, inference_betas=config.fast_betas, clip_sample=1.0, **common)
+    elif steps == "full":
+        x = ddpm_sample(net, tuple(shape), schedule, variance="posterior", **common)
+    else:
+        raise ValueError(f"steps must be 'fast' or 'full', got {steps!r}")
+    return x.clamp(-1.0, 1.0)
+
+
+def num_sampling_steps(config: DiffWaveConfig, steps: Steps) -> int:
+    """Network evaluations per sample: ``len(fast_betas)`` or the training T."""
+    return len(config.fast_betas) if steps == "fast" else config.diffusion.num_steps
+
+
+def mel_pad_value(mel_config: MelConfig) -> float:
+    """The value of silence in a preset's mel: 0 for ``diffwave``, ln(1e-5) for ``hifigan``."""
+    return 0.0 if mel_config.preset == "diffwave" else HIFIGAN_LOG_FLOOR
+
+
+@torch.no_grad()
+def vocode_mels(
+    model: torch.nn.Module,
+    mels: Sequence[Tensor],
+    steps: Steps = "fast",
+    *,
+    generator: torch.Generator | None = None,
+    max_frames: int | None = DEFAULT_MAX_FRAMES,
+    context: int | None = None,
+    crossfade: int = DEFAULT_CROSSFADE,
+    batch_size: int = 16,
+    pad_multiple: int = 1,
+    callback: Callable[[int, Tensor], None] | None = None,
+    progress: bool = False,
+) -> list[Tensor]:
+    """Waveforms ``[F_i · hop]`` for mels ``[n_mels, F_i]`` of any lengths, in one sampling run (module docstring).
+
+    The mels are not validated here (see :func:`diffwave.mel.validate_mel`); they are moved to the model's device.
+    """
+    if not mels:
+        return []
+    config: DiffWaveConfig = model.config
+    if not config.conditional:
+        raise ValueError("this model is unconditional: use generate_audio")
+    device, dtype = _model_device_dtype(model)
+    frames = [int(m.shape[-1]) for m in mels]
+    if pad_multiple > 1:
+        pad = mel_pad_value(config.mel)
+        mels = [F.pad(m, (0, -m.shape[-1] % pad_multiple), value=pad) for m in mels]
+    denoiser = ChunkedDenoiser(model, [m.to(device, dtype) for m in mels], max_frames=max_frames, context=context,
+                               crossfade=crossfade, batch_size=batch_size).to(device, dtype)
+    x = sample_waveform(model, (1, denoiser.length), steps, denoiser=denoiser, generator=generator,
+                        callback=callback, progress=progress)[0]
+    hop = denoiser.hop
+    return [x[o : o + f * hop] for o, f in zip(denoiser.offsets, frames)]
+
+
+@torch.no_grad()
+def generate_audio(
+    model: torch.nn.Module,
+    n: int,
+    steps: Steps = "fast",
+    *,
+    generator: torch.Generator | None = None,
+    length: int | None = None,
+    callback: Callable[[int, Tensor], None] | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """``n`` clips ``[n, length]`` (default ``config.audio_length``) from an unconditional model."""
+    config: DiffWaveConfig = model.config
+    if config.conditional:
+        raise ValueError("this model is mel-conditioned: vocode a mel instead of generating unconditionally")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    return sample_waveform(model, (n, length or config.audio_length), steps, generator=generator,
+                           callback=callback, progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files and folders
+
+
+@dataclass(frozen=True)
+class VocodeInput:
+    """One input file and the relative name of its output (``.wav``)."""
+
+    path: Path
+    out_name: Path
+
+    @property
+    def is_mel(self) -> bool:
+        return self.path.suffix.lower() in MEL_EXTENSIONS
+
+
+def collect_inputs(paths: Sequence[str | os.PathLike]) -> list[VocodeInput]:
+    """Expand files and folders (recursively: audio files and ``.npy``/``.pt`` mels) into inputs with output names
+    (the path relative to the folder given, ``.wav``). Raises ``FileNotFoundError``/``ValueError`` for a missing
+    path, an empty folder or two inputs that would write the same output."""
+    out: list[VocodeInput] = []
+    for given in paths:
+        p = Path(given)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*")
+                           if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS | MEL_EXTENSIONS)
+            if not found:
+                raise FileNotFoundError(f"{p}: no audio or mel (.npy/.pt) files in this folder")
+            out += [VocodeInput(f, f.relative_to(p).with_suffix(".wav")) for f in found]
+        elif p.is_file():
+            if p.suffix.lower() not in AUDIO_EXTENSIONS | MEL_EXTENSIONS:
+                raise ValueError(f"{p}: not an audio file or a mel (.npy/.pt)")
+            out.append(VocodeInput(p, Path(p.with_suffix(".wav").name)))
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    seen: dict[Path, Path] = {}
+    for item in out:
+        if item.out_name in seen:
+            raise ValueError(f"{seen[item.out_name]} and {item.path} would both be written as {item.out_name}")
+        seen[item.out_name] = item.path
+    return out
+
+
+def _load_input(item: VocodeInput, config: DiffWaveConfig, strict: bool) -> tuple[Tensor, int | None]:
+    """``(mel [n_mels, F], samples to keep or None)`` of one input; raises ``MelError``/``AudioError``."""
+    if item.is_mel:
+        mel = load_mel_file(item.path)
+        validate_mel(mel, config.mel, source=str(item.path))
+        if mel.ndim == 3:
+            if mel.shape[0] != 1:
+                raise MelError(f"{item.path}: holds a batch of {mel.shape[0]} mels; save one mel per file")
+            mel = mel[0]
+        return mel.float(), None
+    wav, _ = load_audio(item.path, config.sample_rate, strict=strict)
+    wav = wav.clamp(-1.0, 1.0)
+    if wav.shape[-1] < config.mel.min_samples():
+        raise AudioError(f"{item.path}: {wav.shape[-1]} samples is too short to vocode")
+    return compute_mel(wav, config.mel), wav.shape[-1]
+
+
+def vocode_files(
+    model: torch.nn.Module,
+    inputs: Sequence[VocodeInput],
+    out_dir: str | os.PathLike,
+    steps: Steps = "fast",
+    *,
+    seed: int = 0,
+    batch_size: int = 16,
+    max_frames: int | None = DEFAULT_MAX_FRAMES,
+    pad_multiple: int = 16,
+    strict: bool = False,
+    progress: bool = True,
+    single_output: str | os.PathLike | None = None,
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Vocode ``inputs`` into ``out_dir/<out_name>`` (each written atomically as 16-bit WAV at the model's rate).
+
+    Inputs are taken in order and grouped until a group fills ``batch_size`` windows; each group is one sampling
+    run with a generator seeded by ``(seed, group index)``. Wav inputs are cut back to their own length; mel
+    inputs give ``frames · hop`` samples. An input that fails to load is reported and skipped.
+    ``single_output``: write the only input to this exact path instead.
+
+    Returns ``(written paths, [(input, reason)] of the failures)``.
+    """
+    config: DiffWaveConfig = model.config
+    device, _ = _model_device_dtype(model)
+    out_dir = Path(out_dir)
+    context = context_frames(config)
+    written: list[Path] = []
+    failed: list[tuple[Path, str]] = []
+    per_group = num_sampling_steps(config, steps)
+    bar = tqdm(total=len(inputs), disable=not progress, desc="vocode", unit="file")
+    group: list[tuple[VocodeInput, Tensor, int | None]] = []
+    windows = 0
+    groups_done = 0
+
+    def flush() -> None:
+        nonlocal group, windows, groups_done
+        if not group:
+            return
+        g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + groups_done)
+        bar.set_postfix(batch=len(group), steps=per_group)
+        wavs = vocode_mels(model, [m for _, m, _ in group], steps, generator=g, max_frames=max_frames,
+                           context=context, batch_size=batch_size, pad_multiple=pad_multiple)
+        for (item, _, keep), wav in zip(group, wavs):
+            wav = wav[:keep] if keep is not None else wav
+            target = Path(single_output) if single_output is not None else out_dir / item.out_name
+            written.append(save_audio(target, wav.cpu(), config.sample_rate))
+        bar.update(len(group))
+        groups_done += 1
+        group, windows = [], 0
+
+    try:
+        for item in inputs:
+            try:
+                mel, keep = _load_input(item, config, strict)
+            except (MelError, AudioError) as e:
+                if len(inputs) == 1:
+                    raise
+                log.warning("skipping %s", e)
+                failed.append((item.path, str(e)))
+                bar.update(1)
+                continue
+            group.append((item, mel, keep))
+            frames = mel.shape[-1] + (-mel.shape[-1] % pad_multiple if pad_multiple > 1 else 0)
+            windows += len(plan_chunks(frames, max_frames, context))
+            if windows >= batch_size:
+                flush()
+        flush()
+    finally:
+        bar.close()
+    return written, failed
