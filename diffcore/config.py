@@ -20,7 +20,7 @@ import difflib
 import os
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Sequence, TypeVar, Union, get_args, get_origin
 
