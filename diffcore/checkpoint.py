@@ -44,6 +44,7 @@ __all__ = [
     "load_for_inference",
     "export",
     "checkpoint_name",
+    "load_error_detail",
 ]
 
 FORMAT_VERSION = 1
@@ -56,6 +57,28 @@ _NAME_RE = re.compile(r"^step_(\d+)\.pt$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written or read; the message names the file and the problem."""
+
+
+#: Sentences of torch's weights-only error that give advice (often: turn the protection off) rather than the cause.
+_ADVICE_WORDS = ("Weights only load failed", "weights_only", "trust", "Check the documentation", "Please file an issue",
+                 "allowlist", "Alternatively", "arbitrary code", "you have two options")
+
+
+def load_error_detail(error: BaseException) -> tuple[bool, str]:
+    """Why ``torch.load(..., weights_only=True)`` failed, as ``(refused, one line)``: ``refused`` when the file holds
+    a pickled class or function the weights-only unpickler will not build (loading it could run code), and the
+    cause without torch's advice to reload with ``weights_only=False``, which a file of unknown origin must never
+    get."""
+    text = " ".join(str(error).split())
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    text = text.split("Check the documentation")[0]
+    kept = [t for t in re.split(r"(?<=\.)\s+", text) if t and not any(w in t for w in _ADVICE_WORDS)]
+    detail = " ".join(kept[:2]).strip()
+    refused = "unsupported global" in str(error).lower()
+    if not detail:
+        return refused, "refused by the weights-only loader" if refused else type(error).__name__
+    return refused, detail if refused else f"{type(error).__name__}: {detail}"
 
 
 def checkpoint_name(step: int) -> str:
@@ -179,11 +202,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            problem = f"holds objects that weights-only loading refuses ({msg})"
+        refused, detail = load_error_detail(e)
+        if refused:
+            problem = f"holds objects that weights-only loading refuses, since loading them could run code ({detail})"
         else:
-            problem = f"is truncated, corrupt or not a torch file ({type(e).__name__}: {msg})"
+            problem = f"is truncated, corrupt or not a torch file ({detail})"
         raise CheckpointError(f"{path}: {problem}") from None
     if not isinstance(state, dict) or "format" not in state:
         raise CheckpointError(f"{path}: not a diffstack checkpoint (no 'format' entry)")

@@ -134,7 +134,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _unknown_key(key: str, valid: Sequence[str], where: str) -> ConfigError:
+def _unknown_key(key: Any, valid: Sequence[str], where: str) -> ConfigError:
+    if not isinstance(key, str):  # YAML reads `1: x` with an integer key
+        full = f"{where}.{key!r}" if where else repr(key)
+        return ConfigError(f"key {full} is not a name (valid keys: {', '.join(valid)})")
     close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     full = f"{where}.{key}" if where else key
@@ -158,11 +161,13 @@ class ConfigBase:
     @classmethod
     def from_dict(cls: type[C], data: Mapping[str, Any] | None = None, *, _where: str = "") -> C:
         """Build from plain data, checking every key and type (see the module docstring)."""
+        if data is not None and not isinstance(data, Mapping):
+            raise ConfigError(f"{_where or cls.__name__}: expected a mapping, got {data!r}")
         data = dict(data or {})
         preset = data.pop("preset", None)
         base: dict[str, Any] = {}
         if preset is not None:
-            if preset not in cls.PRESETS:
+            if not isinstance(preset, str) or preset not in cls.PRESETS:
                 raise ConfigError(
                     f"{_where or cls.__name__}: unknown preset {preset!r}; available: {', '.join(cls.PRESETS) or 'none'}"
                 )
@@ -229,7 +234,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+    except Exception:  # YAMLError, and ValueError/RecursionError from PyYAML's constructors (e.g. 2001-13-01)
         value = raw
     return key.split("."), value
 
@@ -276,17 +281,25 @@ def load_recipe(cls: type[C], path: str | os.PathLike | None = None, overrides: 
         if not p.is_file():
             raise ConfigError(f"recipe file {str(p)!r} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"recipe file {str(p)!r} is not valid YAML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"recipe file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except (ValueError, TypeError, AttributeError, RecursionError) as e:  # raised by PyYAML's constructors
+            raise ConfigError(f"recipe file {str(p)!r} is not valid YAML: {type(e).__name__}: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"recipe file {str(p)!r} cannot be read ({e.strerror or e})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"recipe file {str(p)!r} must hold a mapping at the top level")
-    data = apply_overrides(cls, data, overrides)
+    where = f"recipe {str(path)!r}: " if path is not None else ""
     try:
+        data = apply_overrides(cls, data, overrides)
         return cls.from_dict(data)
     except ConfigError as e:
-        where = f"recipe {str(path)!r}: " if path is not None else ""
         raise ConfigError(f"{where}{e}") from None
+    except RecursionError:  # a YAML alias that contains itself (a: &x [*x])
+        raise ConfigError(f"{where}the recipe is nested too deeply or refers to itself") from None
 
 
 def save_config(cfg: ConfigBase | Mapping[str, Any], path: str | os.PathLike) -> None:

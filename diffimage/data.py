@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -176,11 +177,19 @@ class NpzImageDataset(Dataset):
     """
 
     def __init__(self, path: str | os.PathLike, random_flip: bool = False, limit: int | None = None) -> None:
-        with np.load(path, allow_pickle=False) as data:
-            if "images" not in data:
-                raise KeyError(f"{str(path)!r} has no 'images' array (keys: {', '.join(data.files)})")
-            images = data["images"][:limit]
-            labels = data["labels"][:limit] if "labels" in data else None
+        try:
+            data = np.load(path, allow_pickle=False)
+            if not hasattr(data, "files"):
+                raise ValueError("a single .npy array, not an .npz archive with an 'images' array")
+            with data:
+                if "images" not in data:
+                    raise KeyError(f"{str(path)!r} has no 'images' array (keys: {', '.join(data.files)})")
+                images = data["images"][:limit]
+                labels = data["labels"][:limit] if "labels" in data else None
+        except (KeyError, FileNotFoundError):
+            raise
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not an archive, truncated, pickled data
+            raise ValueError(f"{str(path)!r} is not a readable .npz image archive ({type(e).__name__}: {e})") from None
         self._init(images, labels, random_flip)
 
     @classmethod

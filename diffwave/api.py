@@ -340,7 +340,13 @@ def evaluate_generation(
         clf = load_digit_classifier(classifier)
         clf_path = Path(classifier)
     else:
-        train, val = split_fsdd_files(reference_files)
+        try:
+            train, val = split_fsdd_files(reference_files)
+        except ValueError as e:
+            raise ConfigError(f"the reference clips must be spoken digits named {{digit}}_{{speaker}}_{{index}}.wav "
+                              f"to train the digit classifier, or give a trained classifier ({e})") from None
+        if not train:  # every clip has a validation index: train on them all
+            train, val = val, []
         clf_path = out / "digit_classifier.pt"
         clf, hist = train_digit_classifier(train, clf_path, classifier_epochs, val_files=val or None)
     refs = []

@@ -1,13 +1,16 @@
 """Reading, validating and writing audio files.
 
-Every way a file can be unusable (missing, unreadable, truncated, empty, silent, NaN) raises :class:`AudioError`
-with a message that names the file, so that a data pipeline can report and skip it. Waveforms are float32 tensors
+Every way a file can be unusable (missing, unreadable, truncated, empty, silent, NaN, an implausible header, too long
+to hold in memory) raises :class:`AudioError` with a message that names the file, so that a data pipeline can report
+and skip it. Memory stays bounded: the header's length is checked against ``max_duration_s`` before anything is
+allocated, and long clips are resampled in pieces. Waveforms are float32 tensors
 in [-1, 1] (integer PCM is scaled by 2^(bits-1), as soundfile does); mono is ``[T]``, multi-channel ``[C, T]``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
 import tempfile
@@ -35,6 +38,16 @@ log = logging.getLogger(__name__)
 
 #: Peak amplitude below which a clip counts as silent (-80 dBFS; a 16-bit LSB is about -90 dBFS).
 SILENCE_PEAK = 1e-4
+
+#: Longest clip :func:`load_audio` reads by default (one hour: 318 MB as float32 mono at 22.05 kHz).
+MAX_DURATION_S = 3600.0
+#: Plausible header values; a corrupt or fuzzed header outside them is rejected before any allocation.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE, MAX_CHANNELS = 1000, 1_000_000, 64
+#: Largest sinc-resampling kernel accepted (elements): rates that share almost no common factor (44101 -> 22050 Hz)
+#: would need gigabytes of kernel.
+MAX_RESAMPLE_KERNEL = 1 << 24
+#: Input samples resampled per piece for long clips (bounds the convolution's intermediate buffers).
+RESAMPLE_CHUNK = 1 << 19
 
 #: File extensions that libsndfile (through soundfile) decodes.
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(
@@ -99,8 +112,27 @@ def _wav_truncation(path: Path) -> str | None:
     return None
 
 
-def audio_info(path: str | os.PathLike) -> AudioInfo:
-    """Read a file's header (cheap); raise :class:`AudioError` if it is missing, unreadable, truncated or empty."""
+def _check_header(path: Path, frames: int, sample_rate: int, channels: int, max_duration_s: float | None) -> None:
+    """Reject headers that are implausible (a corrupt file) or announce more audio than ``max_duration_s``."""
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            f"{path}: implausible sample rate {sample_rate} Hz in the header (expected {MIN_SAMPLE_RATE} to "
+            f"{MAX_SAMPLE_RATE} Hz; a corrupt file?)"
+        )
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(f"{path}: implausible channel count {channels} in the header (at most {MAX_CHANNELS})")
+    if frames <= 0:
+        raise AudioError(f"{path}: zero-length audio (no samples)")
+    if max_duration_s is not None and frames > max_duration_s * sample_rate:
+        raise AudioError(
+            f"{path}: too long ({frames / sample_rate:.0f} s; the limit is {max_duration_s:g} s): split it into "
+            "shorter files, or pass a larger max_duration_s"
+        )
+
+
+def audio_info(path: str | os.PathLike, *, max_duration_s: float | None = MAX_DURATION_S) -> AudioInfo:
+    """Read a file's header (cheap); raise :class:`AudioError` if it is missing, unreadable, truncated, empty,
+    implausible (sample rate, channels) or longer than ``max_duration_s`` (``None``: no limit)."""
     path = Path(path)
     _check_exists(path)
     try:
@@ -110,8 +142,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     problem = _wav_truncation(path)
     if problem:
         raise AudioError(f"{path}: {problem}")
-    if info.frames <= 0:
-        raise AudioError(f"{path}: zero-length audio (no samples)")
+    _check_header(path, int(info.frames), int(info.samplerate), int(info.channels), max_duration_s)
     return AudioInfo(path=path, frames=int(info.frames), sample_rate=int(info.samplerate), channels=int(info.channels))
 
 
@@ -124,6 +155,46 @@ def resampled_length(num_samples: int, orig_sr: int, new_sr: int) -> int:
     return -(-new * num_samples // orig)  # ceil(new * T / orig)
 
 
+def _resample_kernel_size(orig_sr: int, new_sr: int, lowpass_filter_width: int = 6, rolloff: float = 0.99) -> int:
+    """Elements of ``torchaudio.functional.resample``'s sinc kernel ``[new', 1, 2·width + orig']`` (rates divided by
+    their gcd; ``width = ⌈lowpass_filter_width · orig' / (rolloff · min(orig', new'))⌉``)."""
+    g = math.gcd(int(orig_sr), int(new_sr))
+    orig, new = orig_sr // g, new_sr // g
+    width = math.ceil(lowpass_filter_width * orig / (min(orig, new) * rolloff))
+    return new * (2 * width + orig)
+
+
+def _resample(wav: torch.Tensor, orig_sr: int, new_sr: int, chunk: int = RESAMPLE_CHUNK) -> torch.Tensor:
+    """``torchaudio.functional.resample(wav [..., T], orig_sr, new_sr)``, computed in pieces for long clips.
+
+    torchaudio's output block ``b`` (``new'`` samples) reads the input samples ``[b·orig' − w, b·orig' + w + orig')``
+    only (``w``: the kernel's half width), with zeros beyond the clip. So cutting the input at multiples of ``orig'``
+    and giving each piece ``c ≥ w + orig'`` samples of context on both sides yields the very same blocks, while the
+    convolution's unfolded input (``2w + orig'`` values per output block) stays the size of one piece.
+    """
+    T = wav.shape[-1]
+    if orig_sr == new_sr:
+        return wav
+    if T <= 2 * chunk:
+        return AF.resample(wav, orig_sr, new_sr)
+    g = math.gcd(int(orig_sr), int(new_sr))
+    orig, new = orig_sr // g, new_sr // g
+    width = math.ceil(6 * orig / (min(orig, new) * 0.99))
+    context = -(-(width + orig) // orig) * orig  # a multiple of orig' of at least w + orig'
+    step = max(1, chunk // orig) * orig  # input samples per piece, a multiple of orig'
+    pieces = []
+    for start in range(0, T, step):
+        end = min(T, start + step)
+        lo, hi = max(0, start - context), min(T, end + context)
+        out = AF.resample(wav[..., lo:hi], orig_sr, new_sr)
+        first = (start - lo) // orig * new
+        if end == T:
+            pieces.append(out[..., first:])
+        else:
+            pieces.append(out[..., first : first + (end - start) // orig * new])
+    return torch.cat(pieces, dim=-1)
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int | None = None,
@@ -132,6 +203,7 @@ def load_audio(
     mono: bool = True,
     silence_peak: float = SILENCE_PEAK,
     log_resample: bool = True,
+    max_duration_s: float | None = MAX_DURATION_S,
 ) -> tuple[torch.Tensor, int]:
     """Read an audio file as float32 in [-1, 1].
 
@@ -142,13 +214,16 @@ def load_audio(
         mono: average the channels (``[T]``); otherwise return ``[C, T]``.
         silence_peak: a clip whose peak |x| is below this is rejected as silent.
         log_resample: log the resampling warning (a dataset that reports it once for all files turns it off).
+        max_duration_s: refuse a file whose header announces more than this many seconds (``None``: no limit),
+            so that memory stays bounded (about ``4 · channels · frames`` bytes, plus one resampling piece).
 
     Returns:
         ``(wav, sr)``: ``wav`` is ``[T]`` (or ``[C, T]``) float32, ``sr`` the rate of ``wav``.
 
     Raises:
         AudioError: missing, empty, unreadable, corrupt or truncated file; no samples; non-finite samples; silence;
-            a different sample rate in strict mode.
+            a different sample rate in strict mode; an implausible header; a file longer than ``max_duration_s``;
+            rates too awkward to resample (no common factor).
     """
     path = Path(path)
     _check_exists(path)
@@ -156,26 +231,39 @@ def load_audio(
     if problem:
         raise AudioError(f"{path}: {problem}")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # [T, C]
-    except (sf.SoundFileError, RuntimeError, TypeError) as e:
-        raise AudioError(f"{path}: unreadable or corrupt audio file ({e})") from None
+        with sf.SoundFile(str(path)) as f:
+            # The header is checked before sf.read allocates frames x channels floats from it.
+            _check_header(path, int(f.frames), int(f.samplerate), int(f.channels), max_duration_s)
+            data = f.read(dtype="float32", always_2d=True)  # [T, C]
+            sr = int(f.samplerate)
+    except (sf.SoundFileError, RuntimeError, TypeError, ValueError, MemoryError) as e:
+        if isinstance(e, AudioError):
+            raise
+        raise AudioError(f"{path}: unreadable or corrupt audio file ({type(e).__name__}: {e})") from None
     if data.shape[0] == 0:
         raise AudioError(f"{path}: zero-length audio (no samples)")
     bad = ~np.isfinite(data)
     if bad.any():
         raise AudioError(f"{path}: {int(bad.sum())} non-finite samples (NaN or Inf)")
-    wav = torch.from_numpy(np.ascontiguousarray(data.T))  # [C, T]
-    if mono:
-        wav = wav.mean(dim=0)
+    if mono:  # straight from [T, C], without a transposed copy of a long clip
+        wav = torch.from_numpy(np.ascontiguousarray(data[:, 0]) if data.shape[1] == 1 else data.mean(axis=1))
+    else:
+        wav = torch.from_numpy(np.ascontiguousarray(data.T))  # [C, T]
+    del data
     peak = float(wav.abs().max())
     if peak < silence_peak:
         raise AudioError(f"{path}: silent (peak |x| = {peak:.3g} is below {silence_peak:g})")
     if sample_rate is not None and sr != sample_rate:
         if strict:
             raise AudioError(f"{path}: sample rate is {sr} Hz but {sample_rate} Hz is required (strict mode)")
+        if _resample_kernel_size(sr, sample_rate) > MAX_RESAMPLE_KERNEL:
+            raise AudioError(
+                f"{path}: cannot resample {sr} Hz to {sample_rate} Hz (the rates share almost no common factor, so "
+                f"the resampling filter would be huge); convert the file to {sample_rate} Hz first"
+            )
         if log_resample:
             log.warning("resampling %s from %d Hz to %d Hz", path, sr, sample_rate)
-        wav = AF.resample(wav, sr, sample_rate)
+        wav = _resample(wav, sr, sample_rate)
         sr = sample_rate
     return wav.contiguous(), int(sr)
 
@@ -246,11 +334,19 @@ def list_audio_files(root_or_filelist: str | os.PathLike, *, allow_outside_root:
     if not root.is_file():
         raise AudioError(f"{root}: no such folder or file list")
     base = root.parent.resolve()
+    try:
+        text = root.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise AudioError(f"{root}: not a file list (not UTF-8 text: {e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise AudioError(f"{root}: cannot read the file list ({e.strerror or e})") from None
     files: list[Path] = []
-    for lineno, line in enumerate(root.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         entry = line.split("|", 1)[0].strip()
         if not entry or entry.startswith("#"):
             continue
+        if "\0" in entry:
+            raise AudioError(f"{root}:{lineno}: the entry contains a NUL character (not a file list?)")
         p = _resolve_list_entry(entry, base)
         if not allow_outside_root and not p.resolve().is_relative_to(base):
             raise AudioError(

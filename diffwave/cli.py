@@ -33,18 +33,19 @@ log = logging.getLogger("diffwave")
 
 
 def _user_errors(fn: Callable[[list[str]], int | None]) -> Callable[[list[str]], int | None]:
-    """Turn this package's own user-facing errors (bad audio, a mel that does not fit, an lmnt file we cannot read)
-    into :class:`UsageError`, which ``run_cli`` reports as one line."""
+    """Turn this package's own user-facing errors (bad audio, a mel that does not fit, an lmnt file we cannot read,
+    clashing vocoder inputs/outputs) into :class:`UsageError`, which ``run_cli`` reports as one line."""
 
     @functools.wraps(fn)
     def wrapper(argv: list[str]) -> int | None:
         from diffwave.audio import AudioError
         from diffwave.lmnt import LmntImportError
         from diffwave.mel import MelError
+        from diffwave.vocode import VocodeError
 
         try:
             return fn(argv)
-        except (AudioError, MelError, LmntImportError) as e:
+        except (AudioError, MelError, LmntImportError, VocodeError) as e:
             raise UsageError(str(e)) from e
 
     return wrapper
@@ -154,10 +155,7 @@ def cmd_vocode(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     p.add_argument("--strict", action="store_true", help="refuse audio at another sample rate instead of resampling")
     args = p.parse_args(argv)
-    try:
-        inputs = collect_inputs(args.inputs)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    inputs = collect_inputs(args.inputs)
     single = None
     if args.out.lower().endswith(".wav"):
         if len(inputs) != 1:
@@ -259,6 +257,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     p.add_argument("--gl-iters", type=int, default=64, help="Griffin-Lim iterations (default: 64)")
     p.add_argument("--no-dnsmos", action="store_true", help="skip DNSMOS (the slowest metric)")
     p.add_argument("--classifier", metavar="CKPT", help="digit classifier checkpoint (default: train one on --data)")
+    p.add_argument("--classifier-epochs", type=int, default=30, help="epochs when training the classifier (default: 30)")
     p.add_argument("--batch-size", type=int, default=16, help="clips per sampling run (unconditional)")
     args = p.parse_args(argv)
     voc = load(args.model, args.device)
@@ -276,7 +275,8 @@ def cmd_evaluate(argv: list[str]) -> int:
         print(result["table"].markdown())
     else:
         result = evaluate_generation(voc, files, args.out, args.n or 64, args.steps, seed=args.seed,
-                                     batch_size=args.batch_size, classifier=args.classifier)
+                                     batch_size=args.batch_size, classifier=args.classifier,
+                                     classifier_epochs=args.classifier_epochs)
         print(result["paths"]["markdown"].read_text())
     print(f"results in {args.out}/ ({', '.join(p.name for p in result['paths'].values() if isinstance(p, Path))})")
     return 0

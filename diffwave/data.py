@@ -256,6 +256,10 @@ def ljspeech_files(root: str | os.PathLike) -> list[Path]:
     if meta.is_file():
         ids = [line.split("|", 1)[0].strip() for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
         files = [wavs / f"{i}.wav" for i in ids]
+        inside = wavs.resolve()
+        for i, f in zip(ids, files):  # metadata.csv is a file list: it may not reach outside the dataset
+            if "\0" in i or not f.resolve().is_relative_to(inside):
+                raise AudioError(f"{meta}: clip id {i!r} resolves outside {wavs}")
         missing = [f for f in files if not f.is_file()]
         if missing:
             log.warning(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffcore.checkpoint import load_error_detail
 from diffcore.config import ConfigError, DiffusionConfig
 from diffwave.config import DiffWaveConfig, training_betas
 from diffwave.model import DiffWave, step_embedding_table
@@ -87,32 +87,21 @@ def read_lmnt_checkpoint(path: str | os.PathLike, map_location: str | torch.devi
     try:
         with torch.serialization.safe_globals([(_AttrDictStandIn, "diffwave.params.AttrDict")]):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        detail = _unpickler_detail(str(e))
-        if "Unsupported global" in detail:
+    except Exception as e:  # a refused pickle, a truncated or foreign file: torch raises many kinds
+        refused, detail = load_error_detail(e)
+        if refused:
             raise LmntImportError(
                 f"{path}: refused by the weights-only loader, which accepts tensors, plain containers and lmnt's "
                 f"AttrDict only ({detail})"
             ) from None
-        raise LmntImportError(
-            f"{path}: cannot read as a torch checkpoint (corrupt or another format: {detail})"
-        ) from None
-    except Exception as e:  # a truncated or foreign file: torch raises many kinds
-        raise LmntImportError(f"{path}: cannot read as a torch checkpoint ({type(e).__name__}: {e})") from None
+        raise LmntImportError(f"{path}: cannot read as a torch checkpoint (corrupt or another format: {detail})") \
+            from None
     if not isinstance(ckpt, Mapping) or "model" not in ckpt:
         keys = sorted(map(str, ckpt)) if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise LmntImportError(f"{path}: not an lmnt checkpoint (expected a dict with 'model' and 'params'; got {keys})")
     ckpt = dict(ckpt)
     ckpt["params"] = _plain(ckpt.get("params") or {})
     return ckpt
-
-
-def _unpickler_detail(message: str) -> str:
-    """The specific part of torch's weights-only error (it wraps it in generic advice to unpickle unrestricted)."""
-    _, found, rest = message.partition("WeightsUnpickler error:")
-    detail = rest.split("Check the documentation")[0] if found else message
-    detail = " ".join(detail.split())
-    return detail.split(" Please use `torch.serialization")[0] or "unknown error"
 
 
 def _plain(value: Any) -> Any:

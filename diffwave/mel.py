@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffcore.checkpoint import load_error_detail
 from diffcore.config import ConfigBase, ConfigError
 
 __all__ = [
@@ -209,6 +210,26 @@ def _filterbank_for(config: MelConfig, dtype: torch.dtype, device: torch.device)
 # Mel spectrograms
 
 
+def _mel_of_padded(xp: torch.Tensor, config: MelConfig, window: torch.Tensor) -> torch.Tensor:
+    """The preset's mel of the uncentred frames of an already padded signal ``xp`` ``[N, T']``."""
+    z = torch.stft(
+        xp, config.n_fft, config.hop_length, config.win_length, window=window, center=False, return_complex=True
+    )
+    if config.preset == "diffwave":
+        spec = z.abs() / window.pow(2).sum().sqrt()  # torchaudio's normalized=True ("window" normalisation)
+        mel = _filterbank_for(config, xp.dtype, xp.device) @ spec
+        db = 20.0 * torch.log10(mel.clamp(min=1e-5)) - 20.0
+        return ((db + 100.0) / 100.0).clamp(0.0, 1.0)
+    spec = torch.sqrt(z.real.pow(2) + z.imag.pow(2) + 1e-9)
+    return torch.log((_filterbank_for(config, xp.dtype, xp.device) @ spec).clamp(min=1e-5))
+
+
+#: A clip with more frames than twice this is transformed in pieces of this many frames, so the STFT's buffers
+#: (about ``piece · n_fft`` values) stay small however long the clip is; frames are computed independently, so the
+#: result is the same.
+MEL_CHUNK_FRAMES = 2048
+
+
 def compute_mel(wav: torch.Tensor, config: MelConfig) -> torch.Tensor:
     """The mel spectrogram of ``wav`` under ``config.preset`` (formulas in the module docstring).
 
@@ -231,7 +252,8 @@ def compute_mel(wav: torch.Tensor, config: MelConfig) -> torch.Tensor:
         )
     x = wav.reshape(-1, T)
     window = torch.hann_window(config.win_length, periodic=True, dtype=x.dtype, device=x.device)
-    if config.preset == "diffwave":
+    frames = config.num_frames(T)
+    if config.preset == "diffwave" and frames <= 2 * MEL_CHUNK_FRAMES:
         spec = torch.stft(
             x, config.n_fft, config.hop_length, config.win_length, window=window,
             center=True, pad_mode="reflect", return_complex=True,
@@ -241,13 +263,17 @@ def compute_mel(wav: torch.Tensor, config: MelConfig) -> torch.Tensor:
         db = 20.0 * torch.log10(mel.clamp(min=1e-5)) - 20.0
         mel = ((db + 100.0) / 100.0).clamp(0.0, 1.0)
     else:
-        pad = (config.n_fft - config.hop_length) // 2
-        x = F.pad(x.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
-        z = torch.stft(
-            x, config.n_fft, config.hop_length, config.win_length, window=window, center=False, return_complex=True
-        )
-        spec = torch.sqrt(z.real.pow(2) + z.imag.pow(2) + 1e-9)
-        mel = torch.log((_filterbank_for(config, x.dtype, x.device) @ spec).clamp(min=1e-5))
+        # diffwave: centred frames = reflect padding of n_fft/2 (what torch.stft(center=True) does internally)
+        pad = config.n_fft // 2 if config.preset == "diffwave" else (config.n_fft - config.hop_length) // 2
+        xp = F.pad(x.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
+        if frames <= 2 * MEL_CHUNK_FRAMES:
+            mel = _mel_of_padded(xp, config, window)
+        else:
+            hop, step = config.hop_length, MEL_CHUNK_FRAMES
+            mel = torch.cat([
+                _mel_of_padded(xp[:, f0 * hop : (min(f0 + step, frames) - 1) * hop + config.n_fft], config, window)
+                for f0 in range(0, frames, step)
+            ], dim=-1)
     return mel.reshape(*lead, config.n_mels, mel.shape[-1])
 
 
@@ -280,6 +306,8 @@ def validate_mel(mel: torch.Tensor | np.ndarray, config: MelConfig, source: str 
         raise MelError(f"{where}shape {shape} has {shape[-2]} mel bands, not {config.n_mels}{hint}; {expects}")
     if shape[-1] == 0:
         raise MelError(f"{where}shape {shape} has no frames; {expects}")
+    if t.numel() == 0:
+        raise MelError(f"{where}shape {shape} is an empty batch; {expects}")
     finite = torch.isfinite(t)
     if not bool(finite.all()):
         raise MelError(f"{where}{int((~finite).sum())} non-finite values (NaN or Inf); {expects}")
@@ -317,7 +345,11 @@ def load_mel_file(path: str | os.PathLike) -> torch.Tensor:
     except MelError:
         raise
     except Exception as e:  # numpy/torch raise many types for a corrupt file
-        raise MelError(f"{path}: cannot read mel file ({type(e).__name__}: {e})") from None
+        refused, detail = load_error_detail(e)
+        if refused:
+            raise MelError(f"{path}: refused: the file holds objects that weights-only loading will not build "
+                           f"({detail})") from None
+        raise MelError(f"{path}: cannot read mel file ({detail})") from None
     if isinstance(obj, dict):
         keys = [k for k in ("mel", "spectrogram") if k in obj]
         if not keys:

@@ -38,23 +38,27 @@ CLIP_SECONDS = 2.0
 #: Held-out recordings longer than this are evaluated on their first seconds only (keeps the CPU run short).
 EVAL_SECONDS = 5.0
 
-#: The quickstart's recipe (``data.path`` is filled in at run time). Short crops and a larger learning rate than
-#: the paper's suit a few hundred CPU steps: the tiny network sees only ±62 samples of its input, so longer crops
-#: would add cost, not context.
+#: The quickstart's recipe (``data.path`` is filled in at run time). Short crops, small batches and a learning rate
+#: ten times the paper's, decayed (cosine) over the run, suit a few hundred CPU steps: the tiny network sees only
+#: ±62 samples of its input, so longer crops would add cost, not context, and more (smaller) steps learn faster at
+#: this stage than fewer large ones. (On the synthetic data, 550 steps: log-mel L1 2.78 with the decay, 3.06 at a
+#: constant rate.) ``max_steps`` is replaced by ``--steps`` or by what fits in ``--minutes``.
 QUICKSTART_RECIPE: dict[str, Any] = {
     "model": {"preset": "tiny"},
     "data": {"path": None, "holdout": HELDOUT_CLIPS, "crop_frames": 8},
     "train": {
-        "max_steps": 1_000_000,
-        "batch_size": 16,
-        "lr": 1e-3,
+        "max_steps": 2000,
+        "batch_size": 8,
+        "lr": 2e-3,
+        "lr_schedule": "cosine",
+        "min_lr_ratio": 0.05,
         "warmup_steps": 20,
         "grad_clip": 1.0,
         "precision": "fp32",
         "ema_decay": 0.999,
         "num_workers": 0,
         "log_every": 10,
-        "ckpt_every": 0,
+        "ckpt_every": 500,
         "keep_last": 2,
         "device": "auto",
         "seed": 0,
@@ -71,8 +75,14 @@ def quickstart_recipe(data_path: str | Path, **train: Any) -> DiffWaveRecipe:
 
 def train_for(recipe: DiffWaveRecipe, run_dir: str | Path, minutes: float | None,
               steps: int | None = None) -> dict[str, Any]:
-    """Train ``recipe`` in ``run_dir`` for ``steps`` steps (exactly, through ``train.max_steps``) or for about
-    ``minutes`` of wall clock (segments sized from the measured speed). Returns the last ``fit`` summary."""
+    """Train ``recipe`` in ``run_dir`` for ``steps`` steps (exactly: ``train.max_steps = steps``) or for about
+    ``minutes`` of wall clock. Returns the last ``Trainer.fit`` summary.
+
+    With a time budget, a first short segment measures the speed; then ``train.max_steps`` (the horizon of the
+    learning-rate schedule, cosine in the quickstart recipe) is set to the number of steps that fit in the time left,
+    and training runs to it, re-measuring and extending once more if time is left. A run folder that already holds
+    a checkpoint continues from it (the cosine is stretched over the new, longer horizon).
+    """
     from diffwave.task import make_task
 
     task = make_task(recipe)
@@ -85,15 +95,18 @@ def train_for(recipe: DiffWaveRecipe, run_dir: str | Path, minutes: float | None
     found = list_checkpoints(run_dir)
     step = found[-1][0] if found else 0
     target = step + 10  # a first short segment measures the speed
+    horizon = step + max(20, int(60.0 * minutes))  # a guess (1 step/s) until the speed is known
+    summary: dict[str, Any] = {}
     while True:
+        recipe = recipe.replace(train={"max_steps": horizon})
         t0 = time.monotonic()
         summary = Trainer(task, recipe.train, run_dir).fit(until=target)
         rate = max(summary["step"] - step, 1) / max(time.monotonic() - t0, 1e-3)  # setup included: conservative
         step = summary["step"]
         more = int(0.97 * (deadline - time.monotonic()) * rate)
-        if more < 1 or step >= recipe.train.max_steps:
+        if more < max(1, step // 20):  # not worth another segment (and a bump of the learning rate)
             return summary
-        target = step + more
+        horizon = target = step + more
 
 
 def _loss_trend(run_dir: Path) -> tuple[float, float, int] | None:

@@ -31,7 +31,7 @@ Layout = Literal["auto", "files", "ljspeech", "fsdd", "sc09"]
 class DataConfig(ConfigBase):
     """Where the training audio is and how it is cut.
 
-    ``path``: a folder of audio files (searched recursively), a file list (one path per line; LJSpeech's
+    ``path``: a folder of audio files (searched recursively), one audio file, a file list (one path per line; LJSpeech's
     ``id|text`` lines work), an LJSpeech folder (``wavs/`` + ``metadata.csv``), an FSDD folder (``recordings/``) or
     a Speech Commands folder (its SC09 digits). ``None`` in a recipe means "give it on the command line"
     (``data.path=DIR`` or ``--data DIR``). ``layout``: how to read ``path`` (``auto`` detects it). ``split``: the
@@ -126,6 +126,8 @@ def resolve_files(data: DataConfig) -> list[Path]:
         files = fsdd_files(root, split)  # type: ignore[arg-type]
     elif layout == "sc09":
         files = sc09_files(root, split)  # type: ignore[arg-type]
+    elif root.is_file() and root.suffix.lower() in AUDIO_EXTENSIONS:
+        files = [root]  # a single recording
     else:
         files = list_audio_files(root)
     if not files:

@@ -53,6 +53,7 @@ __all__ = [
     "vocode_mels",
     "generate_audio",
     "MEL_EXTENSIONS",
+    "VocodeError",
     "VocodeInput",
     "collect_inputs",
     "vocode_files",
@@ -323,6 +324,10 @@ def generate_audio(
 # Files and folders
 
 
+class VocodeError(ValueError):
+    """Inputs or outputs that cannot be used as given (not audio or a mel, clashing or overwriting outputs)."""
+
+
 @dataclass(frozen=True)
 class VocodeInput:
     """One input file and the relative name of its output (``.wav``)."""
@@ -337,7 +342,7 @@ class VocodeInput:
 
 def collect_inputs(paths: Sequence[str | os.PathLike]) -> list[VocodeInput]:
     """Expand files and folders (recursively: audio files and ``.npy``/``.pt`` mels) into inputs with output names
-    (the path relative to the folder given, ``.wav``). Raises ``FileNotFoundError``/``ValueError`` for a missing
+    (the path relative to the folder given, ``.wav``). Raises ``FileNotFoundError``/:class:`VocodeError` for a missing
     path, an empty folder or two inputs that would write the same output."""
     out: list[VocodeInput] = []
     for given in paths:
@@ -350,14 +355,14 @@ def collect_inputs(paths: Sequence[str | os.PathLike]) -> list[VocodeInput]:
             out += [VocodeInput(f, f.relative_to(p).with_suffix(".wav")) for f in found]
         elif p.is_file():
             if p.suffix.lower() not in AUDIO_EXTENSIONS | MEL_EXTENSIONS:
-                raise ValueError(f"{p}: not an audio file or a mel (.npy/.pt)")
+                raise VocodeError(f"{p}: not an audio file or a mel (.npy/.pt)")
             out.append(VocodeInput(p, Path(p.with_suffix(".wav").name)))
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
     seen: dict[Path, Path] = {}
     for item in out:
         if item.out_name in seen:
-            raise ValueError(f"{seen[item.out_name]} and {item.path} would both be written as {item.out_name}")
+            raise VocodeError(f"{seen[item.out_name]} and {item.path} would both be written as {item.out_name}")
         seen[item.out_name] = item.path
     return out
 
@@ -405,11 +410,16 @@ def vocode_files(
     config: DiffWaveConfig = model.config
     device, _ = _model_device_dtype(model)
     out_dir = Path(out_dir)
+    for item in inputs:
+        target = Path(single_output) if single_output is not None else out_dir / item.out_name
+        if target.resolve() == item.path.resolve():
+            raise VocodeError(f"{item.path}: the output would overwrite this input; choose another output folder")
     context = context_frames(config)
     written: list[Path] = []
     failed: list[tuple[Path, str]] = []
     per_group = num_sampling_steps(config, steps)
-    bar = tqdm(total=len(inputs), disable=not progress, desc="vocode", unit="file")
+    # Created once the first input has loaded, so that a single bad input fails before any output.
+    bar = tqdm(total=len(inputs), disable=True)
     group: list[tuple[VocodeInput, Tensor, int | None]] = []
     windows = 0
     groups_done = 0
@@ -419,9 +429,14 @@ def vocode_files(
         if not group:
             return
         g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + groups_done)
-        bar.set_postfix(batch=len(group), steps=per_group)
+        seconds = sum(m.shape[-1] for _, m, _ in group) * config.hop_length / config.sample_rate
+        bar.set_postfix_str(f"{len(group)} file(s), {seconds:.1f} s: step 0/{per_group}")
+
+        def on_step(i: int, x: Tensor) -> None:
+            bar.set_postfix_str(f"{len(group)} file(s), {seconds:.1f} s: step {i + 1}/{per_group}")
+
         wavs = vocode_mels(model, [m for _, m, _ in group], steps, generator=g, max_frames=max_frames,
-                           context=context, batch_size=batch_size, pad_multiple=pad_multiple)
+                           context=context, batch_size=batch_size, pad_multiple=pad_multiple, callback=on_step)
         for (item, _, keep), wav in zip(group, wavs):
             wav = wav[:keep] if keep is not None else wav
             target = Path(single_output) if single_output is not None else out_dir / item.out_name
@@ -438,9 +453,13 @@ def vocode_files(
                 if len(inputs) == 1:
                     raise
                 log.warning("skipping %s", e)
+                if bar.disable and progress:
+                    bar = tqdm(total=len(inputs), desc="vocode", unit="file")
                 failed.append((item.path, str(e)))
                 bar.update(1)
                 continue
+            if bar.disable and progress:
+                bar = tqdm(total=len(inputs), initial=len(failed), desc="vocode", unit="file")
             group.append((item, mel, keep))
             frames = mel.shape[-1] + (-mel.shape[-1] % pad_multiple if pad_multiple > 1 else 0)
             windows += len(plan_chunks(frames, max_frames, context))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -62,6 +63,10 @@ class TrainConfig(ConfigBase):
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("lr", "eps", "weight_decay", "min_lr_ratio", "ema_decay", "grad_clip"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):  # NaN passes every comparison below
+                raise ConfigError(f"train.{name} must be a finite number, got {value}")
         positive = ("max_steps", "batch_size", "grad_accum", "keep_last", "log_every", "max_nonfinite")
         for name in positive:
             if getattr(self, name) < 1:

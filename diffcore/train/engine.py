@@ -31,6 +31,10 @@ process group (NCCL on GPUs, gloo on CPU), uses ``cuda:LOCAL_RANK`` and takes it
 several machines the run folder must be on a file system they share. In fp16 an overflowing step is skipped by the
 loss scaler (which lowers the scale), not counted as non-finite.
 
+Data failures: a batch that cannot be fetched (the dataset raises, or a data-loader worker process dies) stops the
+run with :class:`TrainingError` after writing a checkpoint of the last completed step (single process; with several
+ranks the previous checkpoint is kept), so the same command resumes once the data is fixed.
+
 Signals: SIGTERM and SIGINT finish the current step on every rank, write a checkpoint, then ``fit`` raises
 ``SystemExit(143)`` (SIGTERM) or ``KeyboardInterrupt`` (SIGINT). A second signal interrupts at once (the previous
 checkpoint stays valid thanks to atomic writes).
@@ -58,6 +62,7 @@ from diffcore.checkpoint import (
     CKPT_DIR,
     FORMAT_VERSION,
     CheckpointError,
+    checkpoint_name,
     find_latest,
     load_checkpoint,
     remove_stale_temp_files,
@@ -78,6 +83,34 @@ __all__ = ["Trainer", "TrainingError"]
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many non-finite losses in a row); the message names the step."""
+
+
+def _worker_died(e: BaseException) -> bool:
+    """Whether ``e`` is the DataLoader's report of a worker process that exited (raised by torch's SIGCHLD
+    handler wherever the main process happens to be, or by the iterator's liveness check)."""
+    return isinstance(e, RuntimeError) and "DataLoader worker" in str(e) and "exited unexpectedly" in str(e)
+
+
+@contextlib.contextmanager
+def _sigchld_ignored():
+    """Hold off torch's SIGCHLD handler, which raises in the main thread wherever it is when a loader worker
+    exits, while the engine is already handling that failure (and writing a checkpoint)."""
+    if not hasattr(signal, "SIGCHLD") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, old if old is not None else signal.SIG_DFL)
+
+
+class _DataFailure(Exception):
+    """Fetching a batch failed (wraps the loader's exception until the loop turns it into a TrainingError)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -287,6 +320,8 @@ class Trainer:
             except StopIteration:
                 self._start_epoch(self._epoch + 1, 0)
                 continue
+            except Exception as e:  # the dataset raised, or a loader worker died (RuntimeError from the DataLoader)
+                raise _DataFailure(e) from e
             self._samples += self.micro_batch * self.info.world_size
             return move_to_device(batch, self.device)
         raise TrainingError(f"the data loader yielded no batch for a whole epoch (epoch {self._epoch})")
@@ -393,9 +428,27 @@ class Trainer:
         self._signal = None
         self.last_checkpoint: Path | None = None
         self._install_signals()
+        self._in_update = False
         try:
             self._setup()
-            summary = self._loop(until)
+            try:
+                summary = self._loop(until)
+            except Exception as e:
+                failure = e.error if isinstance(e, _DataFailure) else e if _worker_died(e) else None
+                if failure is None:
+                    raise
+                for _ in range(3):
+                    try:
+                        with _sigchld_ignored():
+                            error = self._data_failure(failure)
+                        break
+                    except Exception as late:  # torch's report of the dead worker arrived in between
+                        if not _worker_died(late):
+                            raise
+                        failure = late
+                else:
+                    error = TrainingError(f"the data pipeline failed during step {self.step + 1} ({failure})")
+                raise error from failure
             barrier()  # ranks leave together: tearing gloo down while a peer still talks can abort the process
             return summary
         finally:
@@ -441,6 +494,7 @@ class Trainer:
                     )
             else:
                 nonfinite_run = 0
+                self._in_update = True  # parameters, optimizer and EMA change together: not a state to save
                 lr = lr_at(self.step, cfg)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
@@ -451,6 +505,7 @@ class Trainer:
                     self.optimizer.step()
                 self.ema.update(self.model)
                 self.step += 1
+                self._in_update = False
                 win_losses.append(loss_v)
                 win_norms.append(norm_v)
                 win_steps += 1
@@ -504,6 +559,40 @@ class Trainer:
             "precision": self.precision,
             "world_size": self.info.world_size,
         }
+
+    def _data_failure(self, error: BaseException) -> TrainingError:
+        """A batch could not be fetched (a dataset exception, a data-loader worker that died): save the state of
+        the last completed step (nothing of the failed step was applied) and return the error to raise."""
+        first = f"{type(error).__name__}: " + (str(error).strip().splitlines() or ["(no message)"])[0]
+        # A dead worker surfaces as the loader's RuntimeError or as a broken pipe/queue error: name the cause.
+        workers = getattr(self._iter, "_workers", None) or []
+        dead = [w for w in workers if not w.is_alive()]
+        deadline = time.monotonic() + 1.0
+        while workers and not dead and time.monotonic() < deadline:  # a dying worker closes its pipes first
+            time.sleep(0.01)
+            dead = [w for w in workers if not w.is_alive()]
+        if dead:
+            first = f"a data-loader worker process died (exit code {dead[0].exitcode}); {first}"
+        if self._in_update:  # torch reports a dead worker from its SIGCHLD handler, at any point of the step
+            where = f"the last checkpoint is {find_latest(self.run_dir)} (the failure interrupted an update)"
+        elif (saved := next((c for c in (self.last_checkpoint, self.resumed_from)
+                             if c is not None and c.name == checkpoint_name(self.step)), None)) is not None:
+            # this step is saved already, with the RNG state of the step boundary (exact resume): keep that one
+            where = f"the state after step {self.step} is saved in {saved}"
+        elif self.info.world_size == 1:  # with several ranks the others would wait in the checkpoint's all-gather
+            self.optimizer.zero_grad(set_to_none=True)
+            try:
+                where = f"the state after step {self.step} is saved in {self.save('data_error')}"
+            except CheckpointError as e:
+                where = f"saving a checkpoint failed too: {e}"
+        else:
+            where = f"the last checkpoint is {find_latest(self.run_dir)}"
+        self.logger.event("data_error", self.step, error=first)
+        self.logger.flush()
+        return TrainingError(
+            f"the data pipeline failed during step {self.step + 1} ({first}); {where}. "
+            "Fix the data (train.num_workers=0 shows the full error), then run the same command to resume"
+        )
 
     def _hooks(self) -> None:
         cfg, step = self.cfg, self.step

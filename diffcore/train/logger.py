@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 import warnings
@@ -67,7 +68,14 @@ class RunLogger(NullLogger):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.samples_dir = self.run_dir / "samples"
-        self._jsonl = open(self.run_dir / "log.jsonl", "a", encoding="utf-8")
+        path = self.run_dir / "log.jsonl"
+        self._jsonl = open(path, "a", encoding="utf-8")
+        if self._jsonl.tell() > 0:  # a process killed mid-line (power cut) leaves no newline: end that line
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    self._jsonl.write("\n")
+                    self._jsonl.flush()
         self._use_tb = tensorboard
         self._writer = None
         self._purge_step: int | None = None
@@ -165,16 +173,22 @@ class RunLogger(NullLogger):
 def read_log(run_dir: str | Path, event: str | None = None) -> list[dict[str, Any]]:
     """The records of ``RUN/log.jsonl``: scalar records by default, or the events of kind ``event`` (``"*"``: all
     events). A ``resume`` event at step ``s`` drops the scalar records of steps after ``s`` written before it (an
-    interrupted attempt that got further than its last checkpoint), so each step appears once."""
+    interrupted attempt that got further than its last checkpoint), so each step appears once. Lines that are not
+    JSON records (torn by a kill or a power cut) are skipped."""
     path = Path(run_dir) / "log.jsonl"
     if not path.is_file():
         return []
     scalars: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if not line.strip():
             continue
-        rec = json.loads(line)
+        try:
+            rec = json.loads(line)
+        except ValueError:  # the torn last line of a process that was killed while writing it
+            continue
+        if not isinstance(rec, dict) or "step" not in rec:
+            continue
         kind = rec.get("event")
         if kind is None:
             scalars.append(rec)

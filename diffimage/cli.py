@@ -1,0 +1,420 @@
+"""The ``diffimage`` command: ``diffimage <command> [options]`` (``python -m diffimage`` does the same).
+
+    train        train from a recipe through diffcore's engine (resumable; run it under torchrun to scale out)
+    sample       images from a trained model (DDPM, DDIM or Heun; guidance and classes; a grid and/or PNG files)
+    evaluate     bits/dim on held-out images (discretised ELBO) and FID/KID against a reference set
+    export       a run's EMA weights -> config.json + model.safetensors
+    quickstart   synthetic shapes -> the tiny U-Net trained on the CPU -> a DDIM grid and bits/dim
+
+A mistake the user can fix (a bad recipe, a missing file, a class the model does not have) is one line
+``error: ...`` with exit status 2; ``--debug`` (or ``DIFFSTACK_DEBUG=1``) shows the traceback. Output files are
+written atomically; long work shows a progress bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from diffcore.cli import UsageError, parse_args, recipe_parser, run_cli
+
+__all__ = ["main", "COMMANDS"]
+
+
+def _parser(command: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"diffimage {command}", description=description, allow_abbrev=False)
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return p
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True, metavar="PATH", help="run folder, checkpoint (.pt) or export folder")
+    p.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda[:N] (default: auto)")
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sampler", choices=("ddim", "ddpm", "heun"), default=None,
+                   help="default: the model recipe's sample.sampler (ddim unless set)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (default: the recipe's, else ddim 50, heun 18, ddpm all T)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity (default 0: deterministic)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance for class-conditional models (1: none; default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the batch starting at image i uses seed + i (so with --batch-size 1, image i is seed + i)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per sampling run (default: 64)")
+
+
+def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.steps is not None and args.steps < 1:
+        raise UsageError("--steps must be at least 1")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    return dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance_scale)
+
+
+def _check_guidance(args: argparse.Namespace, model) -> None:
+    if args.guidance_scale is not None and args.guidance_scale != 1.0 and model.num_classes is None:
+        raise UsageError("--guidance-scale is for class-conditional models; this model is unconditional")
+
+
+def _is_main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    for noisy in ("matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from diffcore.checkpoint import atomic_write
+
+    text = json.dumps(data, indent=1) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _parse_classes(text: str | None, n: int, num_classes: int | None) -> list[int] | None:
+    if text is None:
+        return None
+    if num_classes is None:
+        raise UsageError("--class is for class-conditional models; this model is unconditional")
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--class takes integers separated by commas, got {text!r}") from None
+    if not values:
+        raise UsageError("--class needs at least one class")
+    bad = [v for v in values if not -1 <= v < num_classes]
+    if bad:
+        raise UsageError(f"class {bad[0]} does not exist: the model has classes 0..{num_classes - 1} (-1: none)")
+    return [values[i % len(values)] for i in range(n)]
+
+
+# --------------------------------------------------------------------------------------------------- train
+
+
+def cmd_train(argv: list[str]) -> int:
+    from diffcore.train import Trainer
+    from diffimage.recipe import load_image_recipe
+    from diffimage.task import ImageTask
+
+    p = recipe_parser("diffimage train", "Train the DDPM U-Net from a recipe. A run folder that already holds a "
+                      "checkpoint is resumed (its config.yaml is the recipe when --recipe is left out). Scale out "
+                      "with torchrun --nproc_per_node=N -m diffimage train ...", run_dir=True)
+    p.add_argument("--data", metavar="PATH", help="shortcut for data.source=auto data.path=PATH (.npz or folder)")
+    args = parse_args(p, argv)
+    recipe_path = args.recipe
+    if recipe_path is None:
+        stored = Path(args.run_dir) / "config.yaml"
+        if not stored.is_file():
+            raise UsageError(f"give --recipe FILE (the run folder {args.run_dir} has no config.yaml to resume from)")
+        recipe_path = stored
+    recipe = load_image_recipe(recipe_path, args.overrides, data=args.data)
+    task = ImageTask(recipe)
+    task.train_dataset()  # a data problem (missing file, wrong image size) is reported before the run folder is made
+    summary = Trainer(task, recipe.train, args.run_dir).fit()
+    if _is_main_rank():
+        print(f"trained to step {summary['step']} (loss {summary['loss']:.4g}) on {summary['device']} "
+              f"x{summary['world_size']}, {summary['precision']}; checkpoint: {summary['checkpoint']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- sample
+
+
+def cmd_sample(argv: list[str]) -> int:
+    from tqdm.auto import tqdm
+
+    from diffimage.api import load
+    from diffimage.grid import save_grid, save_images
+
+    p = _parser("sample", "Generate images with a trained model and write them as one grid PNG and/or one PNG "
+                "per image.")
+    _add_model(p)
+    p.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
+    _add_sampling(p)
+    p.add_argument("--class", dest="classes", metavar="K[,K...]",
+                   help="class(es) of a conditional model, cycled over the images (-1: unconditional; "
+                        "default: 0, 1, ..., K-1, 0, ...)")
+    p.add_argument("--out", "-o", default="samples", metavar="DIR", help="output folder (default: samples/)")
+    p.add_argument("--format", choices=("grid", "images", "both"), default="grid",
+                   help="grid.png, one PNG per image, or both (default: grid)")
+    p.add_argument("--nrow", type=int, default=None, help="images per grid row (default: about sqrt(n))")
+    args = p.parse_args(argv)
+    if args.n < 1:
+        raise UsageError("--n must be at least 1")
+    options = _sampling_options(args)
+    model = load(args.model, args.device)
+    _check_guidance(args, model)
+    classes = _parse_classes(args.classes, args.n, model.num_classes)
+    out = Path(args.out)
+    with tqdm(total=args.n, desc="sample", unit="img", disable=None) as bar:
+        images = model.sample_seeded(args.n, args.seed, args.batch_size, on_batch=bar.update, classes=classes,
+                                     **options)
+    written = []
+    if args.format in ("grid", "both"):
+        written.append(save_grid(images, out / "grid.png", nrow=args.nrow))
+    if args.format in ("images", "both"):
+        files = save_images(images, out, prefix="sample")
+        written.append(out / f"sample_*.png ({len(files)} files)")
+    d = model.sample_defaults
+    _write_json(out / "manifest.json", {
+        "model": model.source, "n": args.n, "seed": args.seed, "batch_size": args.batch_size,
+        "sampler": args.sampler or d.sampler, "steps": args.steps, "eta": args.eta,
+        "guidance_scale": args.guidance_scale, "classes": classes,
+    })
+    print(f"{args.n} image(s) from {model!r} -> {', '.join(str(w) for w in written)}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- evaluate
+
+
+def _stored_heldout(info: dict, model_cfg) -> tuple[Any, Any, str] | None:
+    """Held-out images of the recipe stored with a model: its ``data.holdout`` images, or the test split of a
+    torchvision source; ``None`` if there are none or the data is not reachable."""
+    from diffcore.config import ConfigError
+    from diffimage.recipe import ImageDataConfig, build_datasets, dataset_images
+
+    data = info.get("data")
+    if not isinstance(data, dict):
+        return None
+    try:
+        cfg = ImageDataConfig.from_dict(data)
+        if cfg.holdout > 0:
+            held = build_datasets(cfg, model_cfg)[1]
+            where = f"the {cfg.holdout} held-out images of the model's recipe"
+        elif cfg.resolved_source() in ("cifar10", "mnist", "celeba"):
+            held = build_datasets(cfg.replace(split="test", holdout=0, random_flip=False), model_cfg)[0]
+            where = f"the test split of {cfg.resolved_source()}"
+        else:
+            return None
+    except (ConfigError, FileNotFoundError, OSError):
+        return None
+    if held is None:
+        return None
+    images, labels = dataset_images(held)
+    return images, labels, where
+
+
+def _stored_reference(info: dict, model_cfg, limit: int | None):
+    """The training images of the recipe stored with a model (the usual FID reference), or ``None``."""
+    from diffcore.config import ConfigError
+    from diffimage.recipe import ImageDataConfig, build_datasets, dataset_images
+
+    data = info.get("data")
+    if not isinstance(data, dict):
+        return None
+    try:
+        cfg = ImageDataConfig.from_dict(data).replace(random_flip=False, holdout=0)
+        ds = build_datasets(cfg, model_cfg)[0]
+    except (ConfigError, FileNotFoundError, OSError):
+        return None
+    images, _ = dataset_images(ds)
+    if limit is not None and images.shape[0] > limit:
+        from diffimage.api import _spread
+
+        images = images[_spread(images.shape[0], limit)]
+    return images
+
+
+def cmd_evaluate(argv: list[str]) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from diffimage.api import fid_kid, load, load_reference_images, small_feature_network
+    from diffimage.grid import save_grid
+
+    p = _parser("evaluate", "Bits/dim of held-out images (the discretised variational bound of Ho et al. 2020: T "
+                "network evaluations per batch of images) and FID/KID of generated images against a reference set "
+                "(Inception-v3 features; reference statistics cached).")
+    _add_model(p)
+    p.add_argument("--metrics", default="nll,fid,kid",
+                   help="comma-separated subset of nll, fid, kid (default: all three)")
+    p.add_argument("--data", metavar="PATH",
+                   help="held-out images for bits/dim (.npz or folder; default: the model recipe's data.holdout "
+                        "images, or the test split of a torchvision source)")
+    p.add_argument("--num-images", type=int, default=64,
+                   help="images scored for bits/dim (default: 64; each batch costs T network evaluations)")
+    p.add_argument("--reference", metavar="PATH",
+                   help="FID/KID reference set (.npz or folder; default: the model recipe's training images)")
+    p.add_argument("--reference-limit", type=int, default=None,
+                   help="use this many reference images, spread over the set (default: all)")
+    p.add_argument("--num-samples", type=int, default=1000,
+                   help="generated images for FID/KID (default: 1000; papers use 50000)")
+    _add_sampling(p)
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="reference statistics cache (default: $DIFF_CACHE or ~/.cache/diffstack/fid)")
+    p.add_argument("--out", "-o", default="evaluation", metavar="DIR",
+                   help="writes metrics.json and samples.png here (default: evaluation/)")
+    p.add_argument("--feature", choices=("inception", "small"), default="inception", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    metrics = {m.strip() for m in args.metrics.split(",") if m.strip()}
+    unknown = metrics - {"nll", "fid", "kid"}
+    if unknown or not metrics:
+        raise UsageError(f"--metrics takes nll, fid and/or kid, got {args.metrics!r}")
+    if args.num_images < 1 or args.num_samples < 2:
+        raise UsageError("--num-images must be at least 1 and --num-samples at least 2")
+    options = _sampling_options(args)
+    model = load(args.model, args.device)
+    c = model.config
+    out_dir = Path(args.out)
+    _check_guidance(args, model)
+    result: dict[str, Any] = {"model": model.source}
+
+    if "nll" in metrics:
+        if args.data is not None:
+            images = load_reference_images(args.data, c.image_size, c.in_channels, limit=args.num_images)
+            labels, where = None, args.data
+        else:
+            found = _stored_heldout(model.info, c)
+            if found is None:
+                raise UsageError("give --data PATH for bits/dim (the model's recipe has no reachable held-out "
+                                 "images: data.holdout is 0), or leave nll out of --metrics")
+            images, labels, where = found
+        images, labels = images[: args.num_images], None if labels is None else labels[: args.num_images]
+        if tuple(images.shape[1:]) != model.image_shape:
+            raise UsageError(f"the held-out images are {list(images.shape[1:])}, the model makes "
+                             f"{list(model.image_shape)}")
+        print(f"bits/dim of {images.shape[0]} image(s) from {where}: {c.diffusion.num_steps} steps x "
+              f"{-(-images.shape[0] // args.batch_size)} batch(es) of network evaluations ...", file=sys.stderr)
+        g = torch.Generator(device=model.device).manual_seed(args.seed)
+        bpd = model.bits_per_dim(images, labels, generator=g, batch_size=args.batch_size,
+                                 progress=sys.stderr.isatty())
+        result["nll"] = {"bits_per_dim": float(bpd.mean()),
+                         "stderr": float(bpd.std() / bpd.numel() ** 0.5) if bpd.numel() > 1 else None,
+                         "num_images": int(bpd.numel()), "images": str(where)}
+
+    if metrics & {"fid", "kid"}:
+        if args.reference is not None:
+            reference = load_reference_images(args.reference, c.image_size, c.in_channels, args.reference_limit)
+            ref_name = args.reference
+        else:
+            reference = _stored_reference(model.info, c, args.reference_limit)
+            if reference is None:
+                raise UsageError("give --reference PATH (.npz or image folder) for FID/KID: the model's training "
+                                 "data is not reachable")
+            ref_name = "the training images of the model's recipe"
+        cache = args.cache_dir or os.environ.get("DIFF_CACHE") or Path.home() / ".cache" / "diffstack" / "fid"
+        net = small_feature_network() if args.feature == "small" else None
+        with tqdm(total=args.num_samples, desc="sample", unit="img", disable=None) as bar:
+            samples = model.sample_seeded(args.num_samples, args.seed, args.batch_size, on_batch=bar.update,
+                                          **options)
+        save_grid(samples[:64], out_dir / "samples.png")
+        print(f"features of {reference.shape[0]} reference and {samples.shape[0]} generated image(s) ...",
+              file=sys.stderr)
+        scores = fid_kid(samples, reference, cache_dir=cache, feature_extractor=net, kid="kid" in metrics,
+                         batch_size=args.batch_size, device=model.device)
+        d = model.sample_defaults
+        result["generation"] = {
+            **({"fid": scores["fid"]} if "fid" in metrics else {}),
+            **({"kid": scores["kid"], "kid_std": scores["kid_std"]} if "kid" in metrics else {}),
+            "num_samples": args.num_samples, "reference": str(ref_name), "num_reference": int(reference.shape[0]),
+            "sampler": args.sampler or d.sampler, "steps": args.steps, "seed": args.seed,
+            "features": "small-test-network" if args.feature == "small" else "inception-v3 (FID)",
+        }
+
+    _write_json(out_dir / "metrics.json", result)
+    if "nll" in result:
+        r = result["nll"]
+        err = f" ± {r['stderr']:.3f}" if r["stderr"] is not None else ""
+        print(f"bits/dim: {r['bits_per_dim']:.4f}{err} ({r['num_images']} images)")
+    if "generation" in result:
+        r = result["generation"]
+        if "fid" in r:
+            print(f"FID: {r['fid']:.3f} ({r['num_samples']} samples vs {r['num_reference']} reference images)")
+        if "kid" in r:
+            print(f"KID: {r['kid']:.5f} ± {r['kid_std']:.5f}")
+    print(f"results in {out_dir / 'metrics.json'}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- export
+
+
+def cmd_export(argv: list[str]) -> int:
+    from diffcore.checkpoint import export
+    from diffimage.api import load
+
+    p = _parser("export", "Export a run's EMA weights as config.json + model.safetensors.")
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run folder (its latest checkpoint) or a .pt file")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="the export folder")
+    args = p.parse_args(argv)
+    model = load(args.source, "cpu")  # checks that it is an image model before writing anything
+    out = export(args.source, args.out)
+    load(out, "cpu")
+    print(f"exported {model!r} -> {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- quickstart
+
+
+def cmd_quickstart(argv: list[str]) -> int:
+    from diffimage.quickstart import DEFAULT_STEPS, run_quickstart
+
+    p = _parser("quickstart", "Train the tiny U-Net on the CPU for a few minutes on coloured shapes this package "
+                "draws (or on your images with --data), then sample a DDIM grid and measure bits/dim on held-out "
+                "images.")
+    p.add_argument("--out", "-o", default="quickstart_image", metavar="DIR",
+                   help="output folder (default: quickstart_image/)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default: {DEFAULT_STEPS})")
+    p.add_argument("--data", metavar="PATH", help="an .npz (images, labels) or an image folder instead of shapes")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="image size for --data folders (default: 32); .npz images keep their size")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--fresh", action="store_true", help="start a new run even if the output folder holds one")
+    args = p.parse_args(argv)
+    if args.steps < 1:
+        raise UsageError("--steps must be at least 1")
+    run_quickstart(args.out, steps=args.steps, data=args.data, image_size=args.image_size, device=args.device,
+                   fresh=args.fresh)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- dispatch
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int | None], str]] = {
+    "train": (cmd_train, "train from a recipe (resumable; torchrun-ready)"),
+    "sample": (cmd_sample, "images from a model: a grid and/or PNG files"),
+    "evaluate": (cmd_evaluate, "bits/dim on held-out images, FID/KID against a reference set"),
+    "export": (cmd_export, "EMA weights -> config.json + model.safetensors"),
+    "quickstart": (cmd_quickstart, "train the tiny U-Net on the CPU, sample a grid, report bits/dim"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: diffimage <command> [options]   (diffimage <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _dispatch(argv: list[str]) -> int | None:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"unknown command {name!r}{hint} (commands: {', '.join(COMMANDS)})")
+    return COMMANDS[name][0](rest)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console entry point (``diffimage = "diffimage.cli:main"``); returns the exit status."""
+    _setup_logging()
+    return run_cli(_dispatch, list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""diffimage's training task through the one engine: resume, label dropout + guidance through the API, and the
+bits/dim of a model whose output is known, against a closed form computed independently in float64."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import log_ndtr
+from torch import nn
+
+from diffcore.config import DiffusionConfig
+from diffcore.samplers import ddim_sample
+from diffcore.train import Trainer, read_log
+from diffimage.api import ImageModel, _FirstHalf, load, nll_bits_per_dim
+from diffimage.cli import main
+from diffimage.recipe import ImageRecipe, build_datasets, dataset_images, holdout_indices
+from diffimage.task import ImageTask
+from diffimage.unet import UNet
+
+
+def tiny_recipe(**sections) -> ImageRecipe:
+    """An 8×8 U-Net with T = 20 on 48 synthetic images: a training step takes milliseconds."""
+    base = {
+        "model": {"preset": "tiny", "image_size": 8, "channel_mult": [1], "attention_resolutions": [8],
+                  "scale_shift_norm": True, "diffusion": {"num_steps": 20}},
+        "data": {"num_synthetic": 48, "holdout": 4},
+        "train": {"max_steps": 4, "batch_size": 8, "num_workers": 0, "device": "cpu", "log_every": 1,
+                  "ckpt_every": 0, "progress": False, "tensorboard": False},
+        "sample": {"num_images": 4, "steps": 3},
+    }
+    for name, values in sections.items():
+        base[name] = {**base[name], **values}
+    return ImageRecipe.from_dict(base)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data split and resume
+
+
+def test_holdout_is_spread_and_disjoint_from_training():
+    assert holdout_indices(10, 2) == [2, 7]
+    recipe = tiny_recipe()
+    train, held = build_datasets(recipe.data, recipe.model)
+    assert len(train) == 44 and len(held) == 4
+    tr, _ = dataset_images(train)
+    he, _ = dataset_images(held)
+    # no held-out image appears in the training set
+    for img in he:
+        assert not (tr == img).flatten(1).all(1).any()
+
+
+def test_resumed_run_continues_at_the_right_step_with_identical_weights(tmp_path):
+    """4 steps in one go == 2 steps + resume + 2 steps, with flips and label dropout drawing from the RNG."""
+    recipe_file = tmp_path / "r.yaml"
+    recipe = tiny_recipe(model={"num_classes": 4, "class_dropout": 0.3}, data={"random_flip": True})
+    import yaml
+
+    recipe_file.write_text(yaml.safe_dump(recipe.to_dict()))
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["train", "--recipe", str(recipe_file), "--run-dir", str(straight)]) == 0
+    assert main(["train", "--recipe", str(recipe_file), "--run-dir", str(split), "train.max_steps=2"]) == 0
+    assert main(["train", "--run-dir", str(split), "train.max_steps=4"]) == 0  # recipe read back from config.yaml
+
+    resumes = read_log(split, "resume")
+    assert [e["step"] for e in resumes] == [2]
+    assert [r["step"] for r in read_log(split)] == [1, 2, 3, 4]
+    a = torch.load(straight / "checkpoints" / "step_00000004.pt", weights_only=True)
+    b = torch.load(split / "checkpoints" / "step_00000004.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["ema"]["shadow"]:
+        assert torch.equal(a["ema"]["shadow"][k], b["ema"]["shadow"][k]), k
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Class conditioning: label dropout in training, guidance through the API
+
+
+def test_label_dropout_in_training_and_guidance_through_the_api(tmp_path, monkeypatch):
+    seen: list[torch.Tensor] = []
+    original = UNet._labels
+
+    def spy(self, cond, batch, device):
+        labels = original(self, cond, batch, device)
+        if self.training:
+            seen.append(labels.clone())
+        return labels
+
+    monkeypatch.setattr(UNet, "_labels", spy)
+    recipe = tiny_recipe(model={"num_classes": 4, "class_dropout": 0.5},
+                         train={"batch_size": 16, "max_steps": 3, "lr": 0.01, "ema_decay": 0.0})
+    Trainer(ImageTask(recipe), recipe.train, tmp_path / "run").fit()
+    labels = torch.cat(seen)
+    assert labels.numel() == 48
+    null = int((labels == 4).sum())
+    assert 10 <= null <= 38  # Binomial(48, 1/2): the null label replaces real ones at random
+    assert set(labels.tolist()) - {4}  # and real labels remain
+
+    monkeypatch.setattr(UNet, "_labels", original)
+    m = load(tmp_path / "run", "cpu")
+    assert m.num_classes == 4
+    # the network itself drops nothing in evaluation mode
+    assert torch.equal(m.model._labels(torch.arange(4), 4, torch.device("cpu")), torch.arange(4))
+
+    def gen(seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
+    classes = [0, 1, 2, 3]
+    s = 3.0
+    guided = m.sample(4, sampler="ddim", steps=5, guidance_scale=s, classes=classes, generator=gen(0))
+    # independent guidance: two separate forward passes mixed by hand, through the same DDIM sampler
+    net = m.model
+    null = torch.full((4,), 4)
+
+    def by_hand(x, t, cond=None):
+        return (1 - s) * net(x, t, null) + s * net(x, t, cond)
+
+    ref = ddim_sample(by_hand, (4, 3, 8, 8), m.schedule, cond=torch.tensor(classes), generator=gen(0), steps=5,
+                      clip_denoised=True).clamp(-1, 1)
+    assert torch.allclose(guided, ref, atol=1e-4)
+    # scale 1 is the plain conditional model; scale 0 the unconditional one (the null label, class -1)
+    plain = m.sample(4, sampler="ddim", steps=5, guidance_scale=1.0, classes=classes, generator=gen(0))
+    cond_only = ddim_sample(net, (4, 3, 8, 8), m.schedule, cond=torch.tensor(classes), generator=gen(0), steps=5,
+                            clip_denoised=True).clamp(-1, 1)
+    assert torch.equal(plain, cond_only)
+    zero = m.sample(4, sampler="ddim", steps=5, guidance_scale=0.0, classes=classes, generator=gen(0))
+    uncond = m.sample(4, sampler="ddim", steps=5, guidance_scale=1.0, classes=[-1] * 4, generator=gen(0))
+    assert torch.equal(zero, uncond)
+    assert (guided - plain).abs().max() > 1e-2  # guidance changes the images far beyond the tolerance above
+    # a class the model does not have is refused
+    with pytest.raises(ValueError, match="classes must lie in"):
+        m.sample(2, classes=4)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bits/dim of a model with a known output, against a closed form
+
+
+class Oracle(nn.Module):
+    """ε_θ(x_t, t) = (x_t − √ᾱ_t x_0) / √(1 − ᾱ_t) for the known data x_0: the exact noise, so x̂_0 = x_0."""
+
+    def __init__(self, x0: torch.Tensor, alphas_cumprod: np.ndarray) -> None:
+        super().__init__()
+        self.x0 = x0
+        self.abar = torch.tensor(np.array(alphas_cumprod, dtype=np.float64))
+        self.dummy = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x_t, t, cond=None):
+        abar = self.abar[t.long()].view(-1, 1, 1, 1)
+        return (x_t - abar.sqrt() * self.x0) / (1 - abar).sqrt()
+
+
+def closed_form_bits_per_dim(u8: np.ndarray, betas: np.ndarray, variance: str) -> np.ndarray:
+    """The bound of Ho et al. (eq. 5) for a model with x̂_0 = x_0, in float64 with numpy/scipy alone.
+
+    Every reverse mean equals the true posterior mean, so L_{t−1} = D · ½(log σ_t² − log β̃_t + β̃_t/σ_t² − 1),
+    L_0 = −Σ log P(bin of x | N(x, σ_1²)) with P = Φ(h/σ) − Φ(−h/σ) inside and Φ(h/σ) at ±1 (h = 1/255), and
+    L_T = Σ KL(N(√ᾱ_T x, 1 − ᾱ_T) ‖ N(0, 1)).
+    """
+    x = u8.astype(np.float64) / 127.5 - 1.0
+    n, d = x.shape[0], x[0].size
+    alphas = 1.0 - betas
+    abar = np.cumprod(alphas)
+    abar_prev = np.append(1.0, abar[:-1])
+    beta_tilde = betas * (1.0 - abar_prev) / (1.0 - abar)
+    sigma2 = betas if variance == "beta" else np.append(beta_tilde[1], beta_tilde[1:])  # clipped β̃ at t = 1
+    kl = 0.5 * (np.log(sigma2[1:]) - np.log(beta_tilde[1:]) + beta_tilde[1:] / sigma2[1:] - 1.0)
+    l_mid = d * kl.sum()
+    h_over_s = (1.0 / 255.0) / math.sqrt(sigma2[0])
+    inside = np.log(np.exp(log_ndtr(h_over_s)) - np.exp(log_ndtr(-h_over_s)))
+    edge = log_ndtr(h_over_s)
+    is_edge = (u8 == 0) | (u8 == 255)
+    l0 = -np.where(is_edge, edge, inside).reshape(n, -1).sum(1)
+    a_t = abar[-1]
+    lt = 0.5 * (-np.log(1 - a_t) + (1 - a_t) + a_t * x**2 - 1.0).reshape(n, -1).sum(1)
+    return (lt + l_mid + l0) / (d * math.log(2.0))
+
+
+@pytest.mark.parametrize("variance", ["beta", "posterior"])
+def test_bits_per_dim_of_a_known_model_equals_its_closed_form(variance):
+    diffusion = DiffusionConfig(num_steps=12, beta_start=1e-4, beta_end=0.2)
+    schedule = diffusion.build()
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, size=(3, 2, 5, 4)).astype(np.uint8)
+    u8[0, 0, 0, :2] = [0, 255]  # both edge bins
+    x0 = torch.from_numpy(u8).double() / 127.5 - 1.0
+    oracle = Oracle(x0, schedule.alphas_cumprod)
+    got = nll_bits_per_dim(oracle, schedule, x0, variance=variance, generator=torch.Generator().manual_seed(0))
+    expected = closed_form_bits_per_dim(u8, np.asarray(schedule.betas, dtype=np.float64), variance)
+    assert got.dtype == torch.float64 and got.shape == (3,)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
+
+
+def test_validation_hook_reports_the_api_bits_per_dim(tmp_path):
+    """val/bits_per_dim of the engine's validation equals ImageModel.bits_per_dim on the same held-out images."""
+    recipe = tiny_recipe(train={"max_steps": 2, "val_every": 2}, sample={"nll_images": 2})
+    task = ImageTask(recipe)
+    Trainer(task, recipe.train, tmp_path / "run").fit()
+    logged = [r for r in read_log(tmp_path / "run") if "val/bits_per_dim" in r]
+    assert len(logged) == 1 and logged[0]["step"] == 2
+    m = load(tmp_path / "run", "cpu")
+    images, _ = dataset_images(task.heldout, limit=2)
+    bpd = m.bits_per_dim(images, generator=torch.Generator().manual_seed(4321))
+    assert logged[0]["val/bits_per_dim"] == pytest.approx(float(bpd.mean()), rel=1e-5)
+    assert 0 < logged[0]["val/bits_per_dim"] < 30
+    assert isinstance(m, ImageModel) and m.image_shape == (3, 8, 8)
+
+
+def test_learned_variance_trains_with_the_hybrid_loss_and_samples(tmp_path):
+    """A learn_sigma network: the task's loss is L_simple + λ T L_vlb with the discretised decoder (Nichol &
+    Dhariwal 2021), its bits/dim uses the learned variance, and every sampler takes its ε half."""
+    from diffcore.losses import hybrid_loss_terms
+
+    recipe = tiny_recipe(model={"learn_sigma": True, "num_classes": 4, "class_dropout": 0.2},
+                         train={"max_steps": 2})
+    task = ImageTask(recipe)
+    model = task.build_model()
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
+    y = torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(3)
+    got = task.loss(model.eval(), {"image": x0, "label": y})
+    torch.manual_seed(3)
+    t = torch.randint(0, 20, (4,))
+    terms = hybrid_loss_terms(model, task.schedule, x0, y, t=t, vlb_weight=recipe.model.diffusion.hybrid_lambda,
+                              decoder="discretized")
+    assert torch.allclose(got, terms["simple"] + 1e-3 * 20 * terms["vlb"], rtol=1e-5, atol=1e-6)
+
+    Trainer(task, recipe.train, tmp_path / "run").fit()
+    m = load(tmp_path / "run", "cpu")
+    for sampler in ("ddim", "ddpm", "heun"):
+        x = m.sample(3, sampler=sampler, steps=3, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+        assert x.shape == (3, 3, 8, 8) and torch.isfinite(x).all()
+    images = ((x0[:2] + 1) * 127.5).round().to(torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    learned = nll_bits_per_dim(m.model, m.schedule, images, y[:2], variance="learned", generator=g)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(m.bits_per_dim(images, y[:2], generator=g), learned)
+    g = torch.Generator().manual_seed(0)
+    eps_only = _FirstHalf(m.model)  # the same network with σ_t² = β_t instead of its own variance
+    fixed = nll_bits_per_dim(eps_only, m.schedule, images, y[:2], variance="beta", generator=g)
+    assert not torch.allclose(learned, fixed)

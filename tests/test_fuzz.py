@@ -1,0 +1,234 @@
+"""Fuzzing (hypothesis) of the three parsers that read what users hand us: the audio loader, mel validation and the
+recipe parser. Each either returns a valid result or raises its own error type (AudioError, MelError,
+ConfigError), never anything else. Bounded: a few hundred examples each, no deadline, well under a minute."""
+
+import io
+import math
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import yaml
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from diffcore.config import ConfigError, load_recipe
+from diffcore.train import TrainConfig
+from diffwave.audio import AudioError, audio_info, load_audio
+from diffwave.mel import HIFIGAN_LOG_CEIL, HIFIGAN_LOG_FLOOR, MelConfig, MelError, load_mel_file, validate_mel
+from diffwave.recipe import DiffWaveRecipe
+
+_BASE = settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+
+
+def fuzz(examples: int) -> settings:
+    """Bounded, reproducible runs (derandomized; no example database written into the repository)."""
+    return settings(_BASE, max_examples=examples)
+TMP = Path(tempfile.mkdtemp(prefix="diffstack_fuzz_"))
+
+
+def _encoded(fmt: str, subtype: str, channels: int = 1, n: int = 600) -> bytes:
+    t = np.arange(n) / 8000
+    x = 0.4 * np.sin(2 * np.pi * 440 * t)[:, None] * np.ones(channels)
+    buf = io.BytesIO()
+    sf.write(buf, x, 8000, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+SEEDS = {
+    "wav": [_encoded("WAV", "PCM_16"), _encoded("WAV", "PCM_U8"), _encoded("WAV", "FLOAT", 2),
+            _encoded("WAV", "PCM_24")],
+    "flac": [_encoded("FLAC", "PCM_16"), _encoded("FLAC", "PCM_24", 2)],
+}
+
+
+@st.composite
+def audio_files(draw):
+    """(extension, bytes): a valid file mutated in its header (flipped bytes, 32-bit fields overwritten with
+    extreme values, truncation, junk appended) or plain random bytes."""
+    ext = draw(st.sampled_from(["wav", "flac"]))
+    kind = draw(st.sampled_from(["flip", "field", "truncate", "append", "random"]))
+    if kind == "random":
+        head = draw(st.sampled_from([b"", b"RIFF\x24\x00\x00\x00WAVEfmt ", b"fLaC"]))
+        return ext, head + draw(st.binary(max_size=300))
+    data = bytearray(draw(st.sampled_from(SEEDS[ext])))
+    if kind == "flip":
+        for _ in range(draw(st.integers(1, 6))):
+            data[draw(st.integers(0, 59))] = draw(st.integers(0, 255))
+    elif kind == "field":
+        at = draw(st.integers(0, 56))
+        data[at : at + 4] = struct.pack("<I", draw(st.sampled_from([0, 1, 2, 0x7FFFFFFF, 0xFFFFFFFF, 8000, 10**9])))
+    elif kind == "truncate":
+        data = data[: draw(st.integers(0, len(data) - 1))]
+    else:
+        data += draw(st.binary(min_size=1, max_size=64))
+    return ext, bytes(data)
+
+
+@fuzz(1000)
+@given(audio_files(), st.sampled_from([None, 8000, 16000]))
+def test_audio_loader_returns_valid_audio_or_audio_error(file, rate):
+    ext, data = file
+    path = TMP / f"fuzz.{ext}"
+    path.write_bytes(data)
+    try:
+        info = audio_info(path)
+        assert info.frames > 0 and info.channels >= 1 and info.sample_rate > 0
+    except AudioError as e:
+        assert str(path) in str(e)
+    try:
+        wav, sr = load_audio(path, rate)
+    except AudioError as e:
+        assert str(path) in str(e)
+        return
+    assert wav.dtype == torch.float32 and wav.ndim == 1 and wav.numel() > 0
+    assert bool(torch.isfinite(wav).all())
+    assert rate is None or sr == rate
+
+
+@fuzz(150)
+@given(st.sampled_from(["npy", "pt"]), st.binary(max_size=400), st.booleans())
+def test_mel_file_loader_returns_a_float_tensor_or_mel_error(ext, data, npy_header):
+    if npy_header and ext == "npy":
+        data = b"\x93NUMPY\x01\x00" + data
+    path = TMP / f"fuzz_mel.{ext}"
+    path.write_bytes(data)
+    try:
+        mel = load_mel_file(path)
+    except MelError as e:
+        assert str(path) in str(e)
+        return
+    assert isinstance(mel, torch.Tensor) and mel.dtype == torch.float32
+
+
+DTYPES = st.sampled_from([np.float16, np.float32, np.float64, np.int16, np.uint8, np.int64, np.bool_, np.complex64])
+SIZES = st.sampled_from([0, 1, 2, 3, 79, 80, 81])
+
+
+@st.composite
+def mel_like(draw):
+    shape = tuple(draw(st.lists(SIZES, min_size=0, max_size=4)))
+    assume(math.prod(shape) <= 20_000)
+    dtype = draw(DTYPES)
+    values = hnp.from_dtype(np.dtype(dtype), allow_nan=True, allow_infinity=True) if dtype not in (np.bool_,) \
+        else st.booleans()
+    if np.issubdtype(dtype, np.floating) and draw(st.booleans()):  # mostly plausible values, sometimes wild ones
+        lo, hi = draw(st.sampled_from([(0.0, 1.0), (-11.5, 2.0), (-20.0, 30.0)]))
+        values = st.floats(lo, hi, width=16 if dtype == np.float16 else 32)
+    arr = draw(hnp.arrays(dtype, shape, elements=values, fill=values))
+    return torch.from_numpy(arr.copy()) if draw(st.booleans()) else arr
+
+
+@fuzz(800)
+@given(mel_like(), st.sampled_from(["diffwave", "hifigan"]))
+def test_mel_validation_accepts_exactly_the_mels_that_fit(mel, preset):
+    config = MelConfig.from_dict({"preset": preset})
+    try:
+        validate_mel(mel, config, source="fuzz.npy")
+    except MelError as e:
+        assert str(e).startswith("fuzz.npy: ")
+        return
+    # accepted: check every promise independently, in float64 numpy
+    arr = mel.numpy() if isinstance(mel, torch.Tensor) else mel
+    assert np.issubdtype(arr.dtype, np.floating)
+    assert arr.ndim in (2, 3) and arr.shape[-2] == config.n_mels and arr.size > 0
+    a = arr.astype(np.float64)
+    assert np.isfinite(a).all()
+    if preset == "diffwave":
+        assert a.min() >= -1e-6 and a.max() <= 1 + 1e-6
+    else:
+        assert a.min() < 0 and a.min() >= HIFIGAN_LOG_FLOOR - 1e-3 and a.max() <= HIFIGAN_LOG_CEIL
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+
+KEYS = st.one_of(
+    st.sampled_from(["model", "data", "train", "mel", "diffusion", "preset", "lr", "max_steps", "batch_size",
+                     "residual_layers", "residual_channels", "upsample_strides", "hop_length", "n_fft", "n_mels",
+                     "sample_rate", "num_steps", "betas", "schedule", "fast_betas", "path", "crop_frames",
+                     "grad_accum", "ema_decay", "conditional", "audio_length", "f_max", "layout"]),
+    st.text(max_size=6),
+    st.integers(-2, 3),
+)
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**6, 10**20), st.floats(), st.text(max_size=8),
+    st.sampled_from(["linear", "betas", "diffwave", "hifigan", "l1", "eps", "adam", "auto", "base", "tiny", "1e-4"]),
+)
+VALUES = st.recursive(SCALARS, lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(KEYS, c, max_size=4)),
+                      max_leaves=16)
+OVERRIDES = st.lists(
+    st.builds("{}={}".format, st.lists(KEYS.map(str), min_size=1, max_size=3).map(".".join),
+              st.one_of(st.text(max_size=10), st.sampled_from(["[1, 2]", "{a: 1}", "2001-13-01", "!!float x",
+                                                                 "&a [*a]", "null", "1e999", "[[[["]))),
+    max_size=3,
+)
+
+
+def _check_config(recipe):
+    assert isinstance(recipe, DiffWaveRecipe)
+    again = DiffWaveRecipe.from_dict(recipe.to_dict())  # what was accepted round-trips
+    assert again.to_dict() == recipe.to_dict()
+    assert recipe.model.n_mels == (recipe.model.mel.n_mels if recipe.model.mel is not None else recipe.model.n_mels)
+
+
+@fuzz(300)
+@given(st.dictionaries(KEYS, VALUES, max_size=4), OVERRIDES)
+def test_recipe_parser_gives_a_config_or_config_error(data, overrides):
+    try:
+        recipe = DiffWaveRecipe.from_dict(data)
+    except ConfigError:
+        pass
+    else:
+        _check_config(recipe)
+    try:
+        recipe = load_recipe(DiffWaveRecipe, None, overrides)
+    except ConfigError:
+        return
+    _check_config(recipe)
+
+
+@fuzz(200)
+@given(st.one_of(
+    st.binary(max_size=200),
+    st.text(max_size=200).map(str.encode),
+    VALUES.map(lambda v: yaml.safe_dump({"train": v}).encode()),
+    st.sampled_from([b"a: &x [*x]\n", b"train: {lr: 2001-13-01}\n", b"train: !!int x\n", b"[" * 3000,
+                     b"\xff\xfe\x00", b"1: 2\n", b"train: {max_steps: .inf}\n", b"model: {preset: [1]}\n"]),
+))
+def test_recipe_files_give_a_config_or_config_error(blob):
+    path = TMP / "fuzz_recipe.yaml"
+    path.write_bytes(blob)
+    try:
+        recipe = load_recipe(DiffWaveRecipe, path)
+    except ConfigError as e:
+        assert "fuzz_recipe.yaml" in str(e)
+        return
+    _check_config(recipe)
+
+
+@fuzz(200)
+@given(st.dictionaries(st.sampled_from(TrainConfig.field_names()), SCALARS, max_size=6))
+def test_train_config_accepts_only_consistent_values(data):
+    try:
+        cfg = TrainConfig.from_dict(data)
+    except ConfigError:
+        return
+    # an accepted config satisfies the engine's preconditions
+    assert cfg.max_steps >= 1 and cfg.batch_size >= 1 and cfg.batch_size % cfg.grad_accum == 0
+    assert cfg.lr > 0 and cfg.eps > 0 and cfg.weight_decay >= 0 and 0 <= cfg.ema_decay < 1 and cfg.num_workers >= 0
+    floats = [cfg.lr, cfg.eps, cfg.weight_decay, cfg.min_lr_ratio, cfg.ema_decay, cfg.grad_clip or 1.0]
+    assert all(math.isfinite(v) for v in floats)
+
+
+def test_fuzz_seeds_are_valid_files():
+    """The mutation seeds decode (so that mutations start from files the loader accepts)."""
+    for ext, blobs in SEEDS.items():
+        for i, blob in enumerate(blobs):
+            path = TMP / f"seed{i}.{ext}"
+            path.write_bytes(blob)
+            wav, sr = load_audio(path)
+            assert sr == 8000 and wav.shape == (600,)
