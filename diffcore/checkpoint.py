@@ -81,6 +81,15 @@ def load_error_detail(error: BaseException) -> tuple[bool, str]:
     return refused, detail if refused else f"{type(error).__name__}: {detail}"
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}.pt"
 
@@ -111,6 +120,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual mode
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None

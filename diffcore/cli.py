@@ -124,4 +124,10 @@ def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
         return 130
     except SystemExit as e:  # argparse's own usage errors (status 2) and deliberate exits
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BrokenPipeError:  # output piped into a reader that stopped early (`diffwave --help | head`)
+        try:
+            sys.stdout = open(os.devnull, "w")  # so the interpreter's final flush does not fail again
+        except OSError:
+            pass
+        return 141
     return int(code or 0)

@@ -303,12 +303,12 @@ def load_recipe(cls: type[C], path: str | os.PathLike | None = None, overrides: 
 
 
 def save_config(cfg: ConfigBase | Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Write a resolved configuration as YAML (atomically)."""
+    """Write a resolved configuration as YAML, atomically (temporary file, fsync, rename)."""
+    from diffcore.checkpoint import atomic_write  # late import: checkpoint is the heavier module
+
     data = cfg.to_dict() if isinstance(cfg, ConfigBase) else dict(cfg)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
+    text = yaml.safe_dump(data, sort_keys=False).encode("utf-8")
+    atomic_write(path, lambda f: f.write(text))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -59,6 +59,20 @@ def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance_scale)
 
 
+def _resolved(args: argparse.Namespace, model) -> dict[str, Any]:
+    """The sampler, steps and guidance scale a run actually uses (for manifests and metrics files)."""
+    from diffimage.api import DEFAULT_STEPS
+
+    d = model.sample_defaults
+    sampler = args.sampler or d.sampler
+    steps = args.steps if args.steps is not None else (d.steps if sampler == d.sampler else None)
+    steps = steps if steps is not None else DEFAULT_STEPS[sampler]
+    scale = None if model.num_classes is None else (
+        args.guidance_scale if args.guidance_scale is not None else d.guidance_scale)
+    return {"sampler": sampler, "steps": steps if steps is not None else model.config.diffusion.num_steps,
+            "eta": args.eta if args.eta is not None else d.eta, "guidance_scale": scale}
+
+
 def _check_guidance(args: argparse.Namespace, model) -> None:
     if args.guidance_scale is not None and args.guidance_scale != 1.0 and model.num_classes is None:
         raise UsageError("--guidance-scale is for class-conditional models; this model is unconditional")
@@ -165,11 +179,9 @@ def cmd_sample(argv: list[str]) -> int:
     if args.format in ("images", "both"):
         files = save_images(images, out, prefix="sample")
         written.append(out / f"sample_*.png ({len(files)} files)")
-    d = model.sample_defaults
     _write_json(out / "manifest.json", {
         "model": model.source, "n": args.n, "seed": args.seed, "batch_size": args.batch_size,
-        "sampler": args.sampler or d.sampler, "steps": args.steps, "eta": args.eta,
-        "guidance_scale": args.guidance_scale, "classes": classes,
+        **_resolved(args, model), "classes": classes,
     })
     print(f"{args.n} image(s) from {model!r} -> {', '.join(str(w) for w in written)}")
     return 0
@@ -218,12 +230,13 @@ def _stored_reference(info: dict, model_cfg, limit: int | None):
         ds = build_datasets(cfg, model_cfg)[0]
     except (ConfigError, FileNotFoundError, OSError):
         return None
-    images, _ = dataset_images(ds)
-    if limit is not None and images.shape[0] > limit:
+    if limit is not None and len(ds) > limit:  # pick before decoding: a folder may hold many images
+        from torch.utils.data import Subset
+
         from diffimage.api import _spread
 
-        images = images[_spread(images.shape[0], limit)]
-    return images
+        ds = Subset(ds, _spread(len(ds), limit).tolist())
+    return dataset_images(ds)[0]
 
 
 def cmd_evaluate(argv: list[str]) -> int:
@@ -313,12 +326,11 @@ def cmd_evaluate(argv: list[str]) -> int:
               file=sys.stderr)
         scores = fid_kid(samples, reference, cache_dir=cache, feature_extractor=net, kid="kid" in metrics,
                          batch_size=args.batch_size, device=model.device)
-        d = model.sample_defaults
         result["generation"] = {
             **({"fid": scores["fid"]} if "fid" in metrics else {}),
             **({"kid": scores["kid"], "kid_std": scores["kid_std"]} if "kid" in metrics else {}),
             "num_samples": args.num_samples, "reference": str(ref_name), "num_reference": int(reference.shape[0]),
-            "sampler": args.sampler or d.sampler, "steps": args.steps, "seed": args.seed,
+            **_resolved(args, model), "seed": args.seed,
             "features": "small-test-network" if args.feature == "small" else "inception-v3 (FID)",
         }
 

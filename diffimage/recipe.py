@@ -273,13 +273,14 @@ def dataset_images(ds: Dataset, limit: int | None = None) -> tuple[Tensor, Tenso
     n = len(ds)  # type: ignore[arg-type]
     n = n if limit is None else min(n, limit)
     inner, index = ds, list(range(n))
-    if isinstance(ds, Subset) and isinstance(ds.dataset, NpzImageDataset):
-        inner, index = ds.dataset, [int(i) for i in list(ds.indices)[:n]]
+    while isinstance(inner, Subset):  # compose nested subsets down to the arrays
+        index = [int(inner.indices[i]) for i in index]
+        inner = inner.dataset
     if isinstance(inner, NpzImageDataset):
         idx = torch.as_tensor(index, dtype=torch.long)
         labels = inner.labels[idx] if inner.labels is not None else torch.full((len(index),), -1, dtype=torch.long)
         return inner.images[idx].contiguous(), labels
-    items = [ds[i] for i in range(n)]
+    items = [inner[i] for i in index]
     images = torch.stack([unit_to_uint8(it["image"]) for it in items])
     return images, torch.stack([torch.as_tensor(it["label"], dtype=torch.long) for it in items])
 

@@ -63,7 +63,7 @@ class UNetConfig(ConfigBase):
     - ``mnist``: 28×28×1; 28 = 4·7 so three levels (28, 14, 7) with mult (1, 2, 2), ch 64, attention at 14: 6.5M.
     - ``celeba64``: the DDIM paper's CelebA 64×64 network (Song et al. 2021, a DDPM U-Net): ch 128,
       mult (1, 2, 2, 2, 4) over resolutions 64…4, 2 blocks, attention at 16, dropout 0.1: 78.7M parameters.
-    - ``tiny``: 16×16×3, ch 32, mult (1, 2), 1 block, attention at 8: for tests and the CPU quickstart.
+    - ``tiny``: 16×16×3, ch 32, mult (1, 2), 1 block, attention at 8, scale-shift norm: for tests and the CPU quickstart.
     """
 
     image_size: int = 32
@@ -100,6 +100,9 @@ class UNetConfig(ConfigBase):
         "tiny": dict(
             image_size=16, in_channels=3, base_channels=32, channel_mult=(1, 2), num_res_blocks=1,
             attention_resolutions=(8,), dropout=0.0,
+            # 32 channels make one channel per GroupNorm group, which would erase an embedding added before the
+            # norm: the tiny model feeds time and class through the norm's scale and shift instead.
+            scale_shift_norm=True,
         ),
     }
 

@@ -30,10 +30,10 @@ from diffwave.vocode import DEFAULT_MAX_FRAMES, Steps, generate_audio, vocode_me
 
 __all__ = ["Vocoder", "load", "save_export", "resolve_device"]
 
-Device = Literal["auto", "cpu", "cuda"]
+Device = Literal["auto", "cpu", "cuda"]  # or "cuda:N"
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
+def resolve_device(device: Device | str | torch.device = "auto") -> torch.device:
     """``auto`` is the first CUDA GPU when there is one, else the CPU; ``cuda`` without a GPU is an error."""
     if isinstance(device, torch.device):
         return device
@@ -61,7 +61,7 @@ class Vocoder:
 
     @classmethod
     def from_config_and_weights(
-        cls, config: Mapping[str, Any], weights: Mapping[str, Tensor], device: str | torch.device = "auto",
+        cls, config: Mapping[str, Any], weights: Mapping[str, Tensor], device: Device | str | torch.device = "auto",
         source: str = "<memory>",
     ) -> "Vocoder":
         """Rebuild from a stored recipe (``{"model": ..., ...}``) and a state dict; raises ``CheckpointError``."""
@@ -81,7 +81,7 @@ class Vocoder:
         return cls(model.to(resolve_device(device)), source, config)
 
     @classmethod
-    def from_lmnt(cls, path: str | os.PathLike, device: str | torch.device = "auto") -> "Vocoder":
+    def from_lmnt(cls, path: str | os.PathLike, device: Device | str | torch.device = "auto") -> "Vocoder":
         """Load an lmnt-com/diffwave checkpoint (file or folder with ``weights.pt``); outputs equal lmnt's."""
         from diffwave.lmnt import load_lmnt_checkpoint
 
@@ -107,7 +107,7 @@ class Vocoder:
     def conditional(self) -> bool:
         return self.config.conditional
 
-    def to(self, device: str | torch.device) -> "Vocoder":
+    def to(self, device: Device | str | torch.device) -> "Vocoder":
         self.model.to(resolve_device(device))
         return self
 
@@ -196,7 +196,7 @@ def _looks_like_lmnt(path: Path) -> bool:
     return isinstance(ckpt, dict) and "params" in ckpt and "model" in ckpt and "format" not in ckpt
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "auto") -> Vocoder:
+def load(path: str | os.PathLike, device: Device | str | torch.device = "auto") -> Vocoder:
     """Load a model for inference from a run folder (its latest checkpoint), a ``.pt`` checkpoint, an export
     folder (``config.json`` + ``model.safetensors``) or an lmnt-com/diffwave checkpoint.
 

@@ -17,7 +17,6 @@ The recipe is :data:`QUICKSTART_RECIPE` (``recipes/quickstart.yaml`` holds the s
 
 from __future__ import annotations
 
-import math
 import shutil
 import sys
 import time

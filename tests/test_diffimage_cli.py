@@ -75,7 +75,7 @@ def test_train_checkpoint_sample_round_trip(run_dir, tmp_path):
         np.testing.assert_array_equal(grid[2 + r * 10:10 + r * 10, 2 + c * 10:10 + c * 10], tile)
     assert not np.array_equal(tiles[0], tiles[1])
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["n"] == 6 and manifest["seed"] == 0
+    assert (manifest["n"], manifest["seed"], manifest["sampler"], manifest["steps"]) == (6, 0, "ddim", 4)
     # the batch starting at image i uses seed + i: images 4, 5 are the first two of a run seeded 4
     m = load(run_dir, "cpu")
     again = m.sample(2, steps=4, generator=torch.Generator().manual_seed(4))
