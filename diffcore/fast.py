@@ -18,8 +18,8 @@ Levers (``FastConfig`` fields):
 | ------------------ | ----------------------------------------------------------------------------- | ------- |
 | ``precision``      | autocast dtype of the network (bf16 has float32's range: no loss scaling)      | ``auto``: bf16 on a CUDA GPU with bf16 and on a CPU with AVX-512 BF16 / AMX, else fp32 |
 | ``channels_last``  | the model's channels-last fast path (``model.channels_last = True``)          | on      |
-| ``compile``        | ``torch.compile`` (inductor; on CPU with weight freezing, needs a C compiler)  | ``auto``: on for CUDA, off for CPU (a minute of compilation on 2 cores) |
-| ``cuda_graphs``    | replay one CUDA graph per input shape instead of launching kernels one by one  | on (CUDA only) |
+| ``compile``        | ``torch.compile`` (inductor; on CPU with weight freezing, needs a C compiler)  | off: compiling costs about a minute per input shape; turn it on for long jobs of fixed shapes |
+| ``cuda_graphs``    | replay one CUDA graph per input shape instead of launching kernels one by one  | on (CUDA only; up to 4 shapes, then plain calls) |
 | ``condition_cache``| the model's ``prepare_condition`` (work on ``cond`` done once per sampling run) | ``auto``: CPU only |
 | ``threads``        | ``torch.set_num_threads`` inside ``context()``                                | unchanged |
 | ``tune_allocator`` | glibc ``mallopt`` so that large CPU tensors are reused, not re-faulted from the OS | on (CPU only) |
@@ -308,7 +308,7 @@ class FastConfig(ConfigBase):
 
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
-    compile: Literal["auto", "on", "off"] = "auto"
+    compile: Literal["on", "off"] = "off"
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     cuda_graphs: bool = True
     condition_cache: Literal["auto", "on", "off"] = "auto"
@@ -344,10 +344,7 @@ class FastInference(nn.Module):
         on_cpu = self.device.type == "cpu"
         if isinstance(getattr(model, "channels_last", None), bool):
             model.channels_last = config.channels_last
-        if config.compile == "auto":
-            self.compiled = not on_cpu
-        else:
-            self.compiled = config.compile == "on"
+        self.compiled = config.compile == "on"
         if self.compiled and on_cpu and not has_c_compiler():
             self.compiled = False
         self.graphs = config.cuda_graphs and self.device.type == "cuda"

@@ -129,6 +129,7 @@ def ddpm_sample(
     prediction: Prediction = "eps",
     variance: Literal["beta", "posterior"] = "beta",
     clip_denoised: bool | float | None = None,
+    clip_sample: float | None = None,
 ) -> Tensor:
     """Ancestral DDPM sampling, Algorithm 2 of Ho et al. 2020, over every step of ``schedule``.
 
@@ -136,6 +137,8 @@ def ddpm_sample(
         variance: sigma_t^2 = beta_t (``"beta"``) or beta~_t (``"posterior"``), Ho et al. sec. 3.2.
         clip_denoised: clamp the predicted x_0 to ``[-c, c]`` before forming the posterior mean (``True`` = 1.0,
             for images in [-1, 1]); ``None``/``False`` = no clamping (then the update is exactly Algorithm 2).
+        clip_sample: clamp the state x_{t-1} to ``[-c, c]`` after every step (lmnt's DiffWave inference clamps
+            audio to [-1, 1] this way); ``None`` = no clamping.
         (shared keywords: see the module docstring)
 
     Returns:
@@ -146,6 +149,7 @@ def ddpm_sample(
     return _ancestral_loop(
         model, x, schedule, lambda k: tmap[k : k + 1], cond=cond, generator=generator, variance=variance,
         clip=_clip_value(clip_denoised), prediction=prediction, progress=progress, callback=callback,
+        clip_sample=clip_sample,
     )
 
 

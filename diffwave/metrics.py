@@ -430,8 +430,8 @@ def plot_spectrograms(
 ) -> Path:
     """Write a PNG with one spectrogram per row, e.g. input, model and Griffin-Lim resyntheses, atomically.
 
-    Each item is ``(title, x)``: a waveform ``[T]`` is shown as its fixed analysis log-mel (so all waveforms share one
-    scale), a 2-D ``[n_mels, frames]`` mel as given, with frames ``hop_length`` samples apart. The image is
+    Each item is ``(title, x)``: a waveform ``[T]`` is shown as its fixed analysis log-mel, all waveform rows on
+    one shared colour scale, a 2-D ``[n_mels, frames]`` mel as given, with frames ``hop_length`` samples apart. The image is
     ``round(width_in * dpi)`` × ``round(len(items) * row_height_in * dpi)`` pixels. Returns the path.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -443,16 +443,23 @@ def plot_spectrograms(
     fig = Figure(figsize=(width_in, row_height_in * len(items)), dpi=dpi)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(items), 1, squeeze=False)[:, 0]
-    for ax, (title, x) in zip(axes, items):
+    rows = []
+    for title, x in items:
         t = torch.as_tensor(x).detach().cpu().float()
         if t.ndim == 1:
-            img, hop, label = analysis_log_mel(t, sr), ANALYSIS_HOP, "ln mel"
+            rows.append((title, analysis_log_mel(t, sr), ANALYSIS_HOP, "ln mel"))
         elif t.ndim == 2:
-            img, hop, label = t, hop_length, "mel"
+            rows.append((title, t, hop_length, "mel"))
         else:
             raise ValueError(f"{title!r}: expected a waveform [T] or a mel [n_mels, frames], got {tuple(t.shape)}")
+    # Waveform rows share one colour scale, so a loud noisy resynthesis looks loud next to the recording.
+    wave_rows = [img for _, img, _, label in rows if label == "ln mel"]
+    shared = (min(float(i.min()) for i in wave_rows), max(float(i.max()) for i in wave_rows)) if wave_rows else None
+    for ax, (title, img, hop, label) in zip(axes, rows):
         seconds = img.shape[-1] * hop / sr
-        im = ax.imshow(img.numpy(), origin="lower", aspect="auto", cmap="magma", extent=(0, seconds, 0, img.shape[0]))
+        vmin, vmax = shared if label == "ln mel" else (None, None)
+        im = ax.imshow(img.numpy(), origin="lower", aspect="auto", cmap="magma", extent=(0, seconds, 0, img.shape[0]),
+                       vmin=vmin, vmax=vmax)
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("mel band")
         fig.colorbar(im, ax=ax, pad=0.01, label=label)

@@ -234,7 +234,7 @@ def sample_waveform(
     ``fast``: the model's ``fast_betas`` schedule through :func:`~diffcore.samplers.fast_sample` (Kong et al. 2021,
     Alg. 2 at the aligned fractional steps), clamping the state to [-1, 1] after every step as lmnt's reference
     does. ``full``: ancestral sampling over all T training steps (:func:`~diffcore.samplers.ddpm_sample` with
-    σ_t² = β̃_t, the DiffWave paper's choice). ``denoiser`` replaces the model call (e.g. a
+    σ_t² = β̃_t, the DiffWave paper's choice), clamping after every step in the same way. ``denoiser`` replaces the model call (e.g. a
     :class:`ChunkedDenoiser`); noise comes from ``generator`` (on the model's device).
     """
     config: DiffWaveConfig = model.config
@@ -246,7 +246,7 @@ def sample_waveform(
     if steps == "fast":
         x = fast_sample(net, tuple(shape), schedule, inference_betas=config.fast_betas, clip_sample=1.0, **common)
     elif steps == "full":
-        x = ddpm_sample(net, tuple(shape), schedule, variance="posterior", **common)
+        x = ddpm_sample(net, tuple(shape), schedule, variance="posterior", clip_sample=1.0, **common)
     else:
         raise ValueError(f"steps must be 'fast' or 'full', got {steps!r}")
     return x.clamp(-1.0, 1.0)

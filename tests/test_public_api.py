@@ -17,7 +17,7 @@ def test_end_to_end_on_vectors_with_the_exact_denoiser():
     # produce unit-variance samples; the residual eps - eps_hat = abar*eps - sqrt(abar(1-abar))*x0 has variance abar,
     # so the expected l2 loss over uniform t is mean(abar).
     s = diffcore.NoiseSchedule.linear(100, 1e-4, 0.05)
-    abar = torch.as_tensor(s.alphas_cumprod)
+    abar = torch.tensor(s.alphas_cumprod.copy())
 
     def model(x, t, cond=None):
         a = abar.to(x.dtype)

@@ -320,3 +320,25 @@ def test_callback_progress_and_clipping(capsys):
         heun_sample(TinyModel(), (1, 2), LINEAR, sigma_max=1e4)
     with pytest.raises(ValueError, match="x_T"):
         ddpm_sample(TinyModel(), (1, 2), LINEAR, x_T=torch.zeros(2, 2))
+
+
+def test_ddpm_clip_sample_clamps_every_state():
+    """``clip_sample`` bounds every intermediate state, and without it the states leave the interval."""
+    import torch
+
+    from diffcore.samplers import ddpm_sample
+    from diffcore.schedule import NoiseSchedule
+
+    schedule = NoiseSchedule.linear(20, 1e-4, 0.05)
+
+    def model(x, t, cond=None):
+        return -3.0 * torch.ones_like(x)  # a poor eps-predictor that pushes samples far out
+
+    seen = []
+    g = torch.Generator().manual_seed(0)
+    ddpm_sample(model, (64, 8), schedule, generator=g, clip_sample=1.0, callback=lambda i, x: seen.append(x.abs().max()))
+    assert len(seen) == 20 and max(float(v) for v in seen) <= 1.0
+    seen.clear()
+    g = torch.Generator().manual_seed(0)
+    ddpm_sample(model, (64, 8), schedule, generator=g, callback=lambda i, x: seen.append(x.abs().max()))
+    assert max(float(v) for v in seen) > 1.0
