@@ -226,12 +226,14 @@ def bench_train(
     data: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     unit: str = "steps/s",
     per_step: int = 1,
+    reference_losses: list[float] | None = None,
 ) -> list[Row]:
     """Training steps/s at ``batch`` × ``frames``·hop samples for each variant, each from the same initial weights
     and the same data and noise. The first ``loss_steps`` steps (untimed; they include compilation) give the loss
     curve, compared with the baseline's; then ``repeats`` blocks of ``steps`` steps are timed. Peak GPU memory of
     the timed steps is in ``notes``. The figure is ``per_step`` · steps/s in ``unit`` (e.g. images/s with
-    ``per_step=batch``). ``build`` makes the network (default: DiffWave ``preset``); ``data`` = (x0, cond)."""
+    ``per_step=batch``). ``build`` makes the network (default: DiffWave ``preset``); ``data`` = (x0, cond);
+    ``reference_losses`` carries the baseline's loss curve between calls (filled by a baseline variant)."""
     build = build if build is not None else (lambda: build_model(preset))
     init = build()
     state = copy.deepcopy(init.state_dict())
@@ -242,7 +244,7 @@ def bench_train(
         audio, mel = data
     audio, mel = audio.to(device), (mel.to(device) if mel is not None else None)
     batch = audio.shape[0]
-    reference: list[float] = []
+    reference: list[float] = reference_losses if reference_losses is not None else []
     rows = []
     for variant in variants:
         row = Row(benchmark, variant.name, batch, unit, None,
@@ -280,7 +282,6 @@ def bench_train(
             row.value = per_step * steps / float(np.median(times))
             if device.type == "cuda":
                 row.notes["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-            del opt, step, model
 
         rows.append(run_variant(report, row, run, device))
         if device.type == "cuda":

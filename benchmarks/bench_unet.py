@@ -68,12 +68,14 @@ def bench_unet_train(
 
     cfg = UNetConfig.preset(preset)
     x = images(cfg, batch)
-    rows = []
+    rows: list[Row] = []
+    losses: list[float] = []
     for variant in variants:
         current["cl"] = variant.channels_last
         rows += bench_train(report, device, [variant], batch=batch, steps=steps, repeats=repeats,
                             loss_steps=loss_steps, budget=budget, min_left_s=min_left_s, build=build,
-                            benchmark="unet_train", data=(x, None), unit="images/s", per_step=batch)
+                            benchmark="unet_train", data=(x, None), unit="images/s", per_step=batch,
+                            reference_losses=losses)
     return rows
 
 

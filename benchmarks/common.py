@@ -361,9 +361,10 @@ def run_variant(report: Report, row: Row, fn: Callable[[], None], device: torch.
 
 def is_oom(error: BaseException) -> bool:
     """Whether ``error`` is an out-of-memory error (CUDA's, or a CPU allocation failure)."""
-    if isinstance(error, torch.cuda.OutOfMemoryError):
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(error, (RuntimeError, MemoryError)) and "out of memory" in str(error).lower()
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "alloc_failed" in text)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from diffcore.config import ConfigError
 from diffwave.config import DiffWaveConfig
 from diffwave.mel import compute_mel, validate_mel
 from diffwave.model import DiffWave
-from diffwave.vocode import DEFAULT_MAX_FRAMES, Steps, generate_audio, vocode_mels
+from diffwave.vocode import DEFAULT_MAX_FRAMES, Fast, Steps, generate_audio, vocode_mels
 
 __all__ = ["Vocoder", "load", "save_export", "resolve_device"]
 
@@ -135,6 +135,7 @@ class Vocoder:
         max_frames: int | None = DEFAULT_MAX_FRAMES,
         batch_size: int = 16,
         progress: bool = False,
+        fast: Fast = None,
     ) -> Tensor:
         """Waveform(s) for a mel ``[n_mels, F]`` → ``[F · hop]`` or a batch ``[B, n_mels, F]`` → ``[B, F · hop]``.
 
@@ -142,6 +143,7 @@ class Vocoder:
         training steps). ``generator``: the noise source, on the model's device (default: the global RNG).
         Mels longer than ``max_frames`` are vocoded in exact overlapping chunks (see :mod:`diffwave.vocode`).
         Raises :class:`~diffwave.mel.MelError` naming the preset the model expects when the mel does not fit it.
+        ``fast``: the inference fast paths (:mod:`diffwave.vocode`; default on, ``"off"`` = eager float32).
         Returns float32 audio in [-1, 1] on the CPU.
         """
         if not self.conditional:
@@ -150,16 +152,18 @@ class Vocoder:
         validate_mel(mel_t, self.config.mel, source="mel")
         batch = mel_t.float() if mel_t.ndim == 3 else mel_t.float().unsqueeze(0)
         wavs = vocode_mels(self.model, list(batch), steps, generator=generator, max_frames=max_frames,
-                           batch_size=batch_size, progress=progress)
+                           batch_size=batch_size, progress=progress, fast=fast)
         out = torch.stack(wavs).cpu()
         return out if mel_t.ndim == 3 else out[0]
 
     def generate(
         self, n: int, generator: torch.Generator | None = None, steps: Steps = "fast", *, length: int | None = None,
-        progress: bool = False,
+        progress: bool = False, fast: Fast = None,
     ) -> Tensor:
-        """``n`` clips ``[n, length]`` (default ``config.audio_length``) from an unconditional model, on the CPU."""
-        return generate_audio(self.model, n, steps, generator=generator, length=length, progress=progress).cpu()
+        """``n`` clips ``[n, length]`` (default ``config.audio_length``) from an unconditional model, on the CPU
+        (``fast``: as in :meth:`vocode`)."""
+        return generate_audio(self.model, n, steps, generator=generator, length=length, progress=progress,
+                              fast=fast).cpu()
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write this model as an export folder (``config.json`` + ``model.safetensors``) that :func:`load` reads."""
@@ -241,6 +245,7 @@ def evaluate_resynthesis_files(
     plot_clips: int = 2,
     group: int = 8,
     progress: bool = True,
+    fast: Fast = None,
 ) -> dict[str, Any]:
     """Resynthesis of recordings: vocode each file's own mel (the model's preset) and invert the same mel with
     Griffin-Lim, then compare both with the recording (:func:`diffwave.metrics.evaluate_resynthesis`).
@@ -276,7 +281,8 @@ def evaluate_resynthesis_files(
     outs: list[Tensor] = []
     for k, i in enumerate(range(0, len(files), group)):
         g = torch.Generator(device=vocoder.device).manual_seed(seed * 1_000_003 + k)
-        part = vocode_mels(vocoder.model, mels[i : i + group], steps, generator=g, callback=lambda *_: bar.update(1))
+        part = vocode_mels(vocoder.model, mels[i : i + group], steps, generator=g, callback=lambda *_: bar.update(1),
+                           fast=fast)
         outs += [w.cpu()[: r.shape[-1]] for w, r in zip(part, refs[i : i + group])]
     bar.close()
     gls = [griffin_lim_from_mel(m, mel_cfg, n_iter=gl_iters) for m in mels]
@@ -319,6 +325,7 @@ def evaluate_generation(
     classifier: str | os.PathLike | None = None,
     classifier_epochs: int = 30,
     save_clips: int = 10,
+    fast: Fast = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """The DiffWave paper's Table 2 metrics (FID, IS, mIS, AM, NDB) of ``n`` generated clips against
@@ -359,7 +366,7 @@ def evaluate_generation(
     bar = tqdm(total=n, disable=not progress, desc=f"generate ({steps})")
     for k, i in enumerate(range(0, n, batch_size)):
         g = torch.Generator(device=vocoder.device).manual_seed(seed + i)
-        clips += list(vocoder.generate(min(batch_size, n - i), generator=g, steps=steps))
+        clips += list(vocoder.generate(min(batch_size, n - i), generator=g, steps=steps, fast=fast))
         bar.update(min(batch_size, n - i))
     bar.close()
     for i, c in enumerate(clips[:save_clips]):

@@ -64,6 +64,24 @@ def _add_model_args(p: argparse.ArgumentParser, steps: bool = True) -> None:
     if steps:
         p.add_argument("--steps", choices=("fast", "full"), default="fast",
                        help="fast: the model's short fast_betas schedule; full: all T training steps (default: fast)")
+        p.add_argument("--no-fast", dest="fast", action="store_const", const="off", default=None,
+                       help="eager float32 network calls, as the reference implementation makes them (default: bf16 "
+                            "autocast where the hardware has it, channels-last, CUDA graphs, the conditioner cache)")
+        p.add_argument("--compile", action="store_true",
+                       help="also torch.compile the network (about a minute per input shape; pays off on long jobs)")
+
+
+def _fast_option(args: argparse.Namespace):
+    """The ``fast=`` argument of the sampling functions from ``--no-fast`` / ``--compile``."""
+    if args.fast == "off":
+        if args.compile:
+            raise UsageError("--compile and --no-fast exclude each other")
+        return "off"
+    if args.compile:
+        from diffcore.fast import FastConfig
+
+        return FastConfig(compile="on")
+    return None
 
 
 def _is_main_rank() -> bool:
@@ -166,7 +184,7 @@ def cmd_vocode(argv: list[str]) -> int:
         raise UsageError(f"{args.model} is an unconditional model: use `diffwave generate`")
     written, failed = vocode_files(voc.model, inputs, args.out, args.steps, seed=args.seed,
                                    batch_size=args.batch_size, max_frames=args.max_frames, strict=args.strict,
-                                   single_output=single)
+                                   single_output=single, fast=_fast_option(args))
     where = single or args.out
     print(f"vocoded {len(written)} file(s) with {args.steps} sampling at {voc.sample_rate} Hz -> {where}")
     if failed:
@@ -210,7 +228,7 @@ def cmd_generate(argv: list[str]) -> int:
         for i in range(0, args.n, args.batch_size):
             k = min(args.batch_size, args.n - i)
             g = torch.Generator(device=voc.device).manual_seed(args.seed + i)
-            clips = voc.generate(k, generator=g, steps=args.steps, length=length)
+            clips = voc.generate(k, generator=g, steps=args.steps, length=length, fast=_fast_option(args))
             for j, clip in enumerate(clips):
                 path = save_audio(out / f"sample_{i + j:04d}.wav", clip, voc.sample_rate)
                 manifest.append({"file": path.name, "seed": args.seed + i, "index_in_batch": j})
@@ -269,12 +287,13 @@ def cmd_evaluate(argv: list[str]) -> int:
             raise UsageError("give --data PATH: the model's recipe holds no reachable held-out clips (data.holdout)")
     if voc.conditional:
         files = files[: args.n or 8]
-        result = evaluate_resynthesis_files(voc, files, args.out, args.steps, seed=args.seed,
+        result = evaluate_resynthesis_files(voc, files, args.out, args.steps, seed=args.seed, fast=_fast_option(args),
                                             max_seconds=args.max_seconds, with_dnsmos=not args.no_dnsmos,
                                             gl_iters=args.gl_iters)
         print(result["table"].markdown())
     else:
         result = evaluate_generation(voc, files, args.out, args.n or 64, args.steps, seed=args.seed,
+                                     fast=_fast_option(args),
                                      batch_size=args.batch_size, classifier=args.classifier,
                                      classifier_epochs=args.classifier_epochs)
         print(result["paths"]["markdown"].read_text())

@@ -19,6 +19,12 @@ Batching. Several inputs are packed end to end into one state ``[1, Σ T_i]``; t
 boundary (each input sees zero padding at its own edges, as when it is vocoded alone), and windows of equal length
 share a network call (at most ``batch_size`` windows per call). ``pad_multiple`` pads each mel with the preset's
 silence to a multiple of that many frames (the padding is cut off), so inputs of similar length share calls.
+
+Speed. Sampling runs through :class:`diffcore.fast.FastInference` with its defaults unless told otherwise
+(``fast=``): bf16 autocast where the hardware has it (the sampler state stays float32), channels-last convolutions,
+CUDA graphs on a GPU, and on the CPU the conditioner cache (each window's upsampled, per-layer-projected mel is
+computed once per run instead of once per step, within :data:`CONDITION_CACHE_BYTES`). ``fast="off"`` is the eager
+float32 computation of the reference implementation; BENCHMARKS.md gives the speed and the deviation of each path.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from diffcore.fast import FastConfig, FastInference
 from diffcore.samplers import ddpm_sample, fast_sample
 from diffwave.audio import AUDIO_EXTENSIONS, AudioError, load_audio, save_audio
 from diffwave.config import DiffWaveConfig
@@ -50,6 +57,9 @@ __all__ = [
     "chunk_weights",
     "ChunkedDenoiser",
     "sample_waveform",
+    "Fast",
+    "fast_inference",
+    "CONDITION_CACHE_BYTES",
     "vocode_mels",
     "generate_audio",
     "MEL_EXTENSIONS",
@@ -68,6 +78,17 @@ MEL_EXTENSIONS = frozenset({".npy", ".pt", ".pth"})
 DEFAULT_MAX_FRAMES = 1024
 #: Default crossfade across chunk boundaries, in frames.
 DEFAULT_CROSSFADE = 2
+#: Largest conditioner cache (bytes) a vocoding run keeps; beyond it the conditioner is recomputed every step.
+CONDITION_CACHE_BYTES = 1 << 30
+
+#: ``fast=`` of the sampling functions: a :class:`FastConfig`, ``None`` (its defaults) or ``"off"`` (eager fp32).
+Fast = FastConfig | Literal["off"] | None
+
+
+def fast_inference(model: torch.nn.Module, fast: Fast = None) -> FastInference:
+    """The model wrapped with the fast paths ``fast`` asks for (module docstring), on the model's device."""
+    config = FastConfig() if fast is None else FastConfig.reference() if fast == "off" else fast
+    return FastInference(model, _model_device_dtype(model)[0], config)
 
 
 def receptive_field(config: DiffWaveConfig) -> int:
@@ -154,7 +175,12 @@ class ChunkedDenoiser:
         context: int | None = None,
         crossfade: int = DEFAULT_CROSSFADE,
         batch_size: int = 16,
+        prepare: Callable[[Tensor], object] | None = None,
     ) -> None:
+        """``model`` is the DiffWave network (its config gives the hop and the context); ``self.model``, the callable
+        each window goes through, may be replaced afterwards by another with the same contract (a
+        :class:`FastInference` of it). ``prepare(mel_windows)``, if given, turns each call's stacked mel windows into
+        the conditioner once, at the first step (:meth:`FastInference.prepare_condition`)."""
         config: DiffWaveConfig = model.config
         hop = config.hop_length
         if hop is None:
@@ -184,6 +210,8 @@ class ChunkedDenoiser:
         if worst > 1e-9:  # the weights are a partition of unity by construction
             raise AssertionError(f"chunk weights do not sum to 1 (off by {worst:.3g})")
         self.num_windows = sum(len(g) for g in groups.values())
+        self.prepare = prepare
+        self._prepared: list[object] | None = None
         # Network calls: windows of equal length, at most batch_size per call.
         self.calls: list[tuple[Tensor, list[int], Tensor]] = []
         for length, items in sorted(groups.items()):
@@ -205,10 +233,12 @@ class ChunkedDenoiser:
         flat = x[0]
         out = torch.zeros_like(flat)
         step = t.reshape(-1)[:1]
-        for mel, starts, weights in self.calls:
+        if self._prepared is None:
+            self._prepared = [self.prepare(m) if self.prepare is not None else m for m, _, _ in self.calls]
+        for (_, starts, weights), mel in zip(self.calls, self._prepared):
             n = weights.shape[-1]
             xb = torch.stack([flat[s : s + n] for s in starts])
-            eps = self.model(xb, step.expand(len(starts)), mel)
+            eps = self.model(xb, step.expand(len(starts)), mel).to(flat.dtype)
             for j, s in enumerate(starts):
                 out[s : s + n] += eps[j] * weights[j]
         return out.unsqueeze(0)
@@ -228,6 +258,7 @@ def sample_waveform(
     generator: torch.Generator | None = None,
     callback: Callable[[int, Tensor], None] | None = None,
     progress: bool = False,
+    fast: FastInference | None = None,
 ) -> Tensor:
     """Run DiffWave's reverse process for a waveform of ``shape`` and clamp it to [-1, 1].
 
@@ -235,21 +266,24 @@ def sample_waveform(
     Alg. 2 at the aligned fractional steps), clamping the state to [-1, 1] after every step as lmnt's reference
     does. ``full``: ancestral sampling over all T training steps (:func:`~diffcore.samplers.ddpm_sample` with
     σ_t² = β̃_t, the DiffWave paper's choice), clamping after every step in the same way. ``denoiser`` replaces the model call (e.g. a
-    :class:`ChunkedDenoiser`); noise comes from ``generator`` (on the model's device).
+    :class:`ChunkedDenoiser`); noise comes from ``generator`` (on the model's device). ``fast``: a
+    :class:`FastInference` of ``model``; sampling then runs inside its context (inference mode, autocast) and calls
+    it instead of the bare network (default: the eager network in float32).
     """
     config: DiffWaveConfig = model.config
     schedule = config.diffusion.build()
     device, dtype = _model_device_dtype(model)
-    net = denoiser if denoiser is not None else model
+    net = denoiser if denoiser is not None else (fast if fast is not None else model)
     common = dict(generator=generator, device=device, dtype=dtype, prediction=config.diffusion.prediction,
                   callback=callback, progress=progress)
-    if steps == "fast":
-        x = fast_sample(net, tuple(shape), schedule, inference_betas=config.fast_betas, clip_sample=1.0, **common)
-    elif steps == "full":
-        x = ddpm_sample(net, tuple(shape), schedule, variance="posterior", clip_sample=1.0, **common)
-    else:
-        raise ValueError(f"steps must be 'fast' or 'full', got {steps!r}")
-    return x.clamp(-1.0, 1.0)
+    with fast.context() if fast is not None else torch.no_grad():
+        if steps == "fast":
+            x = fast_sample(net, tuple(shape), schedule, inference_betas=config.fast_betas, clip_sample=1.0, **common)
+        elif steps == "full":
+            x = ddpm_sample(net, tuple(shape), schedule, variance="posterior", clip_sample=1.0, **common)
+        else:
+            raise ValueError(f"steps must be 'fast' or 'full', got {steps!r}")
+    return x.float().clamp(-1.0, 1.0)
 
 
 def num_sampling_steps(config: DiffWaveConfig, steps: Steps) -> int:
@@ -276,10 +310,12 @@ def vocode_mels(
     pad_multiple: int = 1,
     callback: Callable[[int, Tensor], None] | None = None,
     progress: bool = False,
+    fast: Fast = None,
 ) -> list[Tensor]:
     """Waveforms ``[F_i · hop]`` for mels ``[n_mels, F_i]`` of any lengths, in one sampling run (module docstring).
 
     The mels are not validated here (see :func:`diffwave.mel.validate_mel`); they are moved to the model's device.
+    ``fast``: the inference fast paths (module docstring; ``"off"`` = eager float32).
     """
     if not mels:
         return []
@@ -291,10 +327,15 @@ def vocode_mels(
     if pad_multiple > 1:
         pad = mel_pad_value(config.mel)
         mels = [F.pad(m, (0, -m.shape[-1] % pad_multiple), value=pad) for m in mels]
+    runner = fast_inference(model, fast)
+    total = sum(m.shape[-1] for m in mels) * config.hop_length * (1 + 2 * (max_frames is not None))
+    cache_bytes = config.residual_layers * 2 * config.residual_channels * total * (2 if runner.precision != "fp32" else 4)
+    prepare = runner.prepare_condition if runner.cache_condition and cache_bytes <= CONDITION_CACHE_BYTES else None
     denoiser = ChunkedDenoiser(model, [m.to(device, dtype) for m in mels], max_frames=max_frames, context=context,
-                               crossfade=crossfade, batch_size=batch_size).to(device, dtype)
+                               crossfade=crossfade, batch_size=batch_size, prepare=prepare).to(device, dtype)
+    denoiser.model = runner
     x = sample_waveform(model, (1, denoiser.length), steps, denoiser=denoiser, generator=generator,
-                        callback=callback, progress=progress)[0]
+                        callback=callback, progress=progress, fast=runner)[0]
     hop = denoiser.hop
     return [x[o : o + f * hop] for o, f in zip(denoiser.offsets, frames)]
 
@@ -309,15 +350,17 @@ def generate_audio(
     length: int | None = None,
     callback: Callable[[int, Tensor], None] | None = None,
     progress: bool = False,
+    fast: Fast = None,
 ) -> Tensor:
-    """``n`` clips ``[n, length]`` (default ``config.audio_length``) from an unconditional model."""
+    """``n`` clips ``[n, length]`` (default ``config.audio_length``) from an unconditional model (``fast``: the
+    inference fast paths; ``"off"`` = eager float32)."""
     config: DiffWaveConfig = model.config
     if config.conditional:
         raise ValueError("this model is mel-conditioned: vocode a mel instead of generating unconditionally")
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     return sample_waveform(model, (n, length or config.audio_length), steps, generator=generator,
-                           callback=callback, progress=progress)
+                           callback=callback, progress=progress, fast=fast_inference(model, fast))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -397,13 +440,14 @@ def vocode_files(
     strict: bool = False,
     progress: bool = True,
     single_output: str | os.PathLike | None = None,
+    fast: Fast = None,
 ) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Vocode ``inputs`` into ``out_dir/<out_name>`` (each written atomically as 16-bit WAV at the model's rate).
 
     Inputs are taken in order and grouped until a group fills ``batch_size`` windows; each group is one sampling
     run with a generator seeded by ``(seed, group index)``. Wav inputs are cut back to their own length; mel
     inputs give ``frames · hop`` samples. An input that fails to load is reported and skipped.
-    ``single_output``: write the only input to this exact path instead.
+    ``single_output``: write the only input to this exact path instead. ``fast``: the inference fast paths.
 
     Returns ``(written paths, [(input, reason)] of the failures)``.
     """
@@ -436,7 +480,8 @@ def vocode_files(
             bar.set_postfix_str(f"{len(group)} file(s), {seconds:.1f} s: step {i + 1}/{per_group}")
 
         wavs = vocode_mels(model, [m for _, m, _ in group], steps, generator=g, max_frames=max_frames,
-                           context=context, batch_size=batch_size, pad_multiple=pad_multiple, callback=on_step)
+                           context=context, batch_size=batch_size, pad_multiple=pad_multiple, callback=on_step,
+                           fast=fast)
         for (item, _, keep), wav in zip(group, wavs):
             wav = wav[:keep] if keep is not None else wav
             target = Path(single_output) if single_output is not None else out_dir / item.out_name

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -144,8 +143,9 @@ def test_condition_cache_is_checked_against_the_input():
 
 def sample(model, cond, length: int = 2048, batch: int = 2):
     cfg = DiffWaveConfig.preset("tiny")
-    return fast_sample(model, (batch, length), cfg.diffusion.build(), cond=cond,
-                       generator=torch.Generator().manual_seed(7), inference_betas=cfg.fast_betas)
+    device = cond.layers[0].device if isinstance(cond, ConditionCache) else cond.device
+    return fast_sample(model, (batch, length), cfg.diffusion.build(), cond=cond, device=device,
+                       generator=torch.Generator(device).manual_seed(7), inference_betas=cfg.fast_betas)
 
 
 def test_reference_config_is_the_eager_model_bit_for_bit():
@@ -260,6 +260,24 @@ def test_cuda_graph_replays_match_eager_calls():
         assert graphed.num_graphs == 1
         graphed(x[:1], torch.tensor([1.0], device="cuda"), cond=mel[:1])
         assert graphed.num_graphs == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_graphed_sampling_replays_the_eager_bf16_computation_across_contexts():
+    model = tiny_model().cuda()
+    _, mel = inputs()
+    mel = mel.cuda()
+    eager = FastInference(model, "cuda", FastConfig(precision="bf16", cuda_graphs=False))
+    with eager.context():
+        ref = sample(eager, mel).cpu()
+    graphed = FastInference(model, "cuda", FastConfig(precision="bf16"))
+    outs = []
+    for _ in range(2):  # a new autocast context each time: the graph must not keep casts cached by an old one
+        with graphed.context():
+            outs.append(sample(graphed, mel).cpu())
+    assert graphed._fn[0].num_graphs == 1
+    assert torch.equal(outs[0], outs[1])
+    assert close(outs[0], ref, 1e-2)
 
 
 # --------------------------------------------------------------------------------------------------------------
