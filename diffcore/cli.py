@@ -28,7 +28,8 @@ from typing import Callable, Sequence
 from diffcore.checkpoint import CheckpointError
 from diffcore.config import ConfigError
 
-__all__ = ["UsageError", "recipe_parser", "parse_args", "run_cli", "debug_enabled"]
+__all__ = ["UsageError", "recipe_parser", "parse_args", "run_cli", "debug_enabled", "run_subcommands",
+           "setup_logging"]
 
 
 class UsageError(ValueError):
@@ -131,3 +132,43 @@ def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
             pass
         return 141
     return int(code or 0)
+
+
+Command = Callable[[list[str]], "int | None"]
+
+
+def setup_logging() -> None:
+    """INFO messages of the package on stderr as ``LEVEL: message``; chatty libraries only from WARNING up."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    for noisy in ("matplotlib", "PIL", "numba"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _usage(prog: str, commands: dict[str, tuple[Command, str]]) -> str:
+    width = max(map(len, commands))
+    lines = [f"usage: {prog} <command> [options]   ({prog} <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in commands.items()]
+    return "\n".join(lines)
+
+
+def run_subcommands(prog: str, commands: dict[str, tuple[Command, str]], argv: Sequence[str] | None = None) -> int:
+    """The body of a ``prog <command> [options]`` console entry point: ``commands`` maps each name to ``(function
+    of the remaining arguments, one-line help)``. Logging is set up, errors are reported by :func:`run_cli`, an
+    unknown command names the closest one. Returns the exit status."""
+    import difflib
+
+    def dispatch(args: list[str]) -> int | None:
+        if not args or args[0] in ("-h", "--help"):
+            print(_usage(prog, commands))
+            return 0 if args else 2
+        name, rest = args[0], args[1:]
+        if name not in commands:
+            close = difflib.get_close_matches(name, list(commands), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"unknown command {name!r}{hint} (commands: {', '.join(commands)})")
+        return commands[name][0](rest)
+
+    setup_logging()
+    return run_cli(dispatch, list(sys.argv[1:] if argv is None else argv))

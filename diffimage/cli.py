@@ -14,15 +14,13 @@ written atomically; long work shows a progress bar.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from diffcore.cli import UsageError, parse_args, recipe_parser, run_cli
+from diffcore.cli import UsageError, parse_args, recipe_parser, run_subcommands
 
 __all__ = ["main", "COMMANDS"]
 
@@ -80,12 +78,6 @@ def _check_guidance(args: argparse.Namespace, model) -> None:
 
 def _is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    for noisy in ("matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -403,29 +395,9 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int | None], str]] = {
 }
 
 
-def _usage() -> str:
-    width = max(map(len, COMMANDS))
-    lines = ["usage: diffimage <command> [options]   (diffimage <command> --help for its options)", "", "commands:"]
-    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
-    return "\n".join(lines)
-
-
-def _dispatch(argv: list[str]) -> int | None:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0 if argv else 2
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UsageError(f"unknown command {name!r}{hint} (commands: {', '.join(COMMANDS)})")
-    return COMMANDS[name][0](rest)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """The console entry point (``diffimage = "diffimage.cli:main"``); returns the exit status."""
-    _setup_logging()
-    return run_cli(_dispatch, list(sys.argv[1:] if argv is None else argv))
+    return run_subcommands("diffimage", COMMANDS, argv)
 
 
 if __name__ == "__main__":

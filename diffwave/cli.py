@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from diffcore.cli import UsageError, parse_args, recipe_parser, run_cli
+from diffcore.cli import UsageError, parse_args, recipe_parser, run_subcommands
 
 __all__ = ["main", "COMMANDS"]
 
@@ -86,12 +86,6 @@ def _fast_option(args: argparse.Namespace):
 
 def _is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    for noisy in ("matplotlib", "PIL", "numba"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 # --------------------------------------------------------------------------------------------------- preprocess
@@ -378,31 +372,9 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int | None], str]] = {
 }
 
 
-def _usage() -> str:
-    width = max(map(len, COMMANDS))
-    lines = ["usage: diffwave <command> [options]   (diffwave <command> --help for its options)", "", "commands:"]
-    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
-    return "\n".join(lines)
-
-
-def _dispatch(argv: list[str]) -> int | None:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0 if argv else 2
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UsageError(f"unknown command {name!r}{hint} (commands: {', '.join(COMMANDS)})")
-    return COMMANDS[name][0](rest)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """The console entry point (``diffwave = "diffwave.cli:main"``); returns the exit status."""
-    _setup_logging()
-    return run_cli(_dispatch, list(sys.argv[1:] if argv is None else argv))
+    return run_subcommands("diffwave", COMMANDS, argv)
 
 
 if __name__ == "__main__":
