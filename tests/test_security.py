@@ -231,13 +231,11 @@ def test_diffwave_model_loader_refuses_a_malicious_pickle(tmp_path, marker):
 
 
 def test_diffimage_model_loader_refuses_a_malicious_pickle(tmp_path, marker):
-    api = pytest.importorskip("diffimage.api", reason="diffimage.api is not written yet")
-    loader = getattr(api, "load", None) or getattr(api, "load_model", None)
-    if loader is None:
-        pytest.skip("diffimage.api has no load()")
+    from diffimage.api import load
+
     path = _evil_checkpoint(tmp_path / "unet.pt", marker)
     with pytest.raises(CheckpointError, match="unet.pt"):
-        loader(path)
+        load(path)
 
 
 def test_image_arrays_refuse_pickled_objects(tmp_path, marker):
