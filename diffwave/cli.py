@@ -66,7 +66,7 @@ def _add_model_args(p: argparse.ArgumentParser, steps: bool = True) -> None:
                        help="fast: the model's short fast_betas schedule; full: all T training steps (default: fast)")
         p.add_argument("--no-fast", dest="fast", action="store_const", const="off", default=None,
                        help="eager float32 network calls, as the reference implementation makes them (default: bf16 "
-                            "autocast where the hardware has it, channels-last, CUDA graphs, the conditioner cache)")
+                            "autocast where the hardware has it, channels-last, the conditioner cache on the CPU)")
         p.add_argument("--compile", action="store_true",
                        help="also torch.compile the network (about a minute per input shape; pays off on long jobs)")
 
