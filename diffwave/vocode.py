@@ -20,11 +20,12 @@ boundary (each input sees zero padding at its own edges, as when it is vocoded a
 share a network call (at most ``batch_size`` windows per call). ``pad_multiple`` pads each mel with the preset's
 silence to a multiple of that many frames (the padding is cut off), so inputs of similar length share calls.
 
-Speed. Sampling runs through :class:`diffcore.fast.FastInference` with its defaults unless told otherwise
-(``fast=``): bf16 autocast where the hardware has it (the sampler state stays float32), channels-last convolutions,
-and on the CPU the conditioner cache (each window's upsampled, per-layer-projected mel is
-computed once per run instead of once per step, within :data:`CONDITION_CACHE_BYTES`). CUDA graphs are opt-in
-(``fast=FastConfig()``) until they have run on a GPU here. ``fast="off"`` is the eager float32 computation of the reference implementation; BENCHMARKS.md gives the speed and the deviation of each path.
+Speed. Sampling runs through :class:`diffcore.fast.FastInference` unless told otherwise (``fast=``): bf16
+autocast where the hardware has it (the sampler state stays float32), channels-last convolutions, and on the CPU
+the conditioner cache (each window's upsampled, per-layer-projected mel is computed once per run instead of once per
+step, within :data:`CONDITION_CACHE_BYTES`). CUDA graphs are opt-in (``fast=FastConfig()``) until they have run on
+a GPU here. ``fast="off"`` is the eager float32 computation of the reference implementation; BENCHMARKS.md gives
+the speed and the deviation of each path.
 """
 
 from __future__ import annotations
