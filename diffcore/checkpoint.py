@@ -34,6 +34,7 @@ import torch
 
 __all__ = [
     "FORMAT_VERSION",
+    "rebuild_model",
     "CheckpointError",
     "atomic_write",
     "save_checkpoint",
@@ -299,3 +300,34 @@ def export(checkpoint_or_run: str | os.PathLike, out_dir: str | os.PathLike) -> 
     atomic_write(out / EXPORT_WEIGHTS, lambda f: f.write(blob))
     atomic_write(out / EXPORT_CONFIG, lambda f: f.write((text + "\n").encode()))
     return out
+
+
+def rebuild_model(
+    config: Mapping[str, Any],
+    weights: Mapping[str, torch.Tensor],
+    config_cls: Any,
+    model_cls: Callable[[Any], torch.nn.Module],
+    *,
+    source: str = "<memory>",
+    kind: str = "model",
+) -> torch.nn.Module:
+    """The model a stored recipe describes, with ``weights`` loaded: ``model_cls(config_cls.from_dict(config["model"]))``.
+
+    Inference always rebuilds from the stored config, never from defaults. Raises :class:`CheckpointError` naming
+    ``source`` when the config has no ``model`` section, is not a ``kind`` config, or the weights do not fit it.
+    """
+    from diffcore.config import ConfigError
+
+    if not isinstance(config.get("model"), Mapping):
+        raise CheckpointError(f"{source}: its config has no 'model' section, so the model cannot be rebuilt")
+    try:
+        model_config = config_cls.from_dict(config["model"])
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: its model config is not a {kind} config ({e})") from None
+    model = model_cls(model_config)
+    try:
+        model.load_state_dict(dict(weights))
+    except RuntimeError as e:
+        first = " ".join(str(e).strip().splitlines()[:3])
+        raise CheckpointError(f"{source}: the weights do not fit the stored model config ({first})") from None
+    return model

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from diffcore.checkpoint import CheckpointError, atomic_write, load_for_inference
+from diffcore.checkpoint import atomic_write, load_for_inference, rebuild_model
 from diffcore.config import ConfigError
 from diffcore.guidance import ClassifierFreeGuidance
 from diffcore.likelihood import bits_per_dim as nats_to_bits_per_dim
@@ -227,18 +227,7 @@ class ImageModel:
         source: str = "<memory>",
     ) -> "ImageModel":
         """Rebuild from a stored recipe (``{"model": ..., ...}``) and a state dict; raises ``CheckpointError``."""
-        if not isinstance(config.get("model"), Mapping):
-            raise CheckpointError(f"{source}: its config has no 'model' section, so the model cannot be rebuilt")
-        try:
-            model_config = UNetConfig.from_dict(config["model"])
-        except ConfigError as e:
-            raise CheckpointError(f"{source}: its model config is not a diffimage U-Net config ({e})") from None
-        model = UNet(model_config)
-        try:
-            model.load_state_dict(dict(weights))
-        except RuntimeError as e:
-            first = " ".join(str(e).strip().splitlines()[:3])
-            raise CheckpointError(f"{source}: the weights do not fit the stored model config ({first})") from None
+        model = rebuild_model(config, weights, UNetConfig, UNet, source=source, kind="diffimage U-Net")
         return cls(model.to(resolve_device(device)), source, config)
 
     @property

@@ -21,7 +21,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffcore.checkpoint import EXPORT_CONFIG, EXPORT_WEIGHTS, CheckpointError, atomic_write, load_for_inference
+from diffcore.checkpoint import (
+    EXPORT_CONFIG,
+    EXPORT_WEIGHTS,
+    CheckpointError,
+    atomic_write,
+    load_for_inference,
+    rebuild_model,
+)
 from diffcore.config import ConfigError
 from diffwave.config import DiffWaveConfig
 from diffwave.mel import compute_mel, validate_mel
@@ -65,19 +72,7 @@ class Vocoder:
         source: str = "<memory>",
     ) -> "Vocoder":
         """Rebuild from a stored recipe (``{"model": ..., ...}``) and a state dict; raises ``CheckpointError``."""
-        if "model" not in config or not isinstance(config["model"], Mapping):
-            raise CheckpointError(f"{source}: its config has no 'model' section, so the model cannot be rebuilt")
-        try:
-            model_config = DiffWaveConfig.from_dict(config["model"])
-        except ConfigError as e:
-            raise CheckpointError(f"{source}: its model config is not a DiffWave config ({e})") from None
-        model = DiffWave(model_config)
-        try:
-            model.load_state_dict(dict(weights))
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()
-            raise CheckpointError(f"{source}: the weights do not fit the stored model config ({' '.join(first[:3])})") \
-                from None
+        model = rebuild_model(config, weights, DiffWaveConfig, DiffWave, source=source, kind="DiffWave")
         return cls(model.to(resolve_device(device)), source, config)
 
     @classmethod
