@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from diffcore.schedule import NoiseSchedule, Prediction
-from diffcore.utils import Denoiser, randn, sum_flat
+from diffcore.utils import Denoiser, clip_value, randn, sum_flat
 
 __all__ = [
     "normal_kl",
@@ -181,7 +181,7 @@ def nll_terms(
     ``schedule.model_timesteps(t)``. ``clip_denoised`` clamps the predicted x_0 to [-c, c] (True = 1.0, images).
     """
     batch = x0.shape[0]
-    clip = None if clip_denoised in (None, False) else (1.0 if clip_denoised is True else float(clip_denoised))
+    clip = clip_value(clip_denoised)
     terms = torch.empty(batch, schedule.num_steps + 1, dtype=x0.dtype, device=x0.device)
     for k in tqdm(range(schedule.num_steps), disable=not progress, desc="nll"):
         t = torch.full((batch,), k, device=x0.device, dtype=torch.long)

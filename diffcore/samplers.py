@@ -33,7 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from diffcore.schedule import NoiseSchedule, Prediction, eps_x0_from_output, evenly_spaced_indices
-from diffcore.utils import Denoiser, randn, resolve_device_dtype
+from diffcore.utils import Denoiser, clip_value, randn, resolve_device_dtype
 
 __all__ = ["ddpm_sample", "ddim_sample", "fast_sample", "fast_sampling_steps", "heun_sample", "karras_sigmas"]
 
@@ -59,14 +59,6 @@ def _step_dtype(x: Tensor) -> torch.dtype:
     """dtype of fractional steps passed to the network: float64 for float64 runs, else float32 (float16 cannot
     resolve fractions of a step near t = 1000)."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _clip_value(clip_denoised: bool | float | None) -> float | None:
-    if clip_denoised is None or clip_denoised is False:
-        return None
-    if clip_denoised is True:
-        return 1.0
-    return float(clip_denoised)
 
 
 def _ancestral_loop(
@@ -148,7 +140,7 @@ def ddpm_sample(
     tmap = torch.tensor(schedule.timestep_map, device=x.device)
     return _ancestral_loop(
         model, x, schedule, lambda k: tmap[k : k + 1], cond=cond, generator=generator, variance=variance,
-        clip=_clip_value(clip_denoised), prediction=prediction, progress=progress, callback=callback,
+        clip=clip_value(clip_denoised), prediction=prediction, progress=progress, callback=callback,
         clip_sample=clip_sample,
     )
 
@@ -186,7 +178,7 @@ def ddim_sample(
         raise ValueError(f"eta must be >= 0, got {eta}")
     sub = schedule.respace(evenly_spaced_indices(schedule.num_steps, steps))
     x = _start(model, shape, x_T, generator, device, dtype)
-    clip = _clip_value(clip_denoised)
+    clip = clip_value(clip_denoised)
     batch = x.shape[0]
     for i, k in enumerate(tqdm(range(sub.num_steps - 1, -1, -1), disable=not progress, desc="ddim")):
         t = torch.full((batch,), k, device=x.device, dtype=torch.long)

@@ -114,3 +114,26 @@ def resolve_device_dtype(
         else:
             dtype = torch.get_default_dtype()
     return torch.device(device), dtype
+
+
+def clip_value(clip_denoised: bool | float | None) -> float | None:
+    """The bound c of an x_0 clamp to [-c, c]: ``None``/``False`` = no clamp, ``True`` = 1.0 (images in [-1, 1])."""
+    if clip_denoised is None or clip_denoised is False:
+        return None
+    if clip_denoised is True:
+        return 1.0
+    return float(clip_denoised)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto``: the first CUDA GPU when there is one, else the CPU; asking for CUDA without one is a
+    :class:`~diffcore.config.ConfigError`."""
+    from diffcore.config import ConfigError
+
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for but no CUDA GPU is available (use cpu or auto)")
+    return torch.device(device)

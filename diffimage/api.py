@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from diffcore.checkpoint import atomic_write, load_for_inference, rebuild_model
 from diffcore.config import ConfigError
+from diffcore.utils import resolve_device
 from diffcore.guidance import ClassifierFreeGuidance
 from diffcore.likelihood import bits_per_dim as nats_to_bits_per_dim
 from diffcore.likelihood import nll
@@ -50,17 +51,6 @@ __all__ = [
 DEFAULT_STEPS: dict[str, int | None] = {"ddim": 50, "heun": 18, "ddpm": None}
 
 Classes = int | Sequence[int] | Tensor | None
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto``: the first CUDA GPU when there is one, else the CPU; asking for CUDA without one is an error."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was asked for but no CUDA GPU is available (use cpu or auto)")
-    return torch.device(device)
 
 
 class _FirstHalf(nn.Module):

@@ -30,6 +30,7 @@ from diffcore.checkpoint import (
     rebuild_model,
 )
 from diffcore.config import ConfigError
+from diffcore.utils import resolve_device
 from diffwave.config import DiffWaveConfig
 from diffwave.mel import compute_mel, validate_mel
 from diffwave.model import DiffWave
@@ -38,17 +39,6 @@ from diffwave.vocode import DEFAULT_MAX_FRAMES, Fast, Steps, generate_audio, voc
 __all__ = ["Vocoder", "load", "save_export", "resolve_device"]
 
 Device = Literal["auto", "cpu", "cuda"]  # or "cuda:N"
-
-
-def resolve_device(device: Device | str | torch.device = "auto") -> torch.device:
-    """``auto`` is the first CUDA GPU when there is one, else the CPU; ``cuda`` without a GPU is an error."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available (use --device cpu or auto)")
-    return torch.device(device)
 
 
 class Vocoder:
