@@ -46,6 +46,9 @@ __all__ = [
     "export",
     "checkpoint_name",
     "load_error_detail",
+    "is_run_folder",
+    "check_export_target",
+    "first_shape_mismatch",
 ]
 
 FORMAT_VERSION = 1
@@ -194,8 +197,12 @@ def find_latest(run_or_ckpt_dir: str | os.PathLike) -> Path | None:
     folder = _ckpt_dir(Path(run_or_ckpt_dir))
     pointer = folder / LATEST
     if pointer.is_file():
-        name = pointer.read_text().strip()
-        if name and (folder / name).is_file():
+        try:  # a damaged pointer (binary junk, a path, a huge file) falls back to the newest step_*.pt
+            with open(pointer, "rb") as f:
+                name = f.read(256).decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            name = ""
+        if name and _NAME_RE.match(name) and (folder / name).is_file():
             return folder / name
     found = list_checkpoints(folder)
     return found[-1][1] if found else None
@@ -256,6 +263,42 @@ def _resolve(path: Path) -> tuple[str, Path]:
     raise CheckpointError(f"{path}: no such file or folder")
 
 
+#: Largest ``config.json`` an export may hold (a real one is a few kB).
+MAX_EXPORT_CONFIG_BYTES = 1 << 20
+
+
+def _read_export_config(path: Path) -> dict[str, Any]:
+    """An export's ``config.json`` as a dict with a ``model`` mapping; :class:`CheckpointError` naming the file for
+    anything else (not JSON, a list or null, nesting deep enough to overflow the parser, a huge file)."""
+    try:
+        if path.stat().st_size > MAX_EXPORT_CONFIG_BYTES:
+            raise CheckpointError(f"{path}: {path.stat().st_size} bytes is far too large for a model config "
+                                  f"(limit {MAX_EXPORT_CONFIG_BYTES})")
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except CheckpointError:
+        raise
+    except RecursionError:
+        raise CheckpointError(f"{path}: nested too deeply to be a model config") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {' '.join(str(e).split())})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: holds {type(config).__name__ if config is not None else 'null'}, not the "
+                              "mapping of a model config")
+    if not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{path}: has no 'model' mapping, so the model cannot be rebuilt")
+    return config
+
+
+def is_run_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a training run folder (one with a ``checkpoints`` folder, or a ``config.yaml`` beside a
+    ``log.jsonl``) or one of its direct subfolders."""
+    p = Path(path).resolve()
+    for folder in (p, p.parent):
+        if (folder / CKPT_DIR).is_dir() or ((folder / "config.yaml").is_file() and (folder / "log.jsonl").is_file()):
+            return True
+    return False
+
+
 def load_for_inference(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """``(config, state_dict)`` for inference from a run folder (its latest checkpoint), a ``.pt`` checkpoint
     or an export folder. The weights are the EMA ones when the checkpoint has them, the plain ones otherwise.
@@ -264,10 +307,7 @@ def load_for_inference(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
     if kind == "export":
         from safetensors.torch import load_file
 
-        try:
-            config = json.loads((where / EXPORT_CONFIG).read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{where / EXPORT_CONFIG}: unreadable ({e})") from None
+        config = _read_export_config(where / EXPORT_CONFIG)
         try:
             weights = load_file(str(where / EXPORT_WEIGHTS))
         except Exception as e:
@@ -286,6 +326,7 @@ def export(checkpoint_or_run: str | os.PathLike, out_dir: str | os.PathLike) -> 
     kind, where = _resolve(Path(checkpoint_or_run))
     if kind == "export":
         raise CheckpointError(f"{where}: already an export folder")
+    check_export_target(out_dir)
     state = load_checkpoint(where)
     weights, source = _weights_of(state)
     # safetensors wants contiguous tensors that share no storage (tied weights are written twice).
@@ -300,6 +341,33 @@ def export(checkpoint_or_run: str | os.PathLike, out_dir: str | os.PathLike) -> 
     atomic_write(out / EXPORT_WEIGHTS, lambda f: f.write(blob))
     atomic_write(out / EXPORT_CONFIG, lambda f: f.write((text + "\n").encode()))
     return out
+
+
+def check_export_target(out_dir: str | os.PathLike) -> None:
+    """Refuse to export into a run folder (later loads of the run would pick the export over newer checkpoints),
+    into a file, or into a folder that holds other files than an export's."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out}: is a file; an export is a folder")
+    if is_run_folder(out):
+        raise CheckpointError(f"{out}: is a training run folder (or inside one); export to a folder of its own")
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if p.name not in (EXPORT_CONFIG, EXPORT_WEIGHTS))
+        if others:
+            raise CheckpointError(f"{out}: already holds other files ({', '.join(others[:3])}"
+                                  f"{', ...' if len(others) > 3 else ''}); export to an empty or new folder")
+
+
+def first_shape_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, Any]) -> str | None:
+    """A one-line description of the first key whose value is not a tensor of the expected shape, or ``None``."""
+    for key, value in given.items():
+        if key not in expected:
+            continue
+        if not isinstance(value, torch.Tensor):
+            return f"{key} is a {type(value).__name__}, not a tensor"
+        if tuple(value.shape) != tuple(expected[key].shape):
+            return f"{key} has shape {list(value.shape)}, the model needs {list(expected[key].shape)}"
+    return None
 
 
 def rebuild_model(
@@ -325,6 +393,9 @@ def rebuild_model(
     except ConfigError as e:
         raise CheckpointError(f"{source}: its model config is not a {kind} config ({e})") from None
     model = model_cls(model_config)
+    mismatch = first_shape_mismatch(model.state_dict(), weights)
+    if mismatch:
+        raise CheckpointError(f"{source}: the weights do not fit the stored model config ({mismatch})")
     try:
         model.load_state_dict(dict(weights))
     except RuntimeError as e:

@@ -29,7 +29,7 @@ from diffcore.checkpoint import CheckpointError
 from diffcore.config import ConfigError
 
 __all__ = ["UsageError", "recipe_parser", "parse_args", "run_cli", "debug_enabled", "run_subcommands",
-           "setup_logging"]
+           "setup_logging", "check_number", "check_output_file", "check_output_dir", "os_error_message"]
 
 
 class UsageError(ValueError):
@@ -92,6 +92,79 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     return args
 
 
+def check_number(option: str, value: float | int | None, lo: float | None = None, hi: float | None = None, *,
+                 lo_open: bool = False) -> None:
+    """Refuse a numeric option that is not finite or lies outside ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``):
+    NaN, ±inf, zero or negative counts and absurd sizes are :class:`UsageError` naming the option and the range.
+    ``None`` (an option left at its default) passes."""
+    import math
+
+    if value is None:
+        return
+    lo_text = "-inf" if lo is None else f"{lo:g}"
+    hi_text = "inf" if hi is None else f"{hi:g}"
+    what = f"{'(' if lo_open else '['}{lo_text}, {hi_text}]"
+    bad = not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else value < lo)) or \
+        (hi is not None and value > hi)
+    if bad:
+        raise UsageError(f"{option} must be a finite number in {what}, got {value!r}")
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an ``OSError``: the file it names and the system's reason (``disk full``, ``read-only``)."""
+    where = e.filename if e.filename is not None else None
+    reason = e.strerror or str(e) or type(e).__name__
+    if where is None:
+        return reason
+    extra = f" -> {e.filename2}" if getattr(e, "filename2", None) else ""
+    return f"{where}{extra}: {reason}"
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--out", need_bytes: int = 0) -> None:
+    """Before any expensive work: refuse an output folder that cannot be made or written, that is a file or lies
+    under one, or whose file system has less than about ``need_bytes`` free. Nothing is created here."""
+    import shutil
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{option} {p}: is a file, not a folder")
+    probe = p
+    while not probe.exists():  # the nearest existing ancestor decides whether the folder can be made
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UsageError(f"{option} {p}: cannot be made, because {probe} is a file")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {p}: cannot write into {probe} (permission denied or read-only)")
+    if need_bytes and probe.exists():
+        try:
+            free = shutil.disk_usage(probe).free
+        except OSError:
+            return
+        if free < need_bytes:
+            raise UsageError(f"{option} {p}: only {free / 2**20:.1f} MiB free on its file system, about "
+                             f"{need_bytes / 2**20:.1f} MiB needed")
+
+
+def check_output_file(path: str | os.PathLike, suffixes: Sequence[str], option: str = "--out",
+                      need_bytes: int = 0) -> None:
+    """Before any expensive work: refuse an output file path that is a folder, lies under a file, sits in a folder
+    that cannot be written, or exists as another kind of file than this command writes (``suffixes``, e.g.
+    ``.wav``): an existing file is replaced only when it is one this command would write."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{option} {p}: is a folder, but a file is to be written there")
+    if p.suffix.lower() not in {s.lower() for s in suffixes}:
+        raise UsageError(f"{option} {p}: this command writes {' or '.join(suffixes)} files here; name the file so")
+    check_output_dir(p.parent if str(p.parent) else ".", option, need_bytes)
+    if p.exists() and not p.is_file():
+        raise UsageError(f"{option} {p}: exists and is not a regular file")
+
+
 def debug_enabled(argv: Sequence[str] | None = None) -> bool:
     argv = sys.argv[1:] if argv is None else argv
     return "--debug" in argv or os.environ.get("DIFFSTACK_DEBUG", "") not in ("", "0")
@@ -111,7 +184,7 @@ def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
     except (ConfigError, CheckpointError, UsageError, FileNotFoundError) as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except TrainingError as e:
         if debug:
@@ -131,7 +204,19 @@ def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
         except OSError:
             pass
         return 141
+    except OSError as e:  # a full disk, a read-only or missing folder, a path under a file: the user can fix it
+        if debug:
+            raise
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        return 2
     return int(code or 0)
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line (the promise is one ``error:`` line, whatever the message holds)."""
+    if isinstance(e, FileNotFoundError) and e.filename is not None:
+        return os_error_message(e)
+    return " ".join(str(e).split())
 
 
 Command = Callable[[list[str]], "int | None"]

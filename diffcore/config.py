@@ -42,6 +42,48 @@ class ConfigError(ValueError):
     """An invalid configuration: an unknown key, a wrong type, an inconsistent combination or a bad recipe file."""
 
 
+#: Upper bounds of size fields, by field name (exact name first, then suffix). They are checked in ``from_dict``
+#: before anything is built, so a recipe, an export's ``config.json`` or imported parameters asking for a
+#: gigantic network or schedule fail at once with the field named, instead of allocating gigabytes first.
+SIZE_LIMITS: dict[str, int] = {
+    "num_steps": 100_000,
+    "n_mels": 1024,
+    "n_fft": 65_536,
+    "win_length": 65_536,
+    "hop_length": 65_536,
+    "embedding_dim": 4096,
+    "embedding_hidden": 16_384,
+    "dilation_cycle": 512,
+    "num_res_blocks": 64,
+    "num_heads": 1024,
+    "image_size": 4096,
+    "num_classes": 1_000_000,
+    "audio_length": 100_000_000,
+    "batch_size": 1_000_000,
+}
+SIZE_SUFFIX_LIMITS: dict[str, int] = {"channels": 4096, "layers": 512}
+#: Longest list a config field may hold (an explicit noise schedule, channel multipliers, ...).
+MAX_SEQUENCE = 100_000
+
+
+def _size_limit(name: str) -> int | None:
+    if name in SIZE_LIMITS:
+        return SIZE_LIMITS[name]
+    for suffix, limit in SIZE_SUFFIX_LIMITS.items():
+        if name.endswith(suffix):
+            return limit
+    return None
+
+
+def _check_size(name: str, value: Any, where: str) -> None:
+    """Refuse a size field above its bound and a list longer than :data:`MAX_SEQUENCE` (before coercion)."""
+    if isinstance(value, (list, tuple)) and len(value) > MAX_SEQUENCE:
+        raise ConfigError(f"{where}: a list of {len(value)} items is longer than the limit {MAX_SEQUENCE}")
+    limit = _size_limit(name)
+    if limit is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
+        raise ConfigError(f"{where} = {value:g} is larger than the limit {limit} for this field")
+
+
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
@@ -179,6 +221,7 @@ class ConfigBase:
         for key, value in merged.items():
             if key not in names:
                 raise _unknown_key(key, names, _where)
+            _check_size(key, value, f"{_where + '.' if _where else ''}{key}")
             kwargs[key] = _coerce(value, hints[key], f"{_where + '.' if _where else ''}{key}")
         try:
             return cls(**kwargs)

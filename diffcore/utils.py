@@ -125,15 +125,37 @@ def clip_value(clip_denoised: bool | float | None) -> float | None:
     return float(clip_denoised)
 
 
+#: The device names the commands and loaders accept.
+VALID_DEVICES = "auto, cpu, cuda, cuda:N, mps"
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto``: the first CUDA GPU when there is one, else the CPU; asking for CUDA without one is a
-    :class:`~diffcore.config.ConfigError`."""
+    """``auto``: the first CUDA GPU when there is one, else the CPU. ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` are
+    taken as asked; a name that is none of these, or a GPU this machine does not have, is a
+    :class:`~diffcore.config.ConfigError` that lists the valid names."""
+    import re
+
     from diffcore.config import ConfigError
 
     if isinstance(device, torch.device):
         return device
-    if device == "auto":
+    if not isinstance(device, str):
+        raise ConfigError(f"device must be a name ({VALID_DEVICES}), got {device!r}")
+    name = device.strip().lower()
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was asked for but no CUDA GPU is available (use cpu or auto)")
-    return torch.device(device)
+    m = re.fullmatch(r"(cpu|cuda|mps)(?::(\d{1,4}))?", name)
+    if m is None:
+        raise ConfigError(f"unknown device {device!r} (valid: {VALID_DEVICES})")
+    kind, index = m.group(1), m.group(2)
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} was asked for but no CUDA GPU is available (use cpu or auto)")
+        count = torch.cuda.device_count()
+        if index is not None and int(index) >= count:
+            raise ConfigError(f"device {device!r}: this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
+    if kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"device {device!r} was asked for but no Apple MPS GPU is available (use cpu or auto)")
+    return torch.device(name)

@@ -43,6 +43,7 @@ checkpoint stays valid thanks to atomic writes).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import signal
@@ -73,12 +74,15 @@ from diffcore.ema import EMA
 from diffcore.train.config import TrainConfig
 from diffcore.train.data import ResumableSampler, epoch_seed, move_to_device
 from diffcore.train.distributed import DistInfo, all_gather_object, barrier, dist_env, init_distributed
+from diffcore.train.lock import RunLock
 from diffcore.train.logger import NullLogger, RunLogger
 from diffcore.train.optim import build_optimizer, lr_at
 from diffcore.train.precision import autocast, make_grad_scaler, resolve_precision
 from diffcore.train.task import TrainTask
 
 __all__ = ["Trainer", "TrainingError"]
+
+log = logging.getLogger("diffcore.train")
 
 
 class TrainingError(RuntimeError):
@@ -169,6 +173,21 @@ def _worker_init(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` of every leaf that differs between two plain configs."""
+    a, b = _flatten(old, prefix), _flatten(new, prefix)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
 def _resolve_device(kind: str) -> torch.device:
     if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -203,6 +222,8 @@ class Trainer:
     def _setup(self) -> None:
         cfg, task = self.cfg, self.task
         device = _resolve_device(cfg.device)
+        if dist_env().rank == 0:  # before anything is written: a second training on this folder stops here
+            self._lock = RunLock(self.run_dir).acquire()
         world = dist_env().world_size
         per_step = world * cfg.grad_accum
         if cfg.batch_size % per_step:  # checked before joining the process group, so every rank fails fast
@@ -249,19 +270,27 @@ class Trainer:
             worker_init_fn=_worker_init if cfg.num_workers > 0 else None,
         )
 
-        self.logger = RunLogger(self.run_dir, cfg.tensorboard) if info.is_main else NullLogger()
-        if info.is_main:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temp_files(self.ckpt_dir)
-            save_config(task.config, self.run_dir / "config.yaml")
-
         self.step = 0
         self._epoch, self._samples = 0, 0
         self.resumed_from: Path | None = None
         self._resumed_step: int | None = None
         latest = all_gather_object(str(find_latest(self.run_dir) or "") if info.is_main else "")[0]
-        if latest:
-            self._restore(Path(latest))
+        state = load_checkpoint(latest) if latest else None
+        changes: list[tuple[str, Any, Any]] = []
+        if state is not None:  # validated before anything is written, so a refused resume leaves the folder as it was
+            changes = self._check_resume(Path(latest), state)
+
+        self.logger = RunLogger(self.run_dir, cfg.tensorboard) if info.is_main else NullLogger()
+        if info.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(self.ckpt_dir)
+            save_config(task.config, self.run_dir / "config.yaml")
+        if state is not None:
+            self._restore(Path(latest), state)
+            for key, old, new in changes:
+                log.warning("%s: %s changed on resume: %r -> %r (the new value applies from step %d)",
+                            self.run_dir, key, old, new, self.step)
+                self.logger.event("config_changed", self.step, key=key, old=str(old), new=str(new))
         else:
             _seed_everything(epoch_seed(cfg.seed, info.rank, 0xD1FF))  # independent noise on every rank
         self._start_epoch(self._epoch, self._samples)
@@ -274,15 +303,28 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.wrapped = model
 
-    def _restore(self, path: Path) -> None:
-        state = load_checkpoint(path)
-        old_model, new_model = state["config"].get("model"), self.task.config.get("model")
+    def _check_resume(self, path: Path, state: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+        """Refuse a resume whose model differs from the checkpoint's; return the other settings that changed
+        (``(key, old, new)``, warned about once the run starts)."""
+        stored = state["config"] if isinstance(state["config"], Mapping) else {}
+        old_model, new_model = stored.get("model"), self.task.config.get("model")
         if old_model is not None and new_model is not None and old_model != new_model:
             diff = sorted(k for k in set(old_model) | set(new_model) if old_model.get(k) != new_model.get(k))
             raise CheckpointError(
                 f"{path}: the run folder was trained with a different model config (differs in: "
                 f"{', '.join(diff)}); use a new run folder or the recipe stored in {self.run_dir / 'config.yaml'}"
             )
+        changes = config_changes({k: v for k, v in stored.items() if k != "model"},
+                                 {k: v for k, v in self.task.config.items() if k != "model"})
+        seen = {k for k, _, _ in changes}
+        if isinstance(state.get("train"), Mapping):
+            changes += [c for c in config_changes(state["train"], self.cfg.to_dict(), "train.") if c[0] not in seen]
+        return changes
+
+    def _restore(self, path: Path, state: Mapping[str, Any] | None = None) -> None:
+        if state is None:
+            state = load_checkpoint(path)
+            self._check_resume(path, state)
         try:
             self.model.load_state_dict(state["model"])
             if state.get("ema") is not None:
@@ -623,3 +665,7 @@ class Trainer:
         if getattr(self, "_owns_pg", False) and dist.is_initialized():
             dist.destroy_process_group()
             self._owns_pg = False
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
