@@ -314,14 +314,16 @@ def validate_mel(mel: torch.Tensor | np.ndarray, config: MelConfig, source: str 
     lo, hi = float(t.min()), float(t.max())
     if config.preset == "diffwave":
         if lo < -1e-6:
-            guess = " (it looks like a natural-log 'hifigan' mel)" if lo >= HIFIGAN_LOG_FLOOR - 1e-3 else ""
+            guess = (" (it looks like a natural-log 'hifigan' mel; a model for those is trained with "
+                     "model.mel.preset=hifigan)") if lo >= HIFIGAN_LOG_FLOOR - 1e-3 else ""
             raise MelError(f"{where}values in [{lo:.3g}, {hi:.3g}] are negative{guess}; {expects}, values in [0, 1]")
         if hi > 1 + 1e-6:
             raise MelError(f"{where}values reach {hi:.3g} > 1 (a linear or dB mel?); {expects}, values in [0, 1]")
     else:
         rng = f"natural-log magnitudes in [{HIFIGAN_LOG_FLOOR:.1f}, {HIFIGAN_LOG_CEIL:g}]"
         if lo >= 0:  # a natural-log mel of any real clip has magnitudes below 1 somewhere
-            guess = "it looks like a [0, 1] 'diffwave' mel" if hi <= 1 + 1e-6 else "a linear or dB mel?"
+            guess = ("it looks like a [0, 1] 'diffwave' mel; a model for those is trained with "
+                     "model.mel.preset=diffwave") if hi <= 1 + 1e-6 else "a linear or dB mel?"
             raise MelError(f"{where}values in [{lo:.3g}, {hi:.3g}] are all non-negative ({guess}); {expects}, {rng}")
         if lo < HIFIGAN_LOG_FLOOR - 1e-3 or hi > HIFIGAN_LOG_CEIL:
             raise MelError(f"{where}values in [{lo:.3g}, {hi:.3g}] are outside the range of {rng}; {expects}")
@@ -337,6 +339,8 @@ def load_mel_file(path: str | os.PathLike) -> torch.Tensor:
     try:
         if suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
+            if arr.dtype.byteorder not in ("=", "|"):  # a big-endian .npy: torch reads native byte order only
+                arr = arr.astype(arr.dtype.newbyteorder("="))
             obj: object = torch.from_numpy(np.array(arr))
         elif suffix in (".pt", ".pth"):
             obj = torch.load(path, map_location="cpu", weights_only=True)
