@@ -1,15 +1,20 @@
 # The two commands README.md gives: `make quickstart` (the main job) and `make test`.
-# Each creates the virtual environment .venv and installs the package into it on first use.
+# Each creates the virtual environment .venv and installs the tested set (constraints.txt) into it on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart quickstart-image test bench-cpu bench-gpu
+.PHONY: install quickstart quickstart-image test bench-cpu bench-gpu lock
 
-$(BIN)/.installed: pyproject.toml
+# The install is checked before it is marked done: `pip check` (declared requirements agree) and
+# tools/check_install.py (every compiled extension loads and runs: an ABI mismatch such as torchaudio built for
+# another torch shows only there).
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[eval,dev]"
+	$(BIN)/python -m pip install --quiet "pip==26.3"
+	$(BIN)/python -m pip install -c constraints.txt -e ".[eval,dev]"
+	$(BIN)/python -m pip check
+	$(BIN)/python tools/check_install.py
 	touch $@
 
 install: $(BIN)/.installed
@@ -29,3 +34,16 @@ bench-cpu: install
 
 bench-gpu: install
 	$(BIN)/python benchmarks/run_gpu.py
+
+# Remake constraints.txt: a fresh environment with what pyproject.toml admits today, checked, then frozen.
+# Review the diff, run `make test` in a clean clone, and commit it only if CI passes.
+lock:
+	rm -rf .lockenv
+	$(PYTHON) -m venv .lockenv
+	.lockenv/bin/python -m pip install --quiet "pip==26.3"
+	.lockenv/bin/python -m pip install -e ".[eval,dev]"
+	.lockenv/bin/python -m pip check
+	.lockenv/bin/python tools/check_install.py
+	{ sed -n '1,3p' constraints.txt; echo "pip==26.3"; .lockenv/bin/pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .lockenv
