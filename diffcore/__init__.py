@@ -4,7 +4,8 @@ Notation of Ho et al. 2020 (see :mod:`diffcore.schedule` for the full table): β
 ᾱ_t = ∏ α_i ``alphas_cumprod``, β̃_t ``posterior_variance``. Step indices are 0-based: index 0 is the paper's t = 1.
 
 Every network diffcore drives is a callable ``model(x_t, t, cond=None)`` returning a tensor shaped like ``x_t``;
-everything here works for tensors of any rank.
+everything here works for tensors of any rank. Losses, likelihood and samplers take an optional ``prior_std`` s for
+PriorGrad's data-dependent prior N(0, diag(s^2)) (``None`` = N(0, I)).
 """
 
 from diffcore.config import ConfigBase, ConfigError, DiffusionConfig, load_recipe
@@ -28,13 +29,14 @@ from diffcore.samplers import (
     heun_sample,
     karras_sigmas,
 )
-from diffcore.schedule import NoiseSchedule
+from diffcore.schedule import NoiseSchedule, validate_prior_std
 from diffcore.utils import append_dims
 
 __version__ = "0.1.0"
 
 __all__ = [
     "NoiseSchedule",
+    "validate_prior_std",
     "DiffusionConfig",
     "ConfigBase",
     "ConfigError",

@@ -13,6 +13,12 @@ One Monte-Carlo sample of x_t ~ q(x_t | x_0) per step and example; the KLs betwe
 | mu_theta(x_t, t)   | posterior mean mu~_t(x0_hat, x_t) with x0_hat from the network  |
 | L_{t-1} (index t-1)| column ``t - 1`` of ``nll_terms`` (column 0 = L_0)              |
 | L_T                | last column of ``nll_terms``                                    |
+| s                  | ``prior_std`` (``None`` = the N(0, I) prior)                    |
+
+PriorGrad prior (Lee et al. 2022), ``prior_std`` s broadcastable to x_0: the prior is N(0, diag(s^2)) and every
+variance above is multiplied by s^2 elementwise: L_T = KL(q(x_T | x_0) || N(0, s^2)), q(x_{t-1} | x_t, x_0) has
+variance beta~_t s^2, p(x_{t-1} | x_t) variance sigma_t^2 s^2, the decoder N(x0_hat, sigma_1^2 s^2). Since KL is
+invariant under x -> x / s, each KL is computed on means divided by s with the unscaled variances.
 
 "Clipped" beta~: beta~_1 = 0, so its log is replaced by log beta~_2 (improved-diffusion's
 ``posterior_log_variance_clipped``); this gives sigma_1^2 for the decoder under ``variance="posterior"``.
@@ -28,7 +34,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from diffcore.schedule import NoiseSchedule, Prediction
+from diffcore.schedule import NoiseSchedule, Prediction, validate_prior_std
 from diffcore.utils import Denoiser, clip_value, randn, sum_flat
 
 __all__ = [
@@ -100,7 +106,8 @@ def reverse_log_variance(
     """log sigma_t^2 of the reverse step p(x_{t-1} | x_t), broadcast to ``like``.
 
     ``"beta"``: log beta_t; ``"posterior"``: log beta~_t clipped; ``"learned"``: v log beta_t + (1 - v) log beta~_t
-    (Nichol & Dhariwal eq. 15, ``v`` the raw network output, shaped like ``like``).
+    (Nichol & Dhariwal eq. 15, ``v`` the raw network output, shaped like ``like``). Under a PriorGrad prior the
+    step's variance is this times s^2; ``vlb_term`` and the samplers apply the s^2, so this stays the schedule's.
     """
     if variance == "beta":
         return torch.log(schedule.at("betas", t, like))
@@ -114,11 +121,20 @@ def reverse_log_variance(
     raise ValueError(f"variance must be 'beta', 'posterior' or 'learned', got {variance!r}")
 
 
-def prior_kl(schedule: NoiseSchedule, x0: Tensor) -> Tensor:
-    """L_T = KL(q(x_T | x_0) || N(0, I)) per example, ``[B]`` nats (summed over non-batch dims)."""
+def prior_kl(schedule: NoiseSchedule, x0: Tensor, *, prior_std: Tensor | None = None) -> Tensor:
+    """L_T = KL(q(x_T | x_0) || N(0, I)) per example, ``[B]`` nats (summed over non-batch dims).
+
+    With ``prior_std`` s (broadcastable to ``x0``): KL(N(sqrt(abar_T) x_0, (1 - abar_T) s^2) || N(0, s^2)).
+    """
+    return _prior_kl(schedule, x0, validate_prior_std(prior_std, x0.shape, x0.dtype, x0.device))
+
+
+def _prior_kl(schedule: NoiseSchedule, x0: Tensor, prior_std: Tensor | None) -> Tensor:
     t = torch.full((x0.shape[0],), schedule.num_steps - 1, device=x0.device, dtype=torch.long)
     mean, var = schedule.q_mean_variance(x0, t)
     zero = torch.zeros((), dtype=x0.dtype, device=x0.device)
+    if prior_std is not None:
+        mean = mean / prior_std  # KL(N(m, v s^2) || N(0, s^2)) = KL(N(m / s, v) || N(0, 1))
     return sum_flat(normal_kl(mean, torch.log(var), zero, zero).expand_as(x0))
 
 
@@ -130,18 +146,43 @@ def vlb_term(
     pred_x0: Tensor,
     log_variance: Tensor,
     decoder: Decoder = "gaussian",
+    *,
+    prior_std: Tensor | None = None,
 ) -> Tensor:
     """Term L_{t} of the bound at 0-based step ``t`` ``[B]`` (may differ per example), ``[B]`` nats.
 
     t > 0: KL(q(x_{t-1} | x_t, x_0) || N(mu~_t(pred_x0, x_t), exp(log_variance))) summed over dims.
     t = 0: decoder -log p(x_0 | x_1) with mean mu~_1(pred_x0, x_1) = pred_x0 and variance exp(log_variance),
     continuous Gaussian density (``"gaussian"``) or Ho et al.'s 8-bit discretised decoder (``"discretized"``).
+
+    With ``prior_std`` s (broadcastable to ``x_t``) the posterior variance is beta~_t s^2 and the model's variance
+    exp(log_variance) s^2: ``log_variance`` stays the schedule's log sigma_t^2 (``reverse_log_variance``).
     """
+    prior_std = validate_prior_std(prior_std, x_t.shape, x_t.dtype, x_t.device)
+    return _vlb_term(schedule, x0, x_t, t, pred_x0, log_variance, decoder, prior_std)
+
+
+def _vlb_term(
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    x_t: Tensor,
+    t: Tensor,
+    pred_x0: Tensor,
+    log_variance: Tensor,
+    decoder: Decoder,
+    prior_std: Tensor | None,
+) -> Tensor:
     true_mean, _ = schedule.q_posterior(x0, x_t, t)
     true_log_var = schedule.posterior_log_variance(t, x_t)
     model_mean, _ = schedule.q_posterior(pred_x0, x_t, t)
-    kl = sum_flat(normal_kl(true_mean, true_log_var, model_mean, log_variance).expand_as(x_t))
-    log_scales = (0.5 * log_variance).expand_as(x_t)
+    if prior_std is None:
+        kl = sum_flat(normal_kl(true_mean, true_log_var, model_mean, log_variance).expand_as(x_t))
+        log_scales = (0.5 * log_variance).expand_as(x_t)
+    else:
+        # Both variances carry the same s^2: KL(N(m1, v1 s^2) || N(m2, v2 s^2)) = KL(N(m1 / s, v1) || N(m2 / s, v2)).
+        kl = sum_flat(normal_kl(true_mean / prior_std, true_log_var, model_mean / prior_std, log_variance)
+                      .expand_as(x_t))
+        log_scales = (0.5 * log_variance + torch.log(prior_std)).expand_as(x_t)
     if decoder == "gaussian":
         ll = continuous_gaussian_log_likelihood(x0, model_mean, log_scales)
     elif decoder == "discretized":
@@ -172,6 +213,8 @@ def nll_terms(
     progress: bool = False,
     prediction: Prediction = "eps",
     clip_denoised: bool | float | None = None,
+    *,
+    prior_std: Tensor | None = None,
 ) -> Tensor:
     """Every term of the bound, ``[B, T + 1]`` nats: column i < T is L_i at 0-based step i (column 0 = decoder
     L_0), column T is the prior term L_T.
@@ -179,21 +222,26 @@ def nll_terms(
     Noise: for step t = 0, 1, ..., T - 1 in that order one ``randn(x0.shape)`` is drawn from ``generator`` and
     x_t = q_sample(x0, t, noise). The network is called batch-parallel at each step with
     ``schedule.model_timesteps(t)``. ``clip_denoised`` clamps the predicted x_0 to [-c, c] (True = 1.0, images).
+    ``prior_std`` s (PriorGrad, broadcastable to ``x0``): the bound of the model with prior N(0, s^2), whose network
+    predicts the scaled eps = s * z; every variance is scaled by s^2 (module docstring).
     """
+    prior_std = validate_prior_std(prior_std, x0.shape, x0.dtype, x0.device)
     batch = x0.shape[0]
     clip = clip_value(clip_denoised)
     terms = torch.empty(batch, schedule.num_steps + 1, dtype=x0.dtype, device=x0.device)
     for k in tqdm(range(schedule.num_steps), disable=not progress, desc="nll"):
         t = torch.full((batch,), k, device=x0.device, dtype=torch.long)
         noise = randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        if prior_std is not None:
+            noise = noise * prior_std  # eps = s * z, as q_sample(..., prior_std=s) draws it
         x_t = schedule.q_sample(x0, t, noise)
         out, v = _split_output(model(x_t, schedule.model_timesteps(t), cond=cond), variance)
         _, pred_x0 = schedule.eps_x0_from_output(x_t, t, out, prediction)
         if clip is not None:
             pred_x0 = pred_x0.clamp(-clip, clip)
         log_var = reverse_log_variance(schedule, t, x_t, variance, v)
-        terms[:, k] = vlb_term(schedule, x0, x_t, t, pred_x0, log_var, decoder)
-    terms[:, -1] = prior_kl(schedule, x0)
+        terms[:, k] = _vlb_term(schedule, x0, x_t, t, pred_x0, log_var, decoder, prior_std)
+    terms[:, -1] = _prior_kl(schedule, x0, prior_std)
     return terms
 
 
@@ -209,17 +257,20 @@ def nll(
     progress: bool = False,
     prediction: Prediction = "eps",
     clip_denoised: bool | float | None = None,
+    *,
+    prior_std: Tensor | None = None,
 ) -> Tensor:
     """Per-example upper bound on -log p(x_0), ``[B]`` nats: L_T + sum_{t>=2} L_{t-1} + L_0 (Ho et al. eq. 5)
     over all T steps (the sum of ``nll_terms``; same arguments).
 
     ``decoder="discretized"`` is the 8-bit image decoder (data in [-1, 1]; the result is then a bound on the
     negative log *probability* of the quantised image); ``"gaussian"`` is a continuous decoder N(x_0_hat, sigma_1^2)
-    for audio and vectors (a bound on the negative log *density*).
+    for audio and vectors (a bound on the negative log *density*). ``prior_std``: the PriorGrad prior, as in
+    ``nll_terms``.
     """
     return nll_terms(
         model, schedule, x0, cond, decoder=decoder, variance=variance, generator=generator, progress=progress,
-        prediction=prediction, clip_denoised=clip_denoised,
+        prediction=prediction, clip_denoised=clip_denoised, prior_std=prior_std,
     ).sum(dim=1)
 
 

@@ -6,6 +6,12 @@
     v-loss (Salimans & Ho 2022):             || v - v_theta(x_t, t) ||,  v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
     hybrid (Nichol & Dhariwal 2021 sec. 3.1): L_simple + lambda L_vlb
 
+PriorGrad (Lee et al. 2022), ``prior_std`` s: eps = s * z with z ~ N(0, I) is both the noise of x_t and the eps
+target (v uses that eps; the x0 target is unchanged), and every distance is taken on (pred - target) / s, i.e.
+||.||^2 becomes the Mahalanobis norm of Sigma^-1 = diag(s^-2) (l1: mean |pred - target| / s). With s = 1 this is the
+plain loss. min-SNR weights need no change: the eps, x0 and v errors divided by s relate by the same per-step
+factors as without the prior.
+
 | symbol          | name here                                                         |
 | --------------- | ----------------------------------------------------------------- |
 | ||.||           | ``norm="l2"`` (mean squared error) or ``"l1"`` (mean absolute error, as lmnt DiffWave trains) |
@@ -13,6 +19,7 @@
 | gamma (min-SNR) | ``min_snr_gamma`` (Hang et al. 2023)                              |
 | lambda          | ``vlb_weight`` (Nichol & Dhariwal: 0.001)                          |
 | w_t             | ``weighting``: per-example weights ``[B]`` or a callable t -> ``[B]`` |
+| s               | ``prior_std``: PriorGrad prior std, broadcastable to x_0 (``None`` = N(0, I)) |
 """
 
 from __future__ import annotations
@@ -25,8 +32,8 @@ from typing import Any, Callable, Literal
 import torch
 from torch import Tensor
 
-from diffcore.likelihood import Decoder, reverse_log_variance, vlb_term
-from diffcore.schedule import NoiseSchedule, Prediction
+from diffcore.likelihood import Decoder, _vlb_term, reverse_log_variance
+from diffcore.schedule import NoiseSchedule, Prediction, validate_prior_std
 from diffcore.utils import Denoiser, mean_flat, randn
 
 __all__ = [
@@ -85,21 +92,32 @@ def min_snr_weights(schedule: NoiseSchedule, t: Tensor, gamma: float, prediction
     raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
 
 
-def _distance(pred: Tensor, target: Tensor, norm: Norm) -> Tensor:
-    if norm == "l2":
-        return mean_flat((pred - target) ** 2)
-    if norm == "l1":
-        return mean_flat((pred - target).abs())
+def _distance(pred: Tensor, target: Tensor, norm: Norm, prior_std: Tensor | None = None) -> Tensor:
+    if prior_std is None:
+        if norm == "l2":
+            return mean_flat((pred - target) ** 2)
+        if norm == "l1":
+            return mean_flat((pred - target).abs())
+    else:
+        # Mahalanobis distance under Sigma = diag(s^2) (PriorGrad's loss); the residual is broadcast to x's shape.
+        scaled = (pred - target) / prior_std
+        if norm == "l2":
+            return mean_flat(scaled**2)
+        if norm == "l1":
+            return mean_flat(scaled.abs())
     raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
 
 
-def _prepare(schedule, x0, t, noise, generator):
+def _prepare(schedule, x0, t, noise, generator, prior_std=None):
+    """``(t, eps, x_t)``: steps, the eps of x_t (= z, or s * z under the prior) and x_t = q_sample(x0, t, z)."""
     if t is None:
         t, _ = UniformTimesteps(schedule.num_steps).sample(x0.shape[0], x0.device, generator)
     if noise is None:
         noise = randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     elif noise.shape != x0.shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(x0.shape)}")
+    if prior_std is not None:
+        noise = noise * prior_std
     return t, noise, schedule.q_sample(x0, t, noise)
 
 
@@ -121,15 +139,17 @@ def _target_loss(
     noise: Tensor | None,
     generator: torch.Generator | None,
     weighting: Weighting,
+    prior_std: Tensor | None,
 ) -> Tensor:
-    t, noise, x_t = _prepare(schedule, x0, t, noise, generator)
+    prior_std = validate_prior_std(prior_std, x0.shape, x0.dtype, x0.device)
+    t, noise, x_t = _prepare(schedule, x0, t, noise, generator, prior_std)
     out = model(x_t, schedule.model_timesteps(t), cond=cond)
     if out.shape != x0.shape:
         raise ValueError(f"model output has shape {tuple(out.shape)}, expected {tuple(x0.shape)}")
     target = {"eps": noise, "x0": x0}.get(target_kind)
     if target is None:
         target = schedule.v_target(x0, t, noise)
-    return _apply_weighting(_distance(out, target, norm), t, weighting)
+    return _apply_weighting(_distance(out, target, norm, prior_std), t, weighting)
 
 
 def epsilon_loss(
@@ -142,16 +162,22 @@ def epsilon_loss(
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     weighting: Weighting = None,
+    *,
+    prior_std: Tensor | None = None,
 ) -> Tensor:
     """L_simple of Ho et al. 2020 (Algorithm 1, eq. 14): w_t mean ||eps - eps_theta(x_t, t)||^p, ``[B]``.
 
     Args:
         x0: data ``[B, ...]`` of any rank.
         t: long ``[B]`` steps; drawn uniformly from ``generator`` when ``None``.
-        noise: eps ``[B, ...]``; drawn from ``generator`` when ``None`` (after t).
+        noise: the standard normal z ``[B, ...]`` (eps = z, or s * z with ``prior_std``); drawn from ``generator``
+            when ``None`` (after t).
         weighting: per-example weights ``[B]``, or a callable ``t -> [B]`` (e.g. min-SNR), or ``None``.
+        prior_std: PriorGrad prior std s, broadcastable to ``x0`` (e.g. ``[B, 1, T]`` for audio ``[B, 1, T]``,
+            ``[B, 1, 1]`` for one s per example): eps = s * z and the loss is w_t mean ||(eps - eps_theta) / s||^p.
+            ``None`` = N(0, I).
     """
-    return _target_loss("eps", model, schedule, x0, cond, norm, t, noise, generator, weighting)
+    return _target_loss("eps", model, schedule, x0, cond, norm, t, noise, generator, weighting, prior_std)
 
 
 def x0_loss(
@@ -164,9 +190,12 @@ def x0_loss(
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     weighting: Weighting = None,
+    *,
+    prior_std: Tensor | None = None,
 ) -> Tensor:
-    """w_t mean ||x_0 - x0_theta(x_t, t)||^p for a network predicting x_0, ``[B]`` (arguments as ``epsilon_loss``)."""
-    return _target_loss("x0", model, schedule, x0, cond, norm, t, noise, generator, weighting)
+    """w_t mean ||x_0 - x0_theta(x_t, t)||^p for a network predicting x_0, ``[B]`` (arguments as ``epsilon_loss``;
+    with ``prior_std`` s: mean ||(x_0 - x0_theta) / s||^p)."""
+    return _target_loss("x0", model, schedule, x0, cond, norm, t, noise, generator, weighting, prior_std)
 
 
 def v_loss(
@@ -179,10 +208,12 @@ def v_loss(
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     weighting: Weighting = None,
+    *,
+    prior_std: Tensor | None = None,
 ) -> Tensor:
     """w_t mean ||v - v_theta(x_t, t)||^p with v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022),
-    ``[B]`` (arguments as ``epsilon_loss``)."""
-    return _target_loss("v", model, schedule, x0, cond, norm, t, noise, generator, weighting)
+    ``[B]`` (arguments as ``epsilon_loss``; with ``prior_std`` s, eps = s * z and mean ||(v - v_theta) / s||^p)."""
+    return _target_loss("v", model, schedule, x0, cond, norm, t, noise, generator, weighting, prior_std)
 
 
 def hybrid_loss_terms(
@@ -197,6 +228,8 @@ def hybrid_loss_terms(
     weighting: Weighting = None,
     vlb_weight: float = 1e-3,
     decoder: Decoder = "gaussian",
+    *,
+    prior_std: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The parts of ``hybrid_loss``: dict of ``[B]`` tensors ``loss``, ``simple``, ``vlb`` and the long ``t``.
 
@@ -210,18 +243,22 @@ def hybrid_loss_terms(
       sec. 3.1).
     - ``loss = weighting * (simple + vlb_weight * T * vlb)``: T L_t is the one-sample estimate of the full bound
       L_vlb = sum_t L_t, so ``vlb_weight`` is the paper's lambda (0.001).
+
+    With ``prior_std`` s (PriorGrad): eps = s * z, ``simple`` is mean ||(eps - eps_theta) / s||^p and ``vlb`` uses the
+    posterior and reverse variances scaled by s^2 (``vlb_term(prior_std=...)``).
     """
-    t, noise, x_t = _prepare(schedule, x0, t, noise, generator)
+    prior_std = validate_prior_std(prior_std, x0.shape, x0.dtype, x0.device)
+    t, noise, x_t = _prepare(schedule, x0, t, noise, generator, prior_std)
     out = model(x_t, schedule.model_timesteps(t), cond=cond)
     if out.ndim < 2 or out.shape[1] != 2 * x0.shape[1] or out.shape[2:] != x0.shape[2:]:
         raise ValueError(f"hybrid_loss needs an output of shape [B, 2C, ...] for x0 {tuple(x0.shape)}, "
                          f"got {tuple(out.shape)}")
     eps, v = out.chunk(2, dim=1)
-    simple = _distance(eps, noise, norm)
+    simple = _distance(eps, noise, norm, prior_std)
     pred_x0 = schedule.predict_x0_from_eps(x_t, t, eps.detach())
     log_var = reverse_log_variance(schedule, t, x_t, "learned", v)
     dims = x0[0].numel()
-    vlb = vlb_term(schedule, x0, x_t, t, pred_x0, log_var, decoder) / (dims * math.log(2.0))
+    vlb = _vlb_term(schedule, x0, x_t, t, pred_x0, log_var, decoder, prior_std) / (dims * math.log(2.0))
     loss = simple + vlb_weight * schedule.num_steps * vlb
     return {"loss": _apply_weighting(loss, t, weighting), "simple": simple, "vlb": vlb, "t": t}
 
@@ -238,13 +275,15 @@ def hybrid_loss(
     weighting: Weighting = None,
     vlb_weight: float = 1e-3,
     decoder: Decoder = "gaussian",
+    *,
+    prior_std: Tensor | None = None,
 ) -> Tensor:
     """L_hybrid = L_simple + lambda L_vlb of Nichol & Dhariwal 2021 for a learned-variance network, ``[B]``.
 
-    See ``hybrid_loss_terms`` for the output layout, units and the stop-gradient.
+    See ``hybrid_loss_terms`` for the output layout, units, the stop-gradient and ``prior_std``.
     """
     return hybrid_loss_terms(
-        model, schedule, x0, cond, norm, t, noise, generator, weighting, vlb_weight, decoder
+        model, schedule, x0, cond, norm, t, noise, generator, weighting, vlb_weight, decoder, prior_std=prior_std
     )["loss"]
 
 
@@ -262,19 +301,21 @@ def diffusion_loss(
     learned_variance: bool = False,
     vlb_weight: float = 1e-3,
     decoder: Decoder = "gaussian",
+    prior_std: Tensor | None = None,
 ) -> Tensor:
     """The per-example training loss ``[B]`` the training engine calls, dispatching on the prediction type.
 
     Draws t from ``timesteps`` (default uniform; its importance weights multiply the loss) and eps from
     ``generator``; ``min_snr_gamma`` adds min-SNR-gamma weights for the prediction type; ``learned_variance``
-    selects ``hybrid_loss`` (eps prediction only).
+    selects ``hybrid_loss`` (eps prediction only). ``prior_std`` s (PriorGrad, broadcastable to ``x0``): eps = s * z
+    and the Sigma^-1-weighted distance, as in ``epsilon_loss``.
     """
     sampler = timesteps if timesteps is not None else UniformTimesteps(schedule.num_steps)
     t, weights = sampler.sample(x0.shape[0], x0.device, generator)
     weights = weights.to(torch.float64)
     if min_snr_gamma is not None:
         weights = weights * min_snr_weights(schedule, t, min_snr_gamma, prediction)
-    common = dict(cond=cond, norm=norm, t=t, generator=generator, weighting=weights)
+    common = dict(cond=cond, norm=norm, t=t, generator=generator, weighting=weights, prior_std=prior_std)
     if learned_variance:
         if prediction != "eps":
             raise ValueError("learned_variance (hybrid loss) is defined for prediction='eps' only")

@@ -3,13 +3,19 @@
 All share one signature::
 
     sampler(model, shape, schedule, *, cond=None, generator=None, x_T=None, progress=False, callback=None,
-            device=None, dtype=None, prediction="eps", **own_keywords) -> Tensor[shape]
+            device=None, dtype=None, prediction="eps", prior_std=None, **own_keywords) -> Tensor[shape]
 
 ``model(x_t, t, cond=cond)`` follows the diffcore model contract (``t`` = the *original* network's step indices,
 ``schedule.model_timesteps``); ``prediction`` says whether it outputs eps, x_0 or v. ``x_T`` is the starting
-point in the variance-preserving space (standard normal noise, drawn from ``generator`` when not given).
+point in the variance-preserving space (prior noise, drawn from ``generator`` when not given).
 ``generator`` must live on ``device``; with the same seed the output is bit-identical. ``callback(i, x)`` is
 called after step ``i`` (0, 1, ... in sampling order) with the current state.
+
+``prior_std`` s (PriorGrad, Lee et al. 2022; a tensor broadcastable to ``shape``, e.g. ``[B, 1, T]`` for audio
+``[B, 1, T]``) replaces the N(0, I) prior with N(0, diag(s^2)): x_T = s * z when not given, every added
+noise is sigma_t s * z (DDIM's eta part too), and the network is taken to predict the scaled eps = s * z. The
+updates that map eps_hat and x0_hat to the next state are unchanged; Heun's ODE dx/dsigma = (x - D(x; sigma)) / sigma
+is unchanged and starts from x_T = s * z. A given ``x_T`` is used as is (draw it from N(0, s^2)).
 
 | symbol                          | name here                              |
 | ------------------------------- | -------------------------------------- |
@@ -20,6 +26,7 @@ called after step ``i`` (0, 1, ... in sampling order) with the current state.
 | t_s^align (fractional training step) | ``fast_sampling_steps(...)[s]``   |
 | sigma (EDM) = sqrt((1-abar)/abar) | ``schedule.sigmas``                   |
 | D(x; sigma) (EDM denoiser)      | ``x - sigma * eps(x * sqrt(abar(sigma)), t(sigma))`` |
+| s (PriorGrad prior std)         | ``prior_std`` (``None`` = N(0, I))      |
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from diffcore.schedule import NoiseSchedule, Prediction, eps_x0_from_output, evenly_spaced_indices
+from diffcore.schedule import NoiseSchedule, Prediction, eps_x0_from_output, evenly_spaced_indices, validate_prior_std
 from diffcore.utils import Denoiser, clip_value, randn, resolve_device_dtype
 
 __all__ = ["ddpm_sample", "ddim_sample", "fast_sample", "fast_sampling_steps", "heun_sample", "karras_sigmas"]
@@ -40,13 +47,24 @@ __all__ = ["ddpm_sample", "ddim_sample", "fast_sample", "fast_sampling_steps", "
 Callback = Callable[[int, Tensor], None]
 
 
-def _start(model, shape, x_T, generator, device, dtype) -> Tensor:
+def _start(model, shape, x_T, generator, device, dtype, prior_std=None) -> tuple[Tensor, Tensor | None]:
+    """The starting state x_T (given, or z resp. s * z drawn from ``generator``) and the checked, cast prior std."""
     device, dtype = resolve_device_dtype(model, x_T, device, dtype)
+    prior_std = validate_prior_std(prior_std, shape, dtype, device)
     if x_T is not None:
         if tuple(x_T.shape) != tuple(shape):
             raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
-        return x_T.to(device=device, dtype=dtype)
-    return randn(shape, generator=generator, device=device, dtype=dtype)
+        return x_T.to(device=device, dtype=dtype), prior_std
+    x = randn(shape, generator=generator, device=device, dtype=dtype)
+    if prior_std is not None:
+        x = prior_std * x
+    return x, prior_std
+
+
+def _noise(x: Tensor, generator, prior_std: Tensor | None) -> Tensor:
+    """z ~ N(0, I) shaped like ``x``, times s under a prior."""
+    z = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return z if prior_std is None else prior_std * z
 
 
 def _float64_array(values: Sequence[float] | np.ndarray | Tensor) -> np.ndarray:
@@ -75,8 +93,10 @@ def _ancestral_loop(
     progress: bool,
     callback: Callback | None,
     clip_sample: float | None = None,
+    prior_std: Tensor | None = None,
 ) -> Tensor:
-    """Ancestral sampling x_{t-1} ~ N(mu~_t(x0_hat, x_t), sigma_t^2) over ``steps_schedule`` (Ho et al. Alg. 2).
+    """Ancestral sampling x_{t-1} ~ N(mu~_t(x0_hat, x_t), sigma_t^2 s^2) over ``steps_schedule`` (Ho et al. Alg. 2;
+    s = 1 without a prior).
 
     The mean is written through x0_hat (posterior mean eq. 7 of Ho et al.), which equals Algorithm 2's
     1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps) when nothing is clipped. No noise at the last step.
@@ -95,7 +115,7 @@ def _ancestral_loop(
         mean, _ = steps_schedule.q_posterior(x0, x, t)
         if k > 0:
             std = steps_schedule.at(var_name, t, x).sqrt()
-            x = mean + std * randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = mean + std * _noise(x, generator, prior_std)
         else:
             x = mean
         if clip_sample is not None:
@@ -122,6 +142,7 @@ def ddpm_sample(
     variance: Literal["beta", "posterior"] = "beta",
     clip_denoised: bool | float | None = None,
     clip_sample: float | None = None,
+    prior_std: Tensor | None = None,
 ) -> Tensor:
     """Ancestral DDPM sampling, Algorithm 2 of Ho et al. 2020, over every step of ``schedule``.
 
@@ -136,12 +157,12 @@ def ddpm_sample(
     Returns:
         x_0 samples of ``shape`` (``[B, ...]`` of any rank).
     """
-    x = _start(model, shape, x_T, generator, device, dtype)
+    x, prior_std = _start(model, shape, x_T, generator, device, dtype, prior_std)
     tmap = torch.tensor(schedule.timestep_map, device=x.device)
     return _ancestral_loop(
         model, x, schedule, lambda k: tmap[k : k + 1], cond=cond, generator=generator, variance=variance,
         clip=clip_value(clip_denoised), prediction=prediction, progress=progress, callback=callback,
-        clip_sample=clip_sample,
+        clip_sample=clip_sample, prior_std=prior_std,
     )
 
 
@@ -162,6 +183,7 @@ def ddim_sample(
     steps: int = 50,
     eta: float = 0.0,
     clip_denoised: bool | float | None = None,
+    prior_std: Tensor | None = None,
 ) -> Tensor:
     """DDIM sampling, Song et al. 2021 eq. 12, over ``steps`` evenly spaced steps of ``schedule``.
 
@@ -172,12 +194,13 @@ def ddim_sample(
         s = eta sqrt((1 - abar_prev) / (1 - abar)) sqrt(1 - abar / abar_prev)
 
     with abar_prev = 1 after index 0, so the last update returns x0_hat. ``eta = 0`` is deterministic given
-    ``x_T``; ``eta = 1`` is ancestral sampling on the respaced schedule.
+    ``x_T``; ``eta = 1`` is ancestral sampling on the respaced schedule. Under a ``prior_std`` s the fresh noise
+    is s z (eps_hat already is scaled noise).
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     sub = schedule.respace(evenly_spaced_indices(schedule.num_steps, steps))
-    x = _start(model, shape, x_T, generator, device, dtype)
+    x, prior_std = _start(model, shape, x_T, generator, device, dtype, prior_std)
     clip = clip_value(clip_denoised)
     batch = x.shape[0]
     for i, k in enumerate(tqdm(range(sub.num_steps - 1, -1, -1), disable=not progress, desc="ddim")):
@@ -192,7 +215,7 @@ def ddim_sample(
         s = eta * ((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)).sqrt()
         x = abar_prev.sqrt() * x0 + (1.0 - abar_prev - s**2).clamp(min=0.0).sqrt() * eps
         if eta > 0 and k > 0:
-            x = x + s * randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + s * _noise(x, generator, prior_std)
         if callback is not None:
             callback(i, x)
     return x
@@ -262,6 +285,7 @@ def fast_sample(
     prediction: Prediction = "eps",
     inference_betas: Sequence[float] | np.ndarray | Tensor = (1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5),
     clip_sample: float | None = None,
+    prior_std: Tensor | None = None,
 ) -> Tensor:
     """DiffWave's fast sampling (Kong et al. 2021, Algorithm 2 with the schedule of Appendix B).
 
@@ -277,12 +301,12 @@ def fast_sample(
     """
     steps = fast_sampling_steps(schedule, inference_betas)
     inference = NoiseSchedule.from_betas(_float64_array(inference_betas))
-    x = _start(model, shape, x_T, generator, device, dtype)
+    x, prior_std = _start(model, shape, x_T, generator, device, dtype, prior_std)
     model_steps = schedule.model_timesteps(steps.to(x.device)).to(_step_dtype(x))
     return _ancestral_loop(
         model, x, inference, lambda k: model_steps[k : k + 1], cond=cond, generator=generator,
         variance="posterior", clip=None, prediction=prediction, progress=progress, callback=callback,
-        clip_sample=clip_sample,
+        clip_sample=clip_sample, prior_std=prior_std,
     )
 
 
@@ -319,6 +343,7 @@ def heun_sample(
     sigma_min: float | None = None,
     sigma_max: float | None = None,
     rho: float = 7.0,
+    prior_std: Tensor | None = None,
 ) -> Tensor:
     """Deterministic 2nd-order Heun sampler, Algorithm 1 of Karras et al. 2022, driving a VP (DDPM) network.
 
@@ -330,6 +355,9 @@ def heun_sample(
 
     ``x_T`` (standard normal in VP space) starts the ODE at x = x_T / sqrt(abar(sigma_max)). Default sigma range:
     ``schedule.sigmas[0]`` .. ``schedule.sigmas[T - 1]``.
+
+    Under a ``prior_std`` s the state is x = x_0 + sigma s z and eps_hat predicts s z, so the ODE keeps its form
+    and only the start changes: x_T = s z, i.e. x = sqrt(1 + sigma_max^2) s z.
     """
     sig_table = torch.tensor(schedule.sigmas)
     if not torch.isfinite(sig_table).all():
@@ -343,7 +371,7 @@ def heun_sample(
     log_table = sig_table.log().numpy()
     index = np.arange(schedule.num_steps, dtype=np.float64)
 
-    x = _start(model, shape, x_T, generator, device, dtype)
+    x, _ = _start(model, shape, x_T, generator, device, dtype, prior_std)
     batch = x.shape[0]
     x = x * math.sqrt(1.0 + sigmas[0].item() ** 2)
 

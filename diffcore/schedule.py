@@ -23,6 +23,13 @@ paper (= 1) is ``alphas_cumprod_prev[0]``.
 | SNR_t = abar/(1-abar)   | ``snr(t)``                         | [B]   |
 | sigma_t = sqrt((1-abar)/abar) (EDM / variance-exploding view) | ``sigmas`` | [T] |
 | eps, x_0, v = sqrt(abar) eps - sqrt(1-abar) x_0 (Salimans & Ho 2022) | prediction targets | like x |
+| s (PriorGrad prior std, Sigma = diag(s^2)) | ``prior_std`` (``None`` = the N(0, I) prior) | broadcastable to x |
+
+Data-dependent prior (PriorGrad, Lee et al. 2022): with ``prior_std`` s the noise is eps = s * z, z ~ N(0, I), so
+q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) s^2) and q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t s^2) with the
+same mu~_t. Everything that relates x_t, x_0, eps and v is linear algebra on x_t = sqrt(abar) x_0 + sqrt(1-abar) eps,
+so the conversions below hold unchanged for the scaled eps; only variances (and drawn noise) carry s^2. ``noise``
+arguments always mean the standard normal z; the scaling by s happens inside.
 
 Storage: every per-step array is a **read-only float64 numpy array** computed once at construction. Methods take
 torch tensors ``x`` of any rank ``[B, ...]`` and ``t`` ``[B]`` (long: 0-based step; float: fractional step, arrays
@@ -33,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Iterable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -41,7 +48,7 @@ from torch import Tensor
 
 from diffcore.utils import gather, randn
 
-__all__ = ["NoiseSchedule", "Prediction", "eps_x0_from_output", "evenly_spaced_indices"]
+__all__ = ["NoiseSchedule", "Prediction", "eps_x0_from_output", "evenly_spaced_indices", "validate_prior_std"]
 
 Prediction = Literal["eps", "x0", "v"]
 
@@ -63,6 +70,51 @@ def _betas_from_alpha_bar_fn(num_steps: int, alpha_bar, max_beta: float) -> np.n
 def _check_num_steps(num_steps: int) -> None:
     if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+
+
+def validate_prior_std(
+    prior_std: Tensor | None,
+    shape: Sequence[int] | torch.Size,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor | None:
+    """Check a PriorGrad prior standard deviation s and cast it for use against a tensor of ``shape``.
+
+    ``prior_std`` must be a tensor of positive finite values that broadcasts to ``shape`` without enlarging it:
+    ``[B, 1, T]`` for audio ``[B, 1, T]``, ``[B, T]`` for ``[B, T]``; ``[B, 1, ..., 1]`` (one s per example),
+    ``[1, C, 1, 1]`` or a 0-d tensor also work.
+    It is cast to ``dtype``/``device`` when given (then checked, so a value that underflows in ``dtype`` is caught).
+
+    Returns:
+        ``None`` for ``None`` (the standard N(0, I) prior), else the cast tensor.
+
+    Raises:
+        ValueError naming ``prior_std`` when it is not a tensor, does not broadcast, or has a value <= 0, inf or NaN.
+    """
+    if prior_std is None:
+        return None
+    if not isinstance(prior_std, Tensor):
+        raise ValueError(f"prior_std must be a torch.Tensor (or None), got {type(prior_std).__name__}")
+    if prior_std.is_complex() or prior_std.dtype == torch.bool:
+        raise ValueError(f"prior_std must be a real floating tensor, got dtype {prior_std.dtype}")
+    shape = tuple(shape)
+    try:
+        fits = torch.broadcast_shapes(tuple(prior_std.shape), shape) == shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"prior_std has shape {tuple(prior_std.shape)}, which does not broadcast to the data shape "
+                         f"{shape}; give it the data's rank with size-1 dims where s is shared (e.g. s[:, None] "
+                         f"turns [B, T] into [B, 1, T])")
+    s = prior_std.to(device=device if device is not None else prior_std.device,
+                     dtype=dtype if dtype is not None else prior_std.dtype)
+    if not s.is_floating_point():
+        s = s.to(torch.get_default_dtype())
+    # One host sync for both conditions; NaN fails "> 0".
+    if not bool(torch.all(torch.isfinite(s) & (s > 0))):
+        raise ValueError("prior_std must be positive and finite everywhere (it is a standard deviation s of the "
+                         "prior N(0, diag(s^2))); clamp it below, e.g. prior_std.clamp(min=0.1)")
+    return s
 
 
 def eps_x0_from_output(
@@ -311,10 +363,19 @@ class NoiseSchedule:
             return self._at("timestep_map", t, t.to(torch.float64)).to(t.dtype)
         return self._at("timestep_map", t, t)
 
-    def q_mean_variance(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean ``[B, ...]`` and variance (``[B, 1, ...]``, rank of ``x0``) of q(x_t | x_0) (Ho et al. eq. 4)."""
+    def q_mean_variance(
+        self, x0: Tensor, t: Tensor, *, prior_std: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Mean ``[B, ...]`` and variance of q(x_t | x_0) (Ho et al. eq. 4).
+
+        The variance is (1 - abar_t) (``[B, 1, ...]``, rank of ``x0``), times s^2 with ``prior_std`` s (then the
+        broadcast of ``[B, 1, ...]`` and s's shape).
+        """
         mean = self._at("sqrt_alphas_cumprod", t, x0) * x0
         var = 1.0 - self._at("alphas_cumprod", t, x0)
+        prior_std = validate_prior_std(prior_std, x0.shape, x0.dtype, x0.device)
+        if prior_std is not None:
+            var = var * prior_std.square()
         return mean, var
 
     def q_sample(
@@ -324,20 +385,42 @@ class NoiseSchedule:
         noise: Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
+        prior_std: Tensor | None = None,
     ) -> Tensor:
-        """Draw x_t ~ q(x_t | x_0): sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (Ho et al. eq. 4). Shape of ``x0``."""
+        """Draw x_t ~ q(x_t | x_0): sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (Ho et al. eq. 4). Shape of ``x0``.
+
+        ``noise`` is the standard normal z (drawn from ``generator`` when ``None``); eps = z, or s * z with
+        ``prior_std`` s (PriorGrad).
+        """
         if noise is None:
             noise = randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        prior_std = validate_prior_std(prior_std, x0.shape, x0.dtype, x0.device)
+        if prior_std is not None:
+            noise = noise * prior_std
         return self._at("sqrt_alphas_cumprod", t, x0) * x0 + self._at("sqrt_one_minus_alphas_cumprod", t, x0) * noise
 
-    def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean mu~_t ``[B, ...]`` and variance beta~_t (``[B, 1, ...]``) of q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)."""
-        mean = self._at("posterior_mean_coef1", t, x_t) * x0 + self._at("posterior_mean_coef2", t, x_t) * x_t
-        return mean, self._at("posterior_variance", t, x_t)
+    def q_posterior(
+        self, x0: Tensor, x_t: Tensor, t: Tensor, *, prior_std: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Mean mu~_t ``[B, ...]`` and variance beta~_t (``[B, 1, ...]``) of q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7).
 
-    def posterior_log_variance(self, t: Tensor, like: Tensor) -> Tensor:
-        """log beta~_t, clipped at index 0 (see ``posterior_log_variance_clipped``), broadcast to ``like``."""
-        return self._at("posterior_log_variance_clipped", t, like)
+        With ``prior_std`` s the mean is the same and the variance is beta~_t s^2 (broadcast with s's shape).
+        """
+        mean = self._at("posterior_mean_coef1", t, x_t) * x0 + self._at("posterior_mean_coef2", t, x_t) * x_t
+        var = self._at("posterior_variance", t, x_t)
+        prior_std = validate_prior_std(prior_std, x_t.shape, x_t.dtype, x_t.device)
+        if prior_std is not None:
+            var = var * prior_std.square()
+        return mean, var
+
+    def posterior_log_variance(self, t: Tensor, like: Tensor, *, prior_std: Tensor | None = None) -> Tensor:
+        """log beta~_t, clipped at index 0 (see ``posterior_log_variance_clipped``), broadcast to ``like``;
+        plus 2 log s with ``prior_std`` s."""
+        log_var = self._at("posterior_log_variance_clipped", t, like)
+        prior_std = validate_prior_std(prior_std, like.shape, like.dtype, like.device)
+        if prior_std is not None:
+            log_var = log_var + 2.0 * torch.log(prior_std)
+        return log_var
 
     def at(self, name: str, t: Tensor, like: Tensor) -> Tensor:
         """Any per-step array of this schedule (e.g. ``"betas"``) read at ``t`` and broadcast to ``like``."""

@@ -8,6 +8,11 @@ For data x_0 ~ N(m, s^2 I) and x_t = sqrt(a) x_0 + sqrt(1 - a) eps (a = abar_t):
     E[eps | x_t]  = sqrt(1 - a) (x_t - sqrt(a) m) / (a s^2 + 1 - a),
     Var[x_0 | x_t] = s^2 (1 - a) / (a s^2 + 1 - a),   Var[eps | x_t] = a s^2 / (a s^2 + 1 - a).
 A mixture's exact eps is the responsibility-weighted sum of its components' eps.
+
+PriorGrad prior N(0, diag(p^2)) (p = ``prior_std``): eps = p z with z ~ N(0, I), so per element
+    x_t ~ N(sqrt(a) m, a s^2 + (1 - a) p^2),
+    E[eps | x_t]  = sqrt(1 - a) p^2 (x_t - sqrt(a) m) / (a s^2 + (1 - a) p^2),
+    Var[x_0 | x_t] = s^2 (1 - a) p^2 / (a s^2 + (1 - a) p^2),  Var[eps | x_t] = a s^2 p^2 / (a s^2 + (1 - a) p^2).
 """
 
 from __future__ import annotations
@@ -74,15 +79,23 @@ def _bcast(a: Tensor, x: Tensor) -> Tensor:
 
 
 class GaussianEps:
-    """Exact eps-predictor E[eps | x_t] for data N(mean, std^2 I) (mean: scalar or per-dimension)."""
+    """Exact eps-predictor E[eps | x_t] for data N(mean, std^2 I) (mean: scalar or per-dimension).
 
-    def __init__(self, mean: float | Tensor, std: float, abar_fn: AbarFn):
-        self.mean, self.std, self.abar_fn = mean, std, abar_fn
+    With ``prior_std`` p (a tensor broadcastable to x_t; ``std`` may then be one too) it is the exact predictor of
+    the PriorGrad noise eps = p z for data N(mean, diag(std^2)).
+    """
+
+    def __init__(self, mean: float | Tensor, std: float | Tensor, abar_fn: AbarFn, prior_std: Tensor | None = None):
+        self.mean, self.std, self.abar_fn, self.prior_std = mean, std, abar_fn, prior_std
 
     def __call__(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
         a = _bcast(self.abar_fn(t), x_t)
         mean = torch.as_tensor(self.mean, dtype=x_t.dtype, device=x_t.device)
-        return (1 - a).sqrt() * (x_t - a.sqrt() * mean) / (a * self.std**2 + 1 - a)
+        if self.prior_std is None:
+            return (1 - a).sqrt() * (x_t - a.sqrt() * mean) / (a * self.std**2 + 1 - a)
+        p2 = torch.as_tensor(self.prior_std, dtype=x_t.dtype, device=x_t.device) ** 2
+        std = torch.as_tensor(self.std, dtype=x_t.dtype, device=x_t.device)
+        return (1 - a).sqrt() * p2 * (x_t - a.sqrt() * mean) / (a * std**2 + (1 - a) * p2)
 
     def x0(self, x_t: Tensor, t: Tensor) -> Tensor:
         """E[x_0 | x_t]."""
@@ -124,7 +137,12 @@ class MixtureEps:
 
 
 def gaussian_expected_bound(
-    betas: np.ndarray, mean: np.ndarray | float, std: float, dims: int, variance: str = "beta"
+    betas: np.ndarray,
+    mean: np.ndarray | float,
+    std: np.ndarray | float,
+    dims: int,
+    variance: str = "beta",
+    prior_std: np.ndarray | float | None = None,
 ) -> tuple[float, np.ndarray]:
     """E_q[L] (nats per example) and the expected per-step terms ``[T + 1]`` (L_0 .. L_{T-1}, L_T).
 
@@ -132,9 +150,15 @@ def gaussian_expected_bound(
     E KL = 0.5 (log(sig2 / beta~) + beta~ / sig2 - 1 + c1^2 Var[x_0 | x_t] / sig2) per dimension;
     the decoder term is 0.5 log(2 pi sig2_1) + Var[x_0 | x_1] / (2 sig2_1); the prior term is
     0.5 (-log(1 - a_T) + (1 - a_T) + a_T E[x_0^2] - 1).
+
+    ``mean``, ``std`` and ``prior_std`` p are scalars or per-dimension ``[dims]``. Under the PriorGrad prior every
+    variance (beta~, sig2, the prior's 1) is multiplied by p^2, Var[x_0 | x_t] is as in the module docstring, and
+    the prior term reads 0.5 (-log(1 - a_T) + (1 - a_T) + a_T E[x_0^2] / p^2 - 1).
     """
     betas = np.asarray(betas, dtype=np.float64)
     mean = np.broadcast_to(np.asarray(mean, dtype=np.float64), (dims,))
+    if prior_std is not None or np.ndim(std) > 0:
+        return _gaussian_expected_bound_diag(betas, mean, std, dims, variance, 1.0 if prior_std is None else prior_std)
     abar = np.cumprod(1.0 - betas)
     abar_prev = np.concatenate([[1.0], abar[:-1]])
     post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
@@ -153,6 +177,33 @@ def gaussian_expected_bound(
     terms[1:-1] = dims * 0.5 * (np.log(sig2[k] / post_var[k]) + post_var[k] / sig2[k] - 1 + c1[k] ** 2 * var_x0[k] / sig2[k])
     a_t = abar[-1]
     terms[-1] = np.sum(0.5 * (-np.log(1 - a_t) + (1 - a_t) + a_t * (mean**2 + std**2) - 1))
+    return float(terms.sum()), terms
+
+
+def _gaussian_expected_bound_diag(betas, mean, std, dims, variance, prior_std) -> tuple[float, np.ndarray]:
+    """``gaussian_expected_bound`` per dimension: std and prior std p vary per element (arrays ``[T, D]``)."""
+    std = np.broadcast_to(np.asarray(std, dtype=np.float64), (dims,))
+    p2 = np.broadcast_to(np.asarray(prior_std, dtype=np.float64), (dims,)) ** 2
+    abar = np.cumprod(1.0 - betas)[:, None]
+    abar_prev = np.concatenate([[1.0], abar[:-1, 0]])[:, None]
+    b = betas[:, None]
+    post_var = b * (1.0 - abar_prev) / (1.0 - abar)  # beta~ of the unit prior; times p^2 below
+    c1 = b * np.sqrt(abar_prev) / (1.0 - abar)
+    var_x0 = std**2 * (1.0 - abar) * p2 / (abar * std**2 + (1.0 - abar) * p2)  # [T, D]
+    if variance == "beta":
+        sig2 = b.copy()
+    elif variance == "posterior":
+        sig2 = post_var.copy()
+        sig2[0] = post_var[1]
+    else:
+        raise ValueError(variance)
+    terms = np.empty(betas.size + 1)
+    terms[0] = np.sum(0.5 * np.log(2 * np.pi * sig2[0] * p2) + var_x0[0] / (2 * sig2[0] * p2))
+    k = slice(1, betas.size)
+    terms[1:-1] = np.sum(0.5 * (np.log(sig2[k] / post_var[k]) + post_var[k] / sig2[k] - 1
+                                + c1[k] ** 2 * var_x0[k] / (sig2[k] * p2)), axis=1)
+    a_t = abar[-1, 0]
+    terms[-1] = np.sum(0.5 * (-np.log(1 - a_t) + (1 - a_t) + a_t * (mean**2 + std**2) / p2 - 1))
     return float(terms.sum()), terms
 
 
@@ -248,6 +299,54 @@ def diffwave_fast_output(mix: Mixture1D, gammas: Sequence[float], grid: np.ndarr
         p = p @ kernel
     mean, _ = diffwave_fast_step(mix, gammas, 0, grid)
     return mean, p
+
+
+class DiagGaussian:
+    """Data N(mean, diag(std^2)) under the PriorGrad prior N(0, diag(prior_std^2)), per element (numpy, float64).
+
+    ``eps(x, a)`` is E[eps | x_t = x] for the scaled noise eps = prior_std z at noise level a; ``x`` is ``[..., D]``
+    (a drop-in for ``Mixture1D`` in ``ddim_map`` and ``heun_map``, elementwise).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], prior_std: Sequence[float]):
+        self.m = np.asarray(mean, dtype=np.float64)
+        self.s = np.asarray(std, dtype=np.float64)
+        self.p = np.asarray(prior_std, dtype=np.float64)
+
+    def torch_model(self, abar_fn: AbarFn) -> GaussianEps:
+        return GaussianEps(torch.tensor(self.m), torch.tensor(self.s), abar_fn, prior_std=torch.tensor(self.p))
+
+    def eps(self, x: np.ndarray, a: float) -> np.ndarray:
+        p2 = self.p**2
+        return math.sqrt(1 - a) * p2 * (x - math.sqrt(a) * self.m) / (a * self.s**2 + (1 - a) * p2)
+
+
+def affine_law(f: Callable[[np.ndarray], np.ndarray], var_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of f(x) for x ~ N(0, diag(var_in)) when f is affine per element: f(x) = A x + b."""
+    zeros = np.zeros_like(var_in)
+    b = f(zeros)
+    gain = f(zeros + 1.0) - b
+    return b, gain**2 * var_in
+
+
+def ancestral_law(g: DiagGaussian, betas: Sequence[float], variance: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exact per-element output mean and variance of Ho et al.'s Algorithm 2 on ``betas`` with g's exact eps,
+    started at x_T ~ N(0, p^2): x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sigma_t p z, with
+    sigma_t^2 = beta_t (``"beta"``) or beta~_t (``"posterior"``). Each step is affine, so the law stays Gaussian."""
+    betas = np.asarray(betas, dtype=np.float64)
+    abar = np.cumprod(1 - betas)
+    mean, var = np.zeros_like(g.p), g.p**2
+    for n in range(betas.size - 1, -1, -1):
+        def step(x, n=n):
+            return (x - betas[n] / math.sqrt(1 - abar[n]) * g.eps(x, abar[n])) / math.sqrt(1 - betas[n])
+
+        b = step(np.zeros_like(mean))
+        gain = step(np.ones_like(mean)) - b
+        mean, var = gain * mean + b, gain**2 * var
+        if n > 0:
+            sig2 = betas[n] if variance == "beta" else betas[n] * (1 - abar[n - 1]) / (1 - abar[n])
+            var = var + sig2 * g.p**2
+    return mean, var
 
 
 def mode_stats(points: np.ndarray, probs: np.ndarray | None, boundary: float) -> dict[str, float]:
