@@ -4,7 +4,8 @@
     sample       images from a trained model (DDPM, DDIM or Heun; guidance and classes; a grid and/or PNG files)
     evaluate     bits/dim on held-out images (discretised ELBO) and FID/KID against a reference set
     export       a run's EMA weights -> config.json + model.safetensors
-    quickstart   synthetic shapes -> the tiny U-Net trained on the CPU -> a DDIM grid and bits/dim
+    quickstart   digits from the shipped model; then synthetic shapes -> the tiny U-Net trained on the CPU -> a DDIM
+                 grid and bits/dim
 
 A mistake the user can fix (a bad recipe, a missing file, a class the model does not have) is one line
 ``error: ...`` with exit status 2; ``--debug`` (or ``DIFFSTACK_DEBUG=1``) shows the traceback. Output files are
@@ -22,7 +23,11 @@ from typing import Any, Callable, Sequence
 
 from diffcore.cli import UsageError, parse_args, recipe_parser, run_subcommands
 
-__all__ = ["main", "COMMANDS"]
+__all__ = ["main", "COMMANDS", "FID_FULL_SAMPLES"]
+
+#: Fewer generated images than this make ``evaluate`` warn that its FID is biased upwards (10k is the least that
+#: papers report; 50k the usual).
+FID_FULL_SAMPLES = 10_000
 
 
 def _parser(command: str, description: str) -> argparse.ArgumentParser:
@@ -32,7 +37,8 @@ def _parser(command: str, description: str) -> argparse.ArgumentParser:
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", required=True, metavar="PATH", help="run folder, checkpoint (.pt) or export folder")
+    p.add_argument("--model", "-m", required=True, metavar="PATH",
+                   help="run folder, checkpoint (.pt), export folder, or the name of a shipped model (mnist-small)")
     p.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda[:N] (default: auto)")
 
 
@@ -308,6 +314,10 @@ def cmd_evaluate(argv: list[str]) -> int:
                 raise UsageError("give --reference PATH (.npz or image folder) for FID/KID: the model's training "
                                  "data is not reachable")
             ref_name = "the training images of the model's recipe"
+        if args.num_samples < FID_FULL_SAMPLES:
+            print(f"warning: FID from {args.num_samples} samples is biased upwards (the bias shrinks roughly like "
+                  f"1/N); compare only figures with the same sample count, and use --num-samples "
+                  f"{FID_FULL_SAMPLES} or more for a figure to report (KID is unbiased)", file=sys.stderr)
         cache = args.cache_dir or os.environ.get("DIFF_CACHE") or Path.home() / ".cache" / "diffstack" / "fid"
         net = small_feature_network() if args.feature == "small" else None
         with tqdm(total=args.num_samples, desc="sample", unit="img", disable=None) as bar:
@@ -351,9 +361,22 @@ def cmd_export(argv: list[str]) -> int:
     p = _parser("export", "Export a run's EMA weights as config.json + model.safetensors.")
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run folder (its latest checkpoint) or a .pt file")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="the export folder")
+    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
+                   help="weights as stored (fp32, default) or cast to float16 (half the file; loaded as float32)")
     args = p.parse_args(argv)
     model = load(args.source, "cpu")  # checks that it is an image model before writing anything
-    out = export(args.source, args.out)
+    if args.dtype == "fp16":
+        import torch
+
+        from diffcore.checkpoint import check_export_target, find_latest, load_checkpoint
+
+        check_export_target(args.out)
+        src = Path(args.source)
+        ckpt = src if src.is_file() else find_latest(src)
+        step = str(int(load_checkpoint(ckpt)["step"])) if ckpt is not None else "unknown"
+        out = model.save(args.out, dtype=torch.float16, metadata={"step": step, "source": "ema"})
+    else:
+        out = export(args.source, args.out)
     load(out, "cpu")
     print(f"exported {model!r} -> {out}")
     return 0
@@ -376,11 +399,13 @@ def cmd_quickstart(argv: list[str]) -> int:
                    help="image size for --data folders (default: 32); .npz images keep their size")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--fresh", action="store_true", help="start a new run even if the output folder holds one")
+    p.add_argument("--no-pretrained", action="store_true",
+                   help="skip the first step: 64 digits drawn by the shipped mnist-small model")
     args = p.parse_args(argv)
     if args.steps < 1:
         raise UsageError("--steps must be at least 1")
     run_quickstart(args.out, steps=args.steps, data=args.data, image_size=args.image_size, device=args.device,
-                   fresh=args.fresh)
+                   fresh=args.fresh, pretrained=not args.no_pretrained)
     return 0
 
 

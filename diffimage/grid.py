@@ -52,18 +52,20 @@ def grid_shape(n: int, nrow: int | None = None) -> tuple[int, int]:
 
 def make_grid(images: Tensor | np.ndarray, nrow: int | None = None, padding: int = 2, pad_value: int = 0) -> Tensor:
     """Tile images into one uint8 image ``[rows·(H+p)+p, cols·(W+p)+p, C]`` (HWC, row-major, ``p = padding``
-    pixels of ``pad_value`` around and between the tiles; unused tiles stay ``pad_value``)."""
+    pixels of ``pad_value`` around and between the tiles; unused tiles stay ``pad_value``).
+
+    The tiling is ``torchvision.utils.make_grid``'s; this wrapper fixes the layout of the rows (:func:`grid_shape`),
+    works on 8-bit levels and keeps grey images grey (torchvision repeats one channel three times).
+    """
+    from torchvision.utils import make_grid as tv_make_grid
+
     x = to_uint8(images)
-    n, c, h, w = x.shape
-    rows, cols = grid_shape(n, nrow)
+    n, c = x.shape[:2]
+    _, cols = grid_shape(n, nrow)
     if padding < 0:
         raise ValueError(f"padding must not be negative, got {padding}")
-    out = torch.full((rows * (h + padding) + padding, cols * (w + padding) + padding, c), pad_value, dtype=torch.uint8)
-    for i in range(n):
-        r, col = divmod(i, cols)
-        top, left = padding + r * (h + padding), padding + col * (w + padding)
-        out[top:top + h, left:left + w] = x[i].permute(1, 2, 0)
-    return out
+    grid = tv_make_grid(x, nrow=cols, padding=padding, pad_value=pad_value)  # [3 or C, H', W']
+    return grid[:c].permute(1, 2, 0).contiguous()
 
 
 def save_png(image: Tensor | np.ndarray, path: str | os.PathLike) -> Path:

@@ -15,6 +15,7 @@ Notation (the paper's TF code → this module):
 | ``temb`` | ``emb`` | sinusoidal embedding of t, through a 2-layer MLP ``ch → 4ch → 4ch`` |
 | ``resamp_with_conv`` | ``resample="conv"`` | strided 3×3 conv down, nearest + 3×3 conv up |
 | (``False``) | ``resample="resample"`` | 2×2 average pool down, nearest up, no weights |
+| ``padding="SAME"`` of the strided conv | ``downsample_padding="same"`` | pad right/bottom only (TF's SAME; diffusers' ``downsample_padding=0``) |
 
 Improvements that are off by default so that the ``cifar10`` preset is the paper's network exactly (35.7M
 parameters): ``scale_shift_norm`` (adaptive group norm, Nichol & Dhariwal 2021 / Dhariwal & Nichol 2021),
@@ -55,6 +56,9 @@ class UNetConfig(ConfigBase):
     guided-diffusion); otherwise every attention layer has ``num_heads`` heads.
     ``resample``: ``"conv"`` (strided 3×3 conv / nearest + 3×3 conv, DDPM's ``resamp_with_conv=True``) or
     ``"resample"`` (2×2 average pool / nearest, no weights).
+    ``downsample_padding``: the strided conv pads one pixel on every side (``"symmetric"``, the default) or, as
+    TensorFlow's ``SAME`` padding in the paper's code and diffusers' ``downsample_padding=0`` do, one pixel at the
+    right and bottom only (``"same"``); weights trained with one do not fit the other.
 
     Presets (``UNetConfig.preset(name, **overrides)``):
 
@@ -77,6 +81,7 @@ class UNetConfig(ConfigBase):
     num_head_channels: int | None = None
     dropout: float = 0.1
     resample: Literal["conv", "resample"] = "conv"
+    downsample_padding: Literal["symmetric", "same"] = "symmetric"
     scale_shift_norm: bool = False
     num_classes: int | None = None
     class_dropout: float = 0.0
@@ -158,6 +163,8 @@ class UNetConfig(ConfigBase):
                 raise ConfigError(f"an attention layer with {c} channels cannot be split by {what}")
         if self.resample not in ("conv", "resample"):
             raise ConfigError(f"resample must be 'conv' or 'resample', got {self.resample!r}")
+        if self.downsample_padding not in ("symmetric", "same"):
+            raise ConfigError(f"downsample_padding must be 'symmetric' or 'same', got {self.downsample_padding!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.num_classes is not None and self.num_classes < 1:
@@ -289,14 +296,21 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve H and W: a 3×3 stride-2 conv (``with_conv``) or a 2×2 average pool. ``[B,C,H,W] → [B,C,H/2,W/2]``."""
+    """Halve H and W: a 3×3 stride-2 conv (``with_conv``) or a 2×2 average pool. ``[B,C,H,W] → [B,C,H/2,W/2]``.
 
-    def __init__(self, channels: int, with_conv: bool) -> None:
+    ``padding``: ``"symmetric"`` pads the conv's input by one pixel on every side; ``"same"`` by one at the right
+    and bottom only (TF's SAME padding for stride 2 on even sizes, which the DDPM paper's weights were trained with).
+    """
+
+    def __init__(self, channels: int, with_conv: bool, padding: Literal["symmetric", "same"] = "symmetric") -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if with_conv else None
+        self.same = padding == "same"
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if self.same else 1) if with_conv else None
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
-        return self.conv(x) if self.conv is not None else F.avg_pool2d(x, 2)
+        if self.conv is None:
+            return F.avg_pool2d(x, 2)
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.same else x)
 
 
 class Upsample(nn.Module):
@@ -366,7 +380,7 @@ class UNet(nn.Module):
                 self.down.append(_EmbSequential(*layers))
                 skip_channels.append(cur)
             if level != len(cfg.channel_mult) - 1:
-                self.down.append(_EmbSequential(Downsample(cur, with_conv)))
+                self.down.append(_EmbSequential(Downsample(cur, with_conv, cfg.downsample_padding)))
                 skip_channels.append(cur)
 
         self.middle = _EmbSequential(res(cur, cur), attn(cur), res(cur, cur))

@@ -111,7 +111,7 @@ def test_evaluate_bits_per_dim_on_the_recipes_held_out_images(run_dir, tmp_path)
     assert got["bits_per_dim"] == pytest.approx(float(expected.mean()), rel=1e-6)
 
 
-def test_evaluate_fid_and_kid_with_a_small_feature_network_and_cached_statistics(run_dir, tmp_path):
+def test_evaluate_fid_and_kid_with_a_small_feature_network_and_cached_statistics(run_dir, tmp_path, capsys):
     rng = np.random.default_rng(0)
     ref = rng.integers(0, 256, size=(40, 8, 8, 3)).astype(np.uint8)
     np.savez(tmp_path / "ref.npz", images=ref)
@@ -120,6 +120,8 @@ def test_evaluate_fid_and_kid_with_a_small_feature_network_and_cached_statistics
             "--num-samples", "24", "--batch-size", "12", "--steps", "3", "--cache-dir", str(cache), "--out",
             str(out), "--device", "cpu", "--feature", "small"]
     assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "warning: FID from 24 samples is biased upwards" in err and "--num-samples 10000" in err
     gen = json.loads((out / "metrics.json").read_text())["generation"]
     assert gen["num_samples"] == 24 and gen["num_reference"] == 40 and gen["features"] == "small-test-network"
     # an independent computation: the same samples, FID by the exact low-rank formula on fresh features

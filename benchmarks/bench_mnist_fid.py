@@ -1,0 +1,240 @@
+"""FID of an MNIST model against digits held out from its training, as its training minutes grow.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_mnist_fid.py --run runs/mnist_small \
+        --data ../shared/data/mnist/train.npz --minutes 15,30,45,60 --num-samples 500 --threads 1
+    python benchmarks/bench_mnist_fid.py --model mnist-small --data ../shared/data/mnist/train.npz \
+        --num-samples 2000 --samplers ddim50,heun18 --threads 2          # the shipped model
+
+Reference: the shared data has no MNIST test split, so the recipe (``recipes/mnist_small.yaml``: ``data.limit``
+50000) trains on the first 50,000 digits of ``train.npz`` and the last 10,000 are never seen in training; they are
+the FID reference here (``--reference-limit`` of them, spread evenly over the 10,000). Features: the standard FID
+Inception-v3 (:mod:`diffimage.fid`), reference statistics cached in ``--cache-dir``.
+
+FID from few samples is biased upwards (the bias shrinks roughly like 1/N), so every figure carries its number of
+generated and reference images, and figures are only comparable at equal counts; KID (unbiased) is reported too.
+Samples: DDIM (η = 0) with 50 steps, and Heun (Karras et al. 2022, ``heunN`` = N steps, 2N − 1 network
+evaluations), from the EMA weights, batches seeded ``seed + i``.
+
+Checkpoints: ``--minutes`` picks, for each value, the last checkpoint of the run folder at or before that many
+training minutes (wall-clock minutes of the training process, summed over the intervals of ``log.jsonl``, resumes
+not counted); ``--steps`` picks steps directly. Results accumulate in ``--out``/results.json (a point already
+measured with the same settings is skipped, so the benchmark can run while the model trains) and are plotted as
+``--out``/fid_curve.png. Not a test: it takes tens of minutes on a CPU (Inception-v3 costs about 0.3–0.8 s per image
+on one busy core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+#: Digits of train.npz the recipe trains on; the rest are the held-out FID reference.
+TRAIN_DIGITS = 50_000
+
+
+def heldout_reference(data: str | Path, limit: int | None, first: int = TRAIN_DIGITS) -> torch.Tensor:
+    """uint8 ``[N, 1, 28, 28]``: the digits of ``data`` from index ``first`` on (``limit`` of them, spread)."""
+    with np.load(data, allow_pickle=False) as d:
+        images = d["images"][first:]
+    if images.shape[0] == 0:
+        raise SystemExit(f"{data} has no images after index {first}")
+    if limit is not None and limit < images.shape[0]:
+        images = images[((np.arange(limit) + 0.5) * images.shape[0] / limit).astype(np.int64)]
+    return torch.from_numpy(np.ascontiguousarray(images))[:, None]
+
+
+def training_minutes(run_dir: Path) -> dict[int, float]:
+    """Training minutes at each logged step: the sum of the intervals between consecutive training records (a gap
+    over 10 minutes or a step that does not grow, i.e. a resume, adds nothing) plus the first record's own steps."""
+    out: dict[int, float] = {}
+    prev = None
+    total = 0.0
+    for line in (run_dir / "log.jsonl").read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(r.get("loss"), (int, float)) or "time" not in r or "step" not in r:
+            continue
+        if prev is None:
+            total = r["step"] / max(float(r.get("steps_per_s") or 1.0), 1e-9)
+        elif r["step"] > prev["step"] and 0 < r["time"] - prev["time"] < 600:
+            total += r["time"] - prev["time"]
+        out[int(r["step"])] = total / 60.0
+        prev = r
+    return out
+
+
+def minutes_at(step: int, table: dict[int, float]) -> float:
+    """Minutes at ``step``, interpolated between logged steps."""
+    steps = sorted(table)
+    if not steps:
+        return float("nan")
+    return float(np.interp(step, steps, [table[s] for s in steps]))
+
+
+def checkpoints(run_dir: Path) -> dict[int, Path]:
+    return {int(p.stem.split("_")[-1]): p for p in sorted((run_dir / "checkpoints").glob("step_*.pt"))}
+
+
+def parse_sampler(spec: str) -> tuple[str, int]:
+    """``ddim50`` → ("ddim", 50); ``heun18`` → ("heun", 18)."""
+    for name in ("ddim", "heun", "ddpm"):
+        if spec.startswith(name):
+            return name, int(spec[len(name):] or {"ddim": 50, "heun": 18, "ddpm": 1000}[name])
+    raise SystemExit(f"--samplers takes ddimN, heunN or ddpmN, got {spec!r}")
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "load_average": list(os.getloadavg()), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def measure(model, reference: torch.Tensor, sampler: str, steps: int, n: int, seed: int, cache: Path,
+            batch_size: int) -> dict[str, Any]:
+    from diffimage.api import fid_kid
+
+    t0 = time.perf_counter()
+    samples = model.sample_seeded(n, seed, batch_size, sampler=sampler, steps=steps)
+    t_sample = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scores = fid_kid(samples, reference, cache_dir=cache, kid=True, kid_reference=reference.shape[0],
+                     kid_subset_size=min(1000, n, reference.shape[0]), batch_size=batch_size, device="cpu")
+    return {"fid": scores["fid"], "kid": scores["kid"], "kid_std": scores["kid_std"], "num_samples": n,
+            "num_reference": int(reference.shape[0]), "sampler": sampler, "steps": steps, "seed": seed,
+            "sample_s": t_sample, "features_s": time.perf_counter() - t0}, samples
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups: dict[tuple, list] = {}
+    for r in results:
+        if r.get("minutes") is None:
+            continue
+        groups.setdefault((r["sampler"], r["steps"], r["num_samples"], r["num_reference"]), []).append(r)
+    for (sampler, steps, n, n_ref), rows in sorted(groups.items()):
+        rows = sorted(rows, key=lambda r: r["minutes"])
+        ax.plot([r["minutes"] for r in rows], [r["fid"] for r in rows], "o-",
+                label=f"{sampler} {steps} steps, {n} samples vs {n_ref} held-out digits")
+    ax.set_xlabel("training minutes (1 CPU thread)")
+    ax.set_ylabel("FID (Inception-v3)")
+    ax.set_title("MNIST: FID against held-out digits")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, help="a run folder: its checkpoints at --minutes / --steps")
+    src.add_argument("--model", help="one model: a shipped name, export folder or checkpoint")
+    p.add_argument("--data", type=Path, default=None, help="train.npz (default: $DIFF_DATA/mnist/train.npz)")
+    p.add_argument("--minutes", default="", help="comma-separated training minutes (with --run)")
+    p.add_argument("--steps", default="", help="comma-separated checkpoint steps (with --run)")
+    p.add_argument("--samplers", default="ddim50", help="comma-separated ddimN / heunN (default: ddim50)")
+    p.add_argument("--num-samples", type=int, default=1000, help="generated images per point (default: 1000)")
+    p.add_argument("--reference-limit", type=int, default=1000, help="held-out digits used (default: 1000 of 10000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="reference feature cache (default: $DIFF_CACHE or "
+                   "~/.cache/diffstack/fid)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "mnist_fid")
+    p.add_argument("--grid", action="store_true", help="also write the first 64 samples of each point as a PNG")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from diffimage.api import load
+    from diffimage.grid import save_grid
+
+    data = args.data or Path(os.environ.get("DIFF_DATA", REPO.parent / "shared" / "data")) / "mnist" / "train.npz"
+    if not Path(data).is_file():
+        raise SystemExit(f"{data} does not exist: give --data PATH/train.npz")
+    cache = args.cache_dir or Path(os.environ.get("DIFF_CACHE") or Path.home() / ".cache" / "diffstack" / "fid")
+    reference = heldout_reference(data, args.reference_limit)
+    samplers = [parse_sampler(s) for s in args.samplers.split(",") if s]
+
+    points: list[tuple[str, float | None, int | None, str]] = []  # (source, minutes, step, label)
+    if args.run is not None:
+        table = training_minutes(args.run)
+        ckpts = checkpoints(args.run)
+        if not ckpts:
+            raise SystemExit(f"{args.run} has no checkpoints")
+        wanted = [int(s) for s in args.steps.split(",") if s]
+        for m in (float(v) for v in args.minutes.split(",") if v):
+            before = [s for s in ckpts if minutes_at(s, table) <= m + 1e-9]
+            if before:
+                wanted.append(max(before))
+        if not wanted:
+            wanted = [max(ckpts)]
+        for s in sorted(set(wanted)):
+            points.append((str(ckpts[s]), minutes_at(s, table), s, f"step {s}"))
+    else:
+        points.append((args.model, None, None, args.model))
+
+    out_file = args.out / "results.json"
+    results: list[dict[str, Any]] = json.loads(out_file.read_text()) if out_file.is_file() else []
+    for source, minutes, step, label in points:
+        model = None
+        for sampler, steps in samplers:
+            key = dict(source=source, sampler=sampler, steps=steps, num_samples=args.num_samples,
+                       num_reference=int(reference.shape[0]), seed=args.seed)
+            if any(all(r.get(k) == v for k, v in key.items()) for r in results):
+                print(f"{label} {sampler}{steps}: measured already", flush=True)
+                continue
+            if model is None:
+                model = load(source, "cpu")
+                if step is None:
+                    card_minutes = model.info.get("provenance", {}).get("training_minutes")
+                    minutes = float(card_minutes) if card_minutes is not None else None
+                    step = model.info.get("provenance", {}).get("training_steps")
+            row, samples = measure(model, reference, sampler, steps, args.num_samples, args.seed, cache,
+                                   args.batch_size)
+            row.update(source=source, step=step, minutes=minutes, machine=machine())
+            results.append(row)
+            args.out.mkdir(parents=True, exist_ok=True)
+            out_file.write_text(json.dumps(results, indent=1) + "\n")
+            if args.grid:
+                save_grid(samples[:64], args.out / f"samples_{Path(source).stem}_{sampler}{steps}.png", nrow=8)
+            print(f"{label} ({'?' if minutes is None else f'{minutes:.1f}'} min): {sampler} {steps} steps: "
+                  f"FID {row['fid']:.2f}, KID {row['kid']:.4f} ± {row['kid_std']:.4f} ({args.num_samples} samples vs "
+                  f"{reference.shape[0]} held-out digits; sampling {row['sample_s']:.0f} s, features "
+                  f"{row['features_s']:.0f} s)", flush=True)
+    plot(results, args.out / "fid_curve.png")
+    print(f"results: {out_file}; curve: {args.out / 'fid_curve.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
