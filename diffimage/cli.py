@@ -56,10 +56,18 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
-    if args.steps is not None and args.steps < 1:
-        raise UsageError("--steps must be at least 1")
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
+    from diffcore.cli import check_number
+    from diffcore.utils import resolve_device
+
+    # Every numeric option finite and in range before the model is loaded (NaN --eta wrote a black grid).
+    check_number("--steps", args.steps, 1, 100_000)
+    check_number("--batch-size", args.batch_size, 1, 4096)
+    check_number("--eta", args.eta, 0, 10)
+    check_number("--guidance-scale", args.guidance_scale, -1000, 1000)
+    check_number("--seed", args.seed, 0, 2**63 - 1)
+    for option in ("n", "nrow", "num_images", "num_samples", "reference_limit"):
+        check_number(f"--{option.replace('_', '-')}", getattr(args, option, None), 1, 100_000)
+    resolve_device(args.device)
     return dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance_scale)
 
 

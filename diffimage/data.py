@@ -17,8 +17,10 @@ for digits and text, whose mirror images are not in the distribution.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Literal
@@ -57,8 +59,41 @@ def unit_to_uint8(images: Tensor) -> Tensor:
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+#: Errors of an image file that cannot be used: unreadable, truncated, or a decompression bomb (PIL's limit).
+_UNUSABLE = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError,
+             Image.DecompressionBombWarning)
+
+
+@contextlib.contextmanager
+def _bombs_are_errors():
+    """PIL only warns for images above ``MAX_IMAGE_PIXELS`` (and raises above twice that): both skip the file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit (``I;16*``), 32-bit integer (``I``) or float (``F``) grey image scaled to 8 bits by its bit depth.
+
+    ``convert("L")`` would clip every value above 255 to white: a 16-bit PNG came out all white."""
+    if img.mode.startswith("I;16"):
+        bits = 16
+    elif img.mode == "I":  # PNG and TIFF 16-bit greys may open as "I"; a wider range means 32-bit data
+        bits = 16 if int(np.asarray(img).max(initial=0)) <= 65535 else 32
+    elif img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0  # float images in [0, 1], else already in [0, 255]
+        return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), "L")
+    else:
+        return img
+    arr = np.asarray(img).astype(np.float64)
+    return Image.fromarray(np.clip(np.rint(arr * 255.0 / (2.0**bits - 1)), 0, 255).astype(np.uint8), "L")
+
+
 def _pil_to_chw(img: Image.Image, channels: Literal[1, 3]) -> Tensor:
-    """PIL image → uint8 ``[C, H, W]`` with 1 (``L``) or 3 (``RGB``) channels; alpha is composited on black."""
+    """PIL image → uint8 ``[C, H, W]`` with 1 (``L``) or 3 (``RGB``) channels; alpha is composited on black;
+    16-bit, 32-bit and float grey images are scaled by their bit depth."""
+    img = _to_8bit(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
@@ -139,10 +174,10 @@ class ImageFolderDataset(Dataset):
     @staticmethod
     def _readable(path: Path) -> bool:
         try:
-            with Image.open(path) as img:
+            with _bombs_are_errors(), Image.open(path) as img:
                 img.verify()
             return True
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        except _UNUSABLE as e:
             log.warning("unreadable image %s skipped: %s", path, e)
             return False
 
@@ -151,8 +186,9 @@ class ImageFolderDataset(Dataset):
 
     def load(self, index: int) -> Tensor:
         """The image at ``index`` as uint8 ``[C, H, W]`` (resized/cropped, no flip)."""
-        with Image.open(self.files[index]) as img:
+        with _bombs_are_errors(), Image.open(self.files[index]) as img:
             img.load()
+            img = _to_8bit(img)
             if self.image_size is not None:
                 img = _resize_center_crop(img, self.image_size)
             return _pil_to_chw(img, self.channels)
@@ -162,11 +198,31 @@ class ImageFolderDataset(Dataset):
             i = (index + attempt) % len(self.files)
             try:
                 image = self.load(i)
-            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+            except _UNUSABLE as e:
                 log.warning("unreadable image %s skipped: %s", self.files[i], e)
+                if self.files[i] not in self.skipped:
+                    self.skipped.append(self.files[i])
                 continue
             return _item(image, -1, self.random_flip)
         raise RuntimeError(f"no image under {str(self.root)!r} could be decoded")
+
+
+def _check_labels(labels: np.ndarray) -> np.ndarray:
+    """Class labels as int64, refusing what would train silently wrong: a non-numeric dtype, fractional values
+    (``astype`` would truncate 2.7 to 2) and negative ones. The message names the first bad value and its index."""
+    if labels.dtype == np.bool_ or not (np.issubdtype(labels.dtype, np.integer) or
+                                        np.issubdtype(labels.dtype, np.floating)):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    if np.issubdtype(labels.dtype, np.floating):
+        bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
+        if bad.size:
+            raise ValueError(f"labels must be whole numbers, but labels[{bad[0]}] is {labels[bad[0]].item()!r}")
+    negative = np.flatnonzero(labels < 0)
+    if negative.size:
+        raise ValueError(f"labels must lie in [0, num_classes), but labels[{negative[0]}] is {labels[negative[0]].item()!r}")
+    if labels.size and labels.max() > np.iinfo(np.int64).max // 2:
+        raise ValueError(f"labels must lie in [0, num_classes), but one is {labels.max().item()!r}")
+    return labels.astype(np.int64)
 
 
 class NpzImageDataset(Dataset):
@@ -209,6 +265,8 @@ class NpzImageDataset(Dataset):
             raise ValueError(f"images must be [N, H, W] or [N, H, W, C] with C = 1 or 3, got {list(images.shape)}")
         if labels is not None and labels.shape != (images.shape[0],):
             raise ValueError(f"labels must have shape [{images.shape[0]}], got {list(labels.shape)}")
+        if labels is not None:
+            labels = _check_labels(labels)
         self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # [N, C, H, W] view
         self.labels = None if labels is None else torch.from_numpy(labels.astype(np.int64))
         self.random_flip = random_flip

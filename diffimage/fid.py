@@ -26,7 +26,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,18 +238,10 @@ class FeatureStats:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``.npz`` atomically (temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), feature_id=np.str_(self.feature_id))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from diffcore.checkpoint import atomic_write  # the package's one atomic writer (mode, fsync, rename)
+
+        atomic_write(path, lambda f: np.savez(f, mu=self.mu, sigma=self.sigma, n=np.int64(self.n),
+                                              feature_id=np.str_(self.feature_id)))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FeatureStats":

@@ -257,7 +257,8 @@ def build_datasets(data: ImageDataConfig, model: UNetConfig) -> tuple[Dataset, D
             raise ConfigError("model.num_classes is set but an image folder has no labels: use an .npz with "
                               "'labels', a labelled torchvision source, or an unconditional model")
         if labels is not None and len(labels) and int(labels.max()) >= model.num_classes:
-            raise ConfigError(f"the data has label {int(labels.max())} but model.num_classes is {model.num_classes}")
+            where = f"data.path {str(data.path)!r}: " if data.path else ""
+            raise ConfigError(f"{where}label {int(labels.max())} is outside [0, model.num_classes={model.num_classes})")
     held = holdout_indices(n, data.holdout)
     held_set = set(held)
     train: Dataset = Subset(base, [i for i in range(n) if i not in held_set]) if held else base

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,6 +26,7 @@ __all__ = [
     "AudioError",
     "AudioInfo",
     "AUDIO_EXTENSIONS",
+    "OUTPUT_FORMATS",
     "audio_info",
     "load_audio",
     "save_audio",
@@ -48,6 +48,9 @@ MIN_SAMPLE_RATE, MAX_SAMPLE_RATE, MAX_CHANNELS = 1000, 1_000_000, 64
 MAX_RESAMPLE_KERNEL = 1 << 24
 #: Input samples resampled per piece for long clips (bounds the convolution's intermediate buffers).
 RESAMPLE_CHUNK = 1 << 19
+
+#: Output suffixes ``save_audio`` writes, and the container each gets (anything else is written as WAV).
+OUTPUT_FORMATS: dict[str, str] = {".wav": "WAV", ".wave": "WAV", ".flac": "FLAC"}
 
 #: File extensions that libsndfile (through soundfile) decodes.
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(
@@ -107,9 +110,25 @@ def _wav_truncation(path: Path) -> str | None:
                 available = size - (pos + 8)
                 if available < csize:
                     return f"truncated: the header announces {csize} bytes of samples but only {available} are present"
+                after = pos + 8 + csize + (csize & 1)
+                if size - after >= 1024 and not _chunk_follows(f, after, size):
+                    # a writer that never patched the header: the samples go on past the announced length
+                    log.warning("%s: the WAV header announces %d bytes of samples, but %d more bytes follow them; "
+                                "only the announced %.0f%% is read (fix the header, e.g. re-encode the file)",
+                                path, csize, size - after, 100.0 * csize / max(1, csize + size - after))
                 return None
             pos += 8 + csize + (csize & 1)  # chunks are word-aligned
     return None
+
+
+def _chunk_follows(f, at: int, size: int) -> bool:
+    """Whether a plausible RIFF chunk (four printable ASCII id bytes, a size that fits the file) starts at ``at``."""
+    f.seek(at)
+    head = f.read(8)
+    if len(head) < 8:
+        return False
+    cid, csize = head[:4], struct.unpack("<I", head[4:])[0]
+    return all(32 <= c < 127 for c in cid) and at + 8 + csize <= size + 1
 
 
 def _check_header(path: Path, frames: int, sample_rate: int, channels: int, max_duration_s: float | None) -> None:
@@ -234,7 +253,8 @@ def load_audio(
         with sf.SoundFile(str(path)) as f:
             # The header is checked before sf.read allocates frames x channels floats from it.
             _check_header(path, int(f.frames), int(f.samplerate), int(f.channels), max_duration_s)
-            data = f.read(dtype="float32", always_2d=True)  # [T, C]
+            # Some codecs (GSM 6.10, ...) are not seekable in libsndfile: they need the frame count given.
+            data = f.read(-1 if f.seekable() else int(f.frames), dtype="float32", always_2d=True)  # [T, C]
             sr = int(f.samplerate)
     except (sf.SoundFileError, RuntimeError, TypeError, ValueError, MemoryError) as e:
         if isinstance(e, AudioError):
@@ -275,10 +295,12 @@ def save_audio(
     *,
     subtype: Literal["PCM_16", "PCM_24", "FLOAT"] = "PCM_16",
 ) -> Path:
-    """Write ``wav`` (``[T]`` or ``[C, T]``) as a WAV file, clipped to [-1, 1], atomically.
+    """Write ``wav`` (``[T]`` or ``[C, T]``) as a WAV file (FLAC for a ``.flac`` path), clipped to [-1, 1].
 
-    The file is written to a temporary name in the same folder and renamed, so a reader never sees half a file.
-    ``subtype`` is 16-bit PCM by default, ``FLOAT`` for 32-bit float. Returns the path.
+    Written through :func:`diffcore.checkpoint.atomic_write`, the package's one atomic writer: a temporary name in
+    the same folder, fsync, rename, so a reader never sees half a file and the mode follows the umask like every
+    other output; a failed write (disk full) raises ``CheckpointError`` naming the file and leaves nothing behind.
+    ``subtype`` is 16-bit PCM by default, ``FLOAT`` for 32-bit float (WAV only). Returns the path.
     """
     path = Path(path)
     if isinstance(wav, torch.Tensor):
@@ -291,18 +313,12 @@ def save_audio(
     data = np.clip(data, -1.0, 1.0)
     if data.ndim == 2:
         data = data.T  # soundfile wants [T, C]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            sf.write(f, data, int(sample_rate), subtype=subtype, format="WAV")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    fmt = OUTPUT_FORMATS.get(path.suffix.lower(), "WAV")
+    if fmt != "WAV" and subtype == "FLOAT":
+        raise AudioError(f"{path}: {fmt} cannot hold float samples; write a .wav")
+    from diffcore.checkpoint import atomic_write  # the one atomic writer of the package (mode, fsync, rename)
+
+    atomic_write(path, lambda f: sf.write(f, data, int(sample_rate), subtype=subtype, format=fmt))
     return path
 
 

@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from diffcore.cli import UsageError, parse_args, recipe_parser, run_subcommands
+from diffcore.cli import (UsageError, check_number, check_output_dir, check_output_file, parse_args, recipe_parser,
+                          run_subcommands)
 
 __all__ = ["main", "COMMANDS"]
 
@@ -71,6 +72,24 @@ def _add_model_args(p: argparse.ArgumentParser, steps: bool = True) -> None:
                        help="also torch.compile the network (about a minute per input shape; pays off on long jobs)")
 
 
+#: Upper bounds of the numeric options (far above any sensible use; they stop typos like --n 10000000000).
+MAX_BATCH = 4096
+MAX_COUNT = 100_000
+MAX_SEED = 2**63 - 1
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """``--device`` is checked before a model is loaded: an unknown name lists the valid ones."""
+    from diffcore.utils import resolve_device
+
+    resolve_device(args.device)
+
+
+def _from_stored_config(error: BaseException, stored: Path) -> UsageError:
+    return UsageError(f"{' '.join(str(error).split())} (this path comes from the run's {stored}; pass --recipe or an "
+                      "override such as data.path=... to change it)")
+
+
 def _fast_option(args: argparse.Namespace):
     """The ``fast=`` argument of the sampling functions from ``--no-fast`` / ``--compile``."""
     if args.fast == "off":
@@ -102,6 +121,7 @@ def cmd_preprocess(argv: list[str]) -> int:
     p.add_argument("--out", metavar="DIR", help="the cache folder (default: the recipe's data.cache_dir)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs; 0: this process)")
     args = parse_args(p, argv)
+    check_number("--workers", args.workers, 0, 512)
     recipe = load_diffwave_recipe(args.recipe, args.overrides, data=args.data)
     if recipe.model.mel is None:
         raise UsageError("this recipe's model is unconditional (no mel front end): there is nothing to preprocess")
@@ -123,6 +143,7 @@ def cmd_preprocess(argv: list[str]) -> int:
 
 @_user_errors
 def cmd_train(argv: list[str]) -> int:
+    from diffcore.config import ConfigError
     from diffcore.train import Trainer
     from diffwave.recipe import load_diffwave_recipe
     from diffwave.task import make_task
@@ -139,7 +160,13 @@ def cmd_train(argv: list[str]) -> int:
             raise UsageError(f"give --recipe FILE (the run folder {args.run_dir} has no config.yaml to resume from)")
         recipe_path = stored
     recipe = load_diffwave_recipe(recipe_path, args.overrides, data=args.data)
-    summary = Trainer(make_task(recipe), recipe.train, args.run_dir).fit()
+    try:
+        task = make_task(recipe)
+    except (FileNotFoundError, ConfigError) as e:
+        if recipe_path == stored and args.data is None:
+            raise _from_stored_config(e, stored) from e
+        raise
+    summary = Trainer(task, recipe.train, args.run_dir).fit()
     if _is_main_rank():
         print(f"trained to step {summary['step']} (loss {summary['loss']:.4g}) on {summary['device']} "
               f"x{summary['world_size']}, {summary['precision']}; checkpoint: {summary['checkpoint']}")
@@ -152,6 +179,7 @@ def cmd_train(argv: list[str]) -> int:
 @_user_errors
 def cmd_vocode(argv: list[str]) -> int:
     from diffwave.api import load
+    from diffwave.audio import OUTPUT_FORMATS
     from diffwave.vocode import DEFAULT_MAX_FRAMES, collect_inputs, vocode_files
 
     p = _parser("vocode", "Turn mel spectrograms (.npy/.pt, in the model's mel preset) or recordings (their mel is "
@@ -159,7 +187,8 @@ def cmd_vocode(argv: list[str]) -> int:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, mel files or folders of them")
     _add_model_args(p)
     p.add_argument("--out", "-o", default="vocoded", metavar="PATH",
-                   help="output folder (default: vocoded/), or a .wav path for a single input")
+                   help="output folder (default: vocoded/), or a .wav/.flac path for a single input (an existing "
+                        "file there is replaced only if it is a .wav/.flac)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per network call (default: 16)")
     p.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
                    help=f"longest mel vocoded in one piece; longer ones go in exact overlapping chunks "
@@ -167,15 +196,32 @@ def cmd_vocode(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     p.add_argument("--strict", action="store_true", help="refuse audio at another sample rate instead of resampling")
     args = p.parse_args(argv)
+    check_number("--batch-size", args.batch_size, 1, MAX_BATCH)
+    check_number("--max-frames", args.max_frames, 1, 1_000_000)
+    check_number("--seed", args.seed, 0, MAX_SEED)
+    _check_device(args)
     inputs = collect_inputs(args.inputs)
     single = None
-    if args.out.lower().endswith(".wav"):
+    if Path(args.out).suffix.lower() in OUTPUT_FORMATS:
         if len(inputs) != 1:
             raise UsageError(f"--out {args.out} names one file, but there are {len(inputs)} inputs: give a folder")
         single = args.out
+    # Checked before the model is loaded and anything is sampled: a folder that cannot be written, a path under a
+    # file, too little free space (16-bit output: about 2 bytes per sample at the model's rate, estimated from the
+    # input sizes).
+    need = sum(_output_bytes_estimate(item.path, item.is_mel) for item in inputs)
+    if single is not None:
+        check_output_file(single, sorted(OUTPUT_FORMATS), need_bytes=need)
+    else:
+        check_output_dir(args.out, need_bytes=need)
     voc = load(args.model, args.device)
     if not voc.conditional:
         raise UsageError(f"{args.model} is an unconditional model: use `diffwave generate`")
+    from diffwave.vocode import context_frames
+
+    if args.max_frames <= 2 * context_frames(voc.model.config):
+        raise UsageError(f"--max-frames must be above {2 * context_frames(voc.model.config)} for this model (twice "
+                         "the context frames each chunk carries on both sides)")
     written, failed = vocode_files(voc.model, inputs, args.out, args.steps, seed=args.seed,
                                    batch_size=args.batch_size, max_frames=args.max_frames, strict=args.strict,
                                    single_output=single, fast=_fast_option(args))
@@ -189,6 +235,16 @@ def cmd_vocode(argv: list[str]) -> int:
     return 0
 
 
+def _output_bytes_estimate(path: Path, is_mel: bool) -> int:
+    """Rough size of the 16-bit output of one input: a mel file holds 4 bytes per band and frame (80 bands, 256
+    samples of 2 bytes per frame: about 1.6 times its size); a recording about its own size."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return 0
+    return int(size * 1.6) if is_mel else size
+
+
 # --------------------------------------------------------------------------------------------------- generate
 
 
@@ -196,6 +252,7 @@ def cmd_vocode(argv: list[str]) -> int:
 def cmd_generate(argv: list[str]) -> int:
     import torch
 
+    from diffcore.checkpoint import atomic_write
     from diffwave.api import load
     from diffwave.audio import save_audio
 
@@ -208,8 +265,12 @@ def cmd_generate(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=8, help="clips per sampling run (default: 8)")
     p.add_argument("--seconds", type=float, default=None, help="clip length (default: the model's audio_length)")
     args = p.parse_args(argv)
-    if args.n < 1 or args.batch_size < 1:
-        raise UsageError("--n and --batch-size must be at least 1")
+    check_number("--n", args.n, 1, MAX_COUNT)
+    check_number("--batch-size", args.batch_size, 1, MAX_BATCH)
+    check_number("--seed", args.seed, 0, MAX_SEED)
+    check_number("--seconds", args.seconds, 0, 3600, lo_open=True)
+    _check_device(args)
+    check_output_dir(args.out)
     voc = load(args.model, args.device)
     if voc.conditional:
         raise UsageError(f"{args.model} is a mel-conditioned vocoder: use `diffwave vocode`")
@@ -227,8 +288,8 @@ def cmd_generate(argv: list[str]) -> int:
                 path = save_audio(out / f"sample_{i + j:04d}.wav", clip, voc.sample_rate)
                 manifest.append({"file": path.name, "seed": args.seed + i, "index_in_batch": j})
             bar.update(k)
-    (out / "manifest.json").write_text(json.dumps({"model": voc.source, "steps": args.steps, "clips": manifest},
-                                                  indent=1) + "\n")
+    text = json.dumps({"model": voc.source, "steps": args.steps, "clips": manifest}, indent=1) + "\n"
+    atomic_write(out / "manifest.json", lambda f: f.write(text.encode()))
     print(f"generated {args.n} clip(s) at {voc.sample_rate} Hz -> {out}")
     return 0
 
@@ -272,6 +333,14 @@ def cmd_evaluate(argv: list[str]) -> int:
     p.add_argument("--classifier-epochs", type=int, default=30, help="epochs when training the classifier (default: 30)")
     p.add_argument("--batch-size", type=int, default=16, help="clips per sampling run (unconditional)")
     args = p.parse_args(argv)
+    check_number("--n", args.n, 1, MAX_COUNT)
+    check_number("--seed", args.seed, 0, MAX_SEED)
+    check_number("--max-seconds", args.max_seconds, 0, 3600, lo_open=True)
+    check_number("--gl-iters", args.gl_iters, 1, 10_000)
+    check_number("--classifier-epochs", args.classifier_epochs, 1, 10_000)
+    check_number("--batch-size", args.batch_size, 1, MAX_BATCH)
+    _check_device(args)
+    check_output_dir(args.out)
     voc = load(args.model, args.device)
     if args.data is not None:
         files = resolve_files(DataConfig(path=args.data))
@@ -280,13 +349,14 @@ def cmd_evaluate(argv: list[str]) -> int:
         if not files:
             raise UsageError("give --data PATH: the model's recipe holds no reachable held-out clips (data.holdout)")
     if voc.conditional:
-        files = files[: args.n or 8]
+        files = files[: args.n if args.n is not None else 8]
         result = evaluate_resynthesis_files(voc, files, args.out, args.steps, seed=args.seed, fast=_fast_option(args),
                                             max_seconds=args.max_seconds, with_dnsmos=not args.no_dnsmos,
                                             gl_iters=args.gl_iters)
         print(result["table"].markdown())
     else:
-        result = evaluate_generation(voc, files, args.out, args.n or 64, args.steps, seed=args.seed,
+        result = evaluate_generation(voc, files, args.out, args.n if args.n is not None else 64, args.steps,
+                                     seed=args.seed,
                                      fast=_fast_option(args),
                                      batch_size=args.batch_size, classifier=args.classifier,
                                      classifier_epochs=args.classifier_epochs)
@@ -300,13 +370,14 @@ def cmd_evaluate(argv: list[str]) -> int:
 
 @_user_errors
 def cmd_export(argv: list[str]) -> int:
-    from diffcore.checkpoint import export
+    from diffcore.checkpoint import check_export_target, export
     from diffwave.api import load
 
     p = _parser("export", "Export a run's EMA weights as config.json + model.safetensors.")
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run folder (its latest checkpoint) or a .pt file")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="the export folder")
     args = p.parse_args(argv)
+    check_export_target(args.out)
     voc = load(args.source, "cpu")  # checks that it is a DiffWave model before writing anything
     out = export(args.source, args.out)
     load(out, "cpu")
@@ -324,6 +395,9 @@ def cmd_import_lmnt(argv: list[str]) -> int:
     p.add_argument("source", metavar="LMNT_CHECKPOINT")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="the export folder")
     args = p.parse_args(argv)
+    from diffcore.checkpoint import check_export_target
+
+    check_export_target(args.out)
     voc = Vocoder.from_lmnt(args.source, "cpu")
     step = read_lmnt_checkpoint(args.source).get("step", 0)
     from diffwave.api import save_export
@@ -341,8 +415,9 @@ def cmd_import_lmnt(argv: list[str]) -> int:
 def cmd_quickstart(argv: list[str]) -> int:
     from diffwave.quickstart import DEFAULT_MINUTES, run_quickstart
 
-    p = _parser("quickstart", "Train a small vocoder on the CPU for a few minutes on speech-like audio this package "
-                "synthesises (or on your recordings with --data), vocode held-out clips, and compare with "
+    p = _parser("quickstart", "Vocode a few seconds of real speech with the vocoder that ships with the package, "
+                "then train a small vocoder on the CPU for a few minutes on speech-like audio this package "
+                "synthesises (or on your recordings with --data), vocode held-out clips, and compare both with "
                 "Griffin-Lim.")
     p.add_argument("--out", "-o", default="quickstart_out", metavar="DIR", help="output folder (default: quickstart_out/)")
     p.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
@@ -352,9 +427,14 @@ def cmd_quickstart(argv: list[str]) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--fresh", action="store_true", help="start a new run even if the output folder holds one")
     p.add_argument("--no-dnsmos", action="store_true", help="skip DNSMOS")
+    p.add_argument("--no-pretrained", action="store_true",
+                   help="skip the first part (the shipped vocoder on the shipped speech clips)")
     args = p.parse_args(argv)
+    check_number("--minutes", args.minutes, 0, 24 * 60, lo_open=True)
+    check_number("--steps", args.steps, 1, 10_000_000)
+    _check_device(args)
     run_quickstart(args.out, minutes=args.minutes, steps=args.steps, data=args.data, device=args.device,
-                   fresh=args.fresh, with_dnsmos=not args.no_dnsmos)
+                   fresh=args.fresh, with_dnsmos=not args.no_dnsmos, pretrained=not args.no_pretrained)
     return 0
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffcore.checkpoint import load_error_detail
+from diffcore.checkpoint import first_shape_mismatch, load_error_detail
 from diffcore.config import ConfigError, DiffusionConfig
 from diffwave.config import DiffWaveConfig, training_betas
 from diffwave.model import DiffWave, step_embedding_table
@@ -135,12 +135,38 @@ def _diffusion_from_betas(betas: list[float]) -> DiffusionConfig:
     )
 
 
+def _check_param_types(p: Mapping[str, Any]) -> None:
+    """Each lmnt hyper-parameter we read has the type lmnt gives it, and a schedule is a short list of numbers:
+    a wrong type is a ``ConfigError`` naming the parameter (before any ``int()`` or allocation)."""
+    from diffcore.config import MAX_SEQUENCE
+
+    for key in ("hop_samples", "sample_rate", "n_mels", "n_fft", "residual_layers", "residual_channels",
+                "dilation_cycle_length", "audio_len"):
+        v = p.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v) or v < 1:
+            raise ConfigError(f"params.{key} must be a positive integer, got {v!r}")
+    if not isinstance(p.get("unconditional"), (bool, int)):
+        raise ConfigError(f"params.unconditional must be true or false, got {p.get('unconditional')!r}")
+    for key in ("noise_schedule", "inference_noise_schedule"):
+        v = p.get(key)
+        if not isinstance(v, (list, tuple)) and not (isinstance(v, (Tensor, np.ndarray)) and v.ndim == 1):
+            raise ConfigError(f"params.{key} must be a list of betas, got {type(v).__name__}")
+        if len(v) > MAX_SEQUENCE:
+            raise ConfigError(f"params.{key} has {len(v)} betas, more than the limit {MAX_SEQUENCE}")
+        if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and 0 < b < 1
+                   for b in (v.tolist() if isinstance(v, (Tensor, np.ndarray)) else v)):
+            raise ConfigError(f"params.{key} must hold betas in (0, 1)")
+
+
 def config_from_lmnt_params(params: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> DiffWaveConfig:
     """The :class:`DiffWaveConfig` equivalent to lmnt hyper-parameters (missing keys take lmnt's defaults).
 
     ``overrides`` (nested field names → values) are applied on top, e.g. ``{"fast_betas": [...]}``.
     """
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"params must be a mapping of hyper-parameters, got {type(params).__name__}")
     p = {**LMNT_DEFAULTS, **dict(params)}
+    _check_param_types(p)
     conditional = not bool(p["unconditional"])
     hop, sr, n_mels = int(p["hop_samples"]), int(p["sample_rate"]), int(p["n_mels"])
     if conditional and hop != 256:
@@ -216,8 +242,13 @@ def load_lmnt_checkpoint(
         config = config_from_lmnt_params(ckpt["params"], overrides)
     except ConfigError as e:
         raise LmntImportError(f"{path}: its params do not describe a model we can build: {e}") from None
+    if not isinstance(ckpt["model"], Mapping):
+        raise LmntImportError(f"{path}: its 'model' entry is a {type(ckpt['model']).__name__}, not a state dict")
     model = DiffWave(config)
     state = _model_state(ckpt["model"], config.diffusion.num_steps, str(path))
+    mismatch = first_shape_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise LmntImportError(f"{path}: the weights do not fit the model its params describe ({mismatch})")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise LmntImportError(

@@ -13,7 +13,6 @@ import json
 import logging
 import multiprocessing
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffcore.checkpoint import atomic_write
 from diffwave.audio import AudioError, load_audio
 from diffwave.mel import MelConfig, compute_mel
 
@@ -43,19 +43,11 @@ def mel_cache_path(audio_path: str | os.PathLike, config: MelConfig, cache_dir: 
 
 
 def write_mel(path: str | os.PathLike, mel: torch.Tensor | np.ndarray) -> None:
-    """Save ``mel`` as float32 ``.npy`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
+    """Save ``mel`` as float32 ``.npy`` with the package's one atomic writer (:func:`diffcore.checkpoint.atomic_write`:
+    temporary file, fsync, rename; the usual file mode; ``CheckpointError`` naming the file when the write fails)."""
     arr = mel.detach().cpu().numpy() if isinstance(mel, torch.Tensor) else np.asarray(mel)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr.astype(np.float32, copy=False))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    arr = arr.astype(np.float32, copy=False)
+    atomic_write(path, lambda f: np.save(f, arr))
 
 
 def read_cached_mel(path: str | os.PathLike, config: MelConfig, num_samples: int | None = None) -> torch.Tensor | None:
@@ -171,7 +163,6 @@ def preprocess(
         "frames": frames,
         "out_dir": str(out),
     }
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps({**summary, "mel": mel_config.to_dict()}, indent=1))
-    os.replace(tmp, out / "summary.json")
+    text = json.dumps({**summary, "mel": mel_config.to_dict()}, indent=1)
+    atomic_write(out / "summary.json", lambda f: f.write(text.encode()))
     return summary

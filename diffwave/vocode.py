@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from diffcore.checkpoint import CheckpointError
 from diffcore.fast import FastConfig, FastInference
 from diffcore.samplers import ddpm_sample, fast_sample
 from diffwave.audio import AUDIO_EXTENSIONS, AudioError, load_audio, save_audio
@@ -61,6 +62,7 @@ __all__ = [
     "Fast",
     "fast_inference",
     "CONDITION_CACHE_BYTES",
+    "CALL_BYTES",
     "vocode_mels",
     "generate_audio",
     "MEL_EXTENSIONS",
@@ -81,6 +83,13 @@ DEFAULT_MAX_FRAMES = 1024
 DEFAULT_CROSSFADE = 2
 #: Largest conditioner cache (bytes) a vocoding run keeps; beyond it the conditioner is recomputed every step.
 CONDITION_CACHE_BYTES = 1 << 30
+#: Memory budget (bytes) of one network call over a batch of windows. A call holds about
+#: :data:`ACTIVATION_FLOATS` float32 activations per sample and residual channel, so a call takes at most
+#: ``CALL_BYTES // (window samples · channels · 4 · ACTIVATION_FLOATS)`` windows (at least one, at most
+#: ``batch_size``): memory stays bounded by the window size, however long the input (a 20k-frame mel with 16
+#: windows per call took 9 GB before).
+CALL_BYTES = 1 << 30
+ACTIVATION_FLOATS = 16
 
 #: ``fast=`` of the sampling functions: a :class:`FastConfig`, ``None`` (its defaults) or ``"off"`` (eager fp32).
 Fast = FastConfig | Literal["off"] | None
@@ -219,8 +228,10 @@ class ChunkedDenoiser:
         # Network calls: windows of equal length, at most batch_size per call.
         self.calls: list[tuple[Tensor, list[int], Tensor]] = []
         for length, items in sorted(groups.items()):
-            for i in range(0, len(items), batch_size):
-                part = items[i : i + batch_size]
+            per_window = length * hop * config.residual_channels * 4 * ACTIVATION_FLOATS
+            per_call = max(1, min(batch_size, CALL_BYTES // max(1, per_window)))
+            for i in range(0, len(items), per_call):
+                part = items[i : i + per_call]
                 self.calls.append((
                     torch.stack([m for m, _, _ in part]),
                     [s for _, s, _ in part],
@@ -489,7 +500,12 @@ def vocode_files(
         for (item, _, keep), wav in zip(group, wavs):
             wav = wav[:keep] if keep is not None else wav
             target = Path(single_output) if single_output is not None else out_dir / item.out_name
-            written.append(save_audio(target, wav.cpu(), config.sample_rate))
+            try:
+                written.append(save_audio(target, wav.cpu(), config.sample_rate))
+            except CheckpointError as e:  # a full disk, a folder gone read-only: say which outputs are complete
+                done = ", ".join(str(p) for p in written[:5]) + (", ..." if len(written) > 5 else "")
+                raise VocodeError(f"{e}; {len(written)} of {len(inputs)} output(s) are complete"
+                                  f"{f' ({done})' if written else ''} and no partial file is left") from None
         bar.update(len(group))
         groups_done += 1
         group, windows = [], 0

@@ -164,3 +164,272 @@ def test_export_refuses_a_run_folder_a_file_and_a_folder_of_other_files(tmp_path
     out = export(run, tmp_path / "exp")
     assert export(run, out) == out  # an export folder is what export writes: replacing it is fine
     assert find_latest(run).name == "step_00000004.pt"
+
+
+@pytest.fixture(scope="module")
+def wave_run(tmp_path_factory) -> Path:
+    """A tiny mel-conditioned DiffWave run folder (one checkpoint) and its export."""
+    folder = tmp_path_factory.mktemp("wave") / "run"
+    config = DiffWaveConfig.from_dict(SMALL_WAVE)
+    state = {"format": 1, "step": 1, "model": DiffWave(config).state_dict(), "ema": None,
+             "config": {"model": config.to_dict()}}
+    save_checkpoint(state, folder / "checkpoints", 1)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def wave_export(wave_run, tmp_path_factory) -> Path:
+    return export(wave_run, tmp_path_factory.mktemp("wave_export") / "export")
+
+
+def _mel(frames: int = 6, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0.2, 0.8, (80, frames)).astype(np.float32)
+
+
+def test_vocode_out_refuses_an_unrelated_existing_file_and_keeps_it(tmp_path, capsys, wave_export):
+    np.save(tmp_path / "m.npy", _mel())
+    for name in ("notes.txt", "photo.png"):
+        victim = tmp_path / name
+        victim.write_text("precious")
+        code, err = _wave_cli(capsys, "vocode", tmp_path / "m.npy", "-m", wave_export, "--out", victim)
+        assert code == 2
+        _error_line(err, name)
+        assert victim.read_text() == "precious"
+    (tmp_path / "old.wav").write_bytes(b"an earlier output")  # a .wav is what vocode writes: it is replaced
+    code, err = _wave_cli(capsys, "vocode", tmp_path / "m.npy", "-m", wave_export, "--out", tmp_path / "old.wav")
+    assert code == 0, err
+    assert sf.info(str(tmp_path / "old.wav")).frames == 6 * 256
+
+
+# ======================================================================================= silent wrong results
+
+
+def test_sixteen_bit_and_other_deep_grey_images_are_scaled_by_their_bit_depth(tmp_path):
+    from PIL import Image
+
+    from diffimage.data import ImageFolderDataset
+
+    ramp = np.linspace(0, 1, 16 * 16).reshape(16, 16)
+    Image.fromarray(np.round(ramp * 65535).astype(np.uint16)).save(tmp_path / "a16.png")  # mode I;16
+    Image.fromarray(np.round(ramp * 65535).astype(np.int32), "I").save(tmp_path / "b32.tiff")  # mode I, 16-bit data
+    Image.fromarray(np.round(ramp * 255).astype(np.uint8)).save(tmp_path / "c8.png")
+    Image.fromarray(ramp.astype(np.float32), "F").save(tmp_path / "d.tiff")  # float in [0, 1]
+    expected = np.round(ramp * 255)
+    for channels in (1, 3):
+        ds = ImageFolderDataset(tmp_path, channels=channels)
+        assert [p.name for p in ds.files] == ["a16.png", "b32.tiff", "c8.png", "d.tiff"]
+        for i in range(4):
+            img = ds.load(i).numpy().astype(np.float64)
+            assert img.shape == (channels, 16, 16)
+            assert np.abs(img - expected).max() <= 1, (ds.files[i].name, img.mean(), expected.mean())
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.array([0, 1, 2.5, 1]), r"labels\[2\] is 2\.5"),
+    (np.array([0, -3, 1, 1]), r"labels\[1\] is -3"),
+    (np.array(["a", "b", "c", "d"]), "must be integers"),
+    (np.array([True, False, True, False]), "must be integers"),
+    (np.array([0, 1, np.nan, 1]), r"labels\[2\] is nan"),
+])
+def test_labels_that_are_not_class_indices_are_refused_naming_the_file_and_value(tmp_path, labels, message):
+    from diffimage.recipe import ImageDataConfig, build_datasets
+    from diffimage.unet import UNetConfig
+
+    path = tmp_path / "data.npz"
+    np.savez(path, images=np.zeros((4, 8, 8), np.uint8), labels=labels)
+    model = UNetConfig.preset("tiny", image_size=8, in_channels=1, num_classes=3)
+    with pytest.raises(ConfigError, match=rf"data\.npz.*{message}"):
+        build_datasets(ImageDataConfig.from_dict({"source": "npz", "path": str(path)}), model)
+
+
+def test_labels_at_or_above_num_classes_are_refused_naming_the_file(tmp_path):
+    from diffimage.recipe import ImageDataConfig, build_datasets
+    from diffimage.unet import UNetConfig
+
+    path = tmp_path / "data.npz"
+    np.savez(path, images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 3, 1]))
+    model = UNetConfig.preset("tiny", image_size=8, in_channels=1, num_classes=3)
+    with pytest.raises(ConfigError, match=r"data\.npz.*label 3 is outside \[0, model\.num_classes=3\)"):
+        build_datasets(ImageDataConfig.from_dict({"source": "npz", "path": str(path)}), model)
+    np.savez(path, images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 2.0, 1]))  # whole floats are fine
+    assert build_datasets(ImageDataConfig.from_dict({"source": "npz", "path": str(path)}), model)[0][2]["label"] == 2
+
+
+def test_a_wav_header_that_under_states_its_data_is_warned_about_naming_the_file(tmp_path, caplog):
+    from diffwave.audio import load_audio
+
+    x = 0.3 * np.sin(np.arange(16000) * 0.05)
+    sf.write(tmp_path / "full.wav", x, 16000, subtype="PCM_16")
+    data = bytearray((tmp_path / "full.wav").read_bytes())
+    at = data.find(b"data")
+    size = struct.unpack("<I", data[at + 4 : at + 8])[0]
+    data[at + 4 : at + 8] = struct.pack("<I", size // 4)
+    (tmp_path / "short_header.wav").write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="diffwave.audio"):
+        wav, _ = load_audio(tmp_path / "short_header.wav")
+    assert wav.shape == (4000,)
+    assert "short_header.wav" in caplog.text and "25%" in caplog.text
+    caplog.clear()
+    sf.write(tmp_path / "tagged.wav", x, 16000, subtype="PCM_16")  # a LIST chunk after the data is no problem
+    with open(tmp_path / "tagged.wav", "ab") as f:
+        f.write(b"LIST" + struct.pack("<I", 2000) + bytes(2000))
+    with caplog.at_level(logging.WARNING, logger="diffwave.audio"):
+        assert load_audio(tmp_path / "full.wav")[0].shape == (16000,)
+        load_audio(tmp_path / "tagged.wav")
+    assert "announces" not in caplog.text
+
+
+@pytest.mark.parametrize("suffix", [".flac", ".wav"])
+def test_a_single_input_with_an_audio_suffix_out_writes_that_file(tmp_path, capsys, wave_export, suffix):
+    np.save(tmp_path / "m.npy", _mel())
+    out = tmp_path / f"speech{suffix}"
+    code, err = _wave_cli(capsys, "vocode", tmp_path / "m.npy", "-m", wave_export, "--out", out)
+    assert code == 0, err
+    assert out.is_file() and sf.info(str(out)).format == suffix[1:].upper()
+    assert sf.info(str(out)).frames == 6 * 256
+    np.save(tmp_path / "n.npy", _mel(seed=1))
+    code, err = _wave_cli(capsys, "vocode", tmp_path / "m.npy", tmp_path / "n.npy", "-m", wave_export, "--out",
+                          tmp_path / f"two{suffix}")
+    assert code == 2
+    _error_line(err, "names one file", "2 inputs")
+
+
+OPTION_CASES = [  # (command, option, value, the option named in the error)
+    ("vocode", "--batch-size", "0", "--batch-size"), ("vocode", "--batch-size", "-3", "--batch-size"),
+    ("vocode", "--batch-size", "100000000", "--batch-size"), ("vocode", "--max-frames", "0", "--max-frames"),
+    ("vocode", "--max-frames", "4", "--max-frames"), ("vocode", "--seed", "-1", "--seed"),
+    ("generate", "--n", "0", "--n"), ("generate", "--n", "-5", "--n"), ("generate", "--seconds", "nan", "--seconds"),
+    ("generate", "--seconds", "inf", "--seconds"), ("generate", "--seconds", "-1", "--seconds"),
+    ("generate", "--batch-size", "0", "--batch-size"),
+    ("evaluate", "--n", "-1", "--n"), ("evaluate", "--n", "0", "--n"),
+    ("evaluate", "--max-seconds", "nan", "--max-seconds"), ("evaluate", "--gl-iters", "0", "--gl-iters"),
+    ("quickstart", "--minutes", "nan", "--minutes"), ("quickstart", "--minutes", "0", "--minutes"),
+    ("quickstart", "--steps", "-2", "--steps"),
+]
+
+
+@pytest.mark.parametrize("command, option, value, named", OPTION_CASES)
+def test_numeric_options_out_of_range_are_one_error_line(tmp_path, capsys, wave_export, command, option, value,
+                                                         named):
+    np.save(tmp_path / "m.npy", _mel())
+    args = {"vocode": [tmp_path / "m.npy", "-m", wave_export, "--out", tmp_path / "o"],
+            "generate": ["-m", wave_export, "--out", tmp_path / "o"],
+            "evaluate": ["-m", wave_export, "--data", tmp_path, "--out", tmp_path / "o"],
+            "quickstart": ["--out", tmp_path / "o"]}[command]
+    code, err = _wave_cli(capsys, command, *args, option, value)
+    assert code == 2, err
+    _error_line(err, named)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--eta", "nan"), ("--eta", "-1"), ("--eta", "inf"),
+                                           ("--guidance-scale", "nan"), ("--steps", "0"), ("--steps", "10000000"),
+                                           ("--batch-size", "0"), ("--n", "0"), ("--n", "-4"), ("--nrow", "0"),
+                                           ("--seed", "-1"), ("--device", "gpu"), ("--device", "bogus")])
+def test_diffimage_sample_options_out_of_range_are_one_error_line(tmp_path, capsys, option, value):
+    code, err = _image_cli(capsys, "sample", "-m", tmp_path / "no_model", "--out", tmp_path / "o", option, value)
+    assert code == 2, err
+    _error_line(err, option if option != "--device" else value)
+    assert not (tmp_path / "o").exists()
+
+
+# ==================================================================================================== memory
+
+
+@pytest.mark.parametrize("field, value", [("residual_channels", 1e9), ("residual_layers", 100000),
+                                          ("n_mels", 10**8), ("embedding_hidden", 10**9)])
+def test_size_fields_of_an_export_config_are_bounded_before_anything_is_built(tmp_path, wave_export, field, value):
+    from diffwave.api import load
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    config = json.loads((wave_export / "config.json").read_text())
+    config["model"][field] = value
+    (bad / "config.json").write_text(json.dumps(config))
+    (bad / "model.safetensors").write_bytes((wave_export / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=rf"bad.*{field}.*larger than the limit"):
+        load(bad, "cpu")
+
+
+def test_a_huge_schedule_in_a_recipe_or_export_is_refused_with_the_field_named(tmp_path, wave_export):
+    from diffcore.config import load_recipe
+    from diffwave.api import load
+    from diffwave.recipe import DiffWaveRecipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {**SMALL_WAVE, "diffusion": {"num_steps": 10**9}}}))
+    with pytest.raises(ConfigError, match=r"r\.yaml.*num_steps = 1e\+09 is larger than the limit 100000"):
+        load_recipe(DiffWaveRecipe, recipe)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    config = json.loads((wave_export / "config.json").read_text())
+    config["model"]["fast_betas"] = [0.5] * 200_000
+    (bad / "config.json").write_text(json.dumps(config))
+    (bad / "model.safetensors").write_bytes((wave_export / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=r"fast_betas: a list of 200000 items is longer than the limit"):
+        load(bad, "cpu")
+
+
+def test_lmnt_params_asking_for_huge_sizes_or_schedules_are_refused_early(tmp_path):
+    from diffwave.lmnt import LmntImportError, load_lmnt_checkpoint
+
+    cases = {"residual_channels": 10**9, "residual_layers": 10**6, "noise_schedule": [1e-4] * (10**7 // 50),
+             "inference_noise_schedule": [0.5] * 200_001}
+    for key, value in cases.items():
+        path = tmp_path / f"{key}.pt"
+        torch.save({"model": {}, "params": {key: value}, "step": 0}, path)
+        with pytest.raises(LmntImportError, match=rf"{key}"):
+            load_lmnt_checkpoint(path)
+
+
+def test_vocoding_a_long_mel_keeps_each_network_call_within_the_memory_budget():
+    """Memory is bounded by the window, not the input: no call holds more windows than CALL_BYTES allows (a 20k-
+    frame mel at 16 windows per call took 9 GB), and the chunked result does not depend on the calls' grouping."""
+    from diffwave import vocode
+    from diffwave.vocode import ACTIVATION_FLOATS, CALL_BYTES, ChunkedDenoiser
+
+    config = DiffWaveConfig.preset("tiny")
+    model = DiffWave(config).eval()
+    mel = torch.rand(config.n_mels, 20_000)
+    den = ChunkedDenoiser(model, [mel], batch_size=16)
+    assert den.num_windows >= 20
+    for mels, starts, weights in den.calls:
+        per_window = weights.shape[-1] * config.residual_channels * 4 * ACTIVATION_FLOATS
+        assert len(starts) == 1 or len(starts) * per_window <= CALL_BYTES
+    assert max(len(s) for _, s, _ in den.calls) < 16
+    # the grouping changes nothing: a short mel with a small budget gives the same ε as one call per length
+    small = DiffWaveConfig.from_dict(SMALL_WAVE)
+    net = DiffWave(small).eval()
+    m = torch.rand(small.n_mels, 300)
+    x = torch.randn(1, 300 * small.hop_length)
+    t = torch.tensor([3])
+    with torch.no_grad():
+        ref = ChunkedDenoiser(net, [m], max_frames=40, batch_size=64)(x, t)
+        saved = vocode.CALL_BYTES
+        try:
+            vocode.CALL_BYTES = 1
+            one = ChunkedDenoiser(net, [m], max_frames=40, batch_size=64)
+            assert max(len(s) for _, s, _ in one.calls) == 1
+            got = one(x, t)
+        finally:
+            vocode.CALL_BYTES = saved
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+
+
+def test_decompression_bombs_in_an_image_folder_are_skipped_and_counted(tmp_path, monkeypatch, caplog):
+    from PIL import Image
+
+    from diffimage.data import ImageFolderDataset
+
+    for name, side in (("ok.png", 8), ("warns.png", 40), ("bomb.png", 64)):
+        Image.fromarray(np.full((side, side), 100, np.uint8)).save(tmp_path / name)
+    # PIL warns above MAX_IMAGE_PIXELS and raises above twice that: 1600 > 1000 warns, 4096 > 2000 raises
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with caplog.at_level(logging.WARNING, logger="diffimage.data"):
+        ds = ImageFolderDataset(tmp_path, channels=1)
+    assert [p.name for p in ds.files] == ["ok.png"] and ds.num_skipped == 2
+    assert "bomb.png" in caplog.text and "warns.png" in caplog.text
+    late = ImageFolderDataset(tmp_path, channels=1, verify=False)  # found only when decoded: skipped and counted
+    assert len(late) == 3
+    items = [late[i]["image"] for i in range(3)]
+    assert all(it.shape == (1, 8, 8) for it in items) and late.num_skipped == 2

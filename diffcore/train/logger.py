@@ -23,6 +23,13 @@ import torch
 __all__ = ["RunLogger", "NullLogger", "read_log"]
 
 
+def _atomic(path: Path, write: Any) -> None:
+    """Media files go through the package's one atomic writer (same mode as every output, never half a file)."""
+    from diffcore.checkpoint import atomic_write
+
+    atomic_write(path, write)
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "media"
 
@@ -127,7 +134,8 @@ class RunLogger(NullLogger):
         x = torch.as_tensor(wav).detach().float().cpu().reshape(-1).clamp(-1.0, 1.0)
         if self._tb is not None:
             self._tb.add_audio(name, x.unsqueeze(0), step, sample_rate=int(sample_rate))
-        soundfile.write(str(self._media_path(name, step, "wav")), x.numpy(), int(sample_rate), subtype="PCM_16")
+        _atomic(self._media_path(name, step, "wav"),
+                lambda f: soundfile.write(f, x.numpy(), int(sample_rate), subtype="PCM_16", format="WAV"))
 
     def image(self, name: str, img: Any, step: int) -> None:
         from PIL import Image
@@ -145,10 +153,11 @@ class RunLogger(NullLogger):
         arr = hwc.numpy()
         if self._tb is not None:
             self._tb.add_image(name, arr, step, dataformats="HWC")
-        Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(self._media_path(name, step, "png"))
+        pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+        _atomic(self._media_path(name, step, "png"), lambda f: pil.save(f, format="PNG"))
 
     def figure(self, name: str, fig: Any, step: int) -> None:
-        fig.savefig(self._media_path(name, step, "png"))
+        _atomic(self._media_path(name, step, "png"), lambda f: fig.savefig(f, format="png"))
         if self._tb is not None:
             self._tb.add_figure(name, fig, step, close=True)
         else:
