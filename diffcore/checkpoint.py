@@ -49,6 +49,8 @@ __all__ = [
     "is_run_folder",
     "check_export_target",
     "first_shape_mismatch",
+    "weights_misfit",
+    "expected_state",
 ]
 
 FORMAT_VERSION = 1
@@ -370,6 +372,33 @@ def first_shape_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[st
     return None
 
 
+def expected_state(model_cls: Callable[[Any], torch.nn.Module], model_config: Any) -> dict[str, torch.Tensor] | None:
+    """The state dict (shapes only, on the ``meta`` device: nothing allocated) that ``model_cls(model_config)``
+    has, or ``None`` when the constructor cannot run on the meta device."""
+    try:
+        with torch.device("meta"):
+            return model_cls(model_config).state_dict()
+    except Exception:
+        return None
+
+
+def weights_misfit(model_cls: Callable[[Any], torch.nn.Module], model_config: Any,
+                   weights: Mapping[str, Any]) -> str | None:
+    """Why ``weights`` cannot be the state of ``model_cls(model_config)`` (the first key missing, or of another
+    shape), or ``None``. The model is built on the ``meta`` device, which allocates nothing, so a config that asks
+    for a huge network whose weights are not there is refused without the memory or minutes it would take."""
+    expected = expected_state(model_cls, model_config)
+    if expected is None:  # a constructor that needs real data: the real load_state_dict will judge
+        return None
+    mismatch = first_shape_mismatch(expected, weights)
+    if mismatch:
+        return mismatch
+    missing = [k for k in expected if k not in weights]
+    if missing:
+        return f"{len(missing)} tensor(s) missing, first {missing[0]} of shape {list(expected[missing[0]].shape)}"
+    return None
+
+
 def rebuild_model(
     config: Mapping[str, Any],
     weights: Mapping[str, torch.Tensor],
@@ -392,10 +421,10 @@ def rebuild_model(
         model_config = config_cls.from_dict(config["model"])
     except ConfigError as e:
         raise CheckpointError(f"{source}: its model config is not a {kind} config ({e})") from None
+    problem = weights_misfit(model_cls, model_config, weights)
+    if problem:  # found on the meta device, before a model of the config's size is allocated
+        raise CheckpointError(f"{source}: the weights do not fit the stored model config ({problem})")
     model = model_cls(model_config)
-    mismatch = first_shape_mismatch(model.state_dict(), weights)
-    if mismatch:
-        raise CheckpointError(f"{source}: the weights do not fit the stored model config ({mismatch})")
     try:
         model.load_state_dict(dict(weights))
     except RuntimeError as e:

@@ -123,6 +123,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # `X | None`: X's own message is the precise one (e.g. the presets it has)
+            raise ConfigError(errors[0])
         raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(tp)}")
     if isinstance(tp, type) and issubclass(tp, ConfigBase):
         if isinstance(value, tp):

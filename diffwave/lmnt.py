@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffcore.checkpoint import first_shape_mismatch, load_error_detail
+from diffcore.checkpoint import expected_state, first_shape_mismatch, load_error_detail
 from diffcore.config import ConfigError, DiffusionConfig
 from diffwave.config import DiffWaveConfig, training_betas
 from diffwave.model import DiffWave, step_embedding_table
@@ -244,12 +244,18 @@ def load_lmnt_checkpoint(
         raise LmntImportError(f"{path}: its params do not describe a model we can build: {e}") from None
     if not isinstance(ckpt["model"], Mapping):
         raise LmntImportError(f"{path}: its 'model' entry is a {type(ckpt['model']).__name__}, not a state dict")
-    model = DiffWave(config)
     state = _model_state(ckpt["model"], config.diffusion.num_steps, str(path))
-    mismatch = first_shape_mismatch(model.state_dict(), state)
+    expected = expected_state(DiffWave, config)  # on the meta device: nothing of the model's size allocated yet
+    mismatch = first_shape_mismatch(expected, state) if expected is not None else None
     if mismatch:
         raise LmntImportError(f"{path}: the weights do not fit the model its params describe ({mismatch})")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    if expected is not None:
+        missing, unexpected = [k for k in expected if k not in state], [k for k in state if k not in expected]
+    else:
+        missing, unexpected = [], []
+    if not (missing or unexpected):
+        model = DiffWave(config)
+        missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise LmntImportError(
             f"{path}: the weights do not fit the model its params describe "

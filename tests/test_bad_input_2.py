@@ -433,3 +433,254 @@ def test_decompression_bombs_in_an_image_folder_are_skipped_and_counted(tmp_path
     assert len(late) == 3
     items = [late[i]["image"] for i in range(3)]
     assert all(it.shape == (1, 8, 8) for it in items) and late.num_skipped == 2
+
+
+# ========================================================================================= tracebacks → errors
+
+
+def _fail_nth_replace(monkeypatch, n: int, errno_: int = 28, text: str = "No space left on device"):
+    real = os.replace
+    calls = {"n": 0}
+
+    def replace(src, dst, *a, **k):
+        calls["n"] += 1
+        if calls["n"] >= n:
+            raise OSError(errno_, text, str(dst))
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_a_full_disk_during_vocode_is_one_line_saying_which_outputs_are_complete(tmp_path, capsys, monkeypatch,
+                                                                                   wave_export):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(3):
+        np.save(inputs / f"m{i}.npy", _mel(seed=i))
+    out = tmp_path / "out"
+    _fail_nth_replace(monkeypatch, 2)
+    code, err = _wave_cli(capsys, "vocode", inputs, "-m", wave_export, "--out", out, "--batch-size", "1")
+    monkeypatch.undo()
+    assert code == 2
+    line = _error_line(err, "m1.wav", "No space left on device", "1 of 3 output(s) are complete", "m0.wav")
+    assert sorted(p.name for p in out.iterdir()) == ["m0.wav"], line  # no temporary or partial file
+    assert sf.info(str(out / "m0.wav")).frames == 6 * 256
+
+
+def test_unwritable_outputs_are_found_before_any_work(tmp_path, capsys, monkeypatch, wave_export):
+    """A read-only folder, a path under a file, a folder named like the output file, too little free space: each is
+    an error before the model is even loaded."""
+    import shutil
+
+    import diffwave.api
+
+    np.save(tmp_path / "m.npy", _mel())
+    monkeypatch.setattr(diffwave.api, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "folder.wav").mkdir()
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: Path(p) != readonly and real_access(p, mode))
+    cases = [(tmp_path / "file.txt" / "sub", "file.txt is a file"),
+             (tmp_path / "folder.wav", "is a folder"),
+             (tmp_path / "file.txt", "is a file, not a folder"),
+             (readonly / "out", "cannot write into"),
+             (readonly / "x.wav", "cannot write into")]
+    for out, text in cases:
+        code, err = _wave_cli(capsys, "vocode", tmp_path / "m.npy", "-m", wave_export, "--out", out)
+        assert code == 2, err
+        _error_line(err, text)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=100))
+    code, err = _wave_cli(capsys, "vocode", tmp_path / "m.npy", "-m", wave_export, "--out", tmp_path / "o")
+    assert code == 2
+    _error_line(err, "MiB free", "needed")
+    assert not (tmp_path / "o").exists() and list(readonly.iterdir()) == []
+
+
+@pytest.mark.parametrize("device, text", [("gpu", "valid: auto, cpu, cuda, cuda:N, mps"), ("bogus", "valid:"),
+                                          ("cuda:x", "valid:"), ("mps", "MPS"), ("cuda", "CUDA")])
+def test_device_names_are_checked_with_the_valid_ones_listed(tmp_path, capsys, wave_export, device, text):
+    from diffcore.utils import resolve_device
+
+    if device == "mps" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match=re.escape(text)):
+        resolve_device(device)
+    np.save(tmp_path / "m.npy", _mel())
+    for argv in (["vocode", tmp_path / "m.npy", "-m", wave_export, "--out", tmp_path / "o"],
+                 ["generate", "-m", wave_export, "--out", tmp_path / "o"]):
+        code, err = _wave_cli(capsys, *argv, "--device", device)
+        assert code == 2
+        _error_line(err, device, text)
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(" CPU ") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[1, 2, 3]", "holds list, not the mapping"), ("null", "holds null"), ('"model"', "holds str"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"), ("{not json", "unreadable"),
+    ('{"model": [1]}', "no 'model' mapping"), ('{"model": {"residual_channels": "wide"}}', "residual_channels"),
+    ('{"model": {"mel": [1, 2]}}', "mel: expected a mapping for MelConfig"), (b"\xff\xfe\x00junk", "unreadable"),
+])
+def test_a_malformed_export_config_is_one_error_naming_the_file(tmp_path, capsys, wave_export, text, message):
+    from diffwave.api import load
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+    (bad / "model.safetensors").write_bytes((wave_export / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=rf"bad.*{re.escape(message)}"):
+        load(bad, "cpu")
+    np.save(tmp_path / "m.npy", _mel())
+    code, err = _wave_cli(capsys, "vocode", tmp_path / "m.npy", "-m", bad, "--out", tmp_path / "o")
+    assert code == 2
+    _error_line(err, "bad")
+
+
+@pytest.mark.parametrize("pointer", [b"\x80\x81\xfe binary", b"../../../etc/passwd\n", b"step_00000009.pt\n",
+                                     b"x" * 10_000_000, b""])
+def test_a_corrupt_latest_pointer_falls_back_to_the_newest_checkpoint(tmp_path, wave_run, pointer):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("step_00000001.pt", "step_00000002.pt"):
+        (run / "checkpoints" / name).write_bytes((wave_run / "checkpoints" / "step_00000001.pt").read_bytes())
+    (run / "checkpoints" / "latest").write_bytes(pointer)
+    assert find_latest(run) == run / "checkpoints" / "step_00000002.pt"
+    config, weights = load_for_inference(run)
+    assert "model" in config and weights
+
+
+def _lmnt_file(path: Path, params: dict, state: dict | None = None) -> Path:
+    from diffwave.lmnt import LMNT_DEFAULTS, config_from_lmnt_params, lmnt_state_dict
+
+    if state is None:
+        small = {**LMNT_DEFAULTS, "residual_layers": 2, "residual_channels": 4, "dilation_cycle_length": 2}
+        state = lmnt_state_dict(DiffWave(config_from_lmnt_params(small)))
+    torch.save({"model": state, "params": params, "step": 3}, path)
+    return path
+
+
+def test_lmnt_weights_of_another_shape_are_one_line_naming_the_first_key(tmp_path, capsys):
+    from diffwave.lmnt import LmntImportError, load_lmnt_checkpoint
+
+    small = {"residual_layers": 2, "residual_channels": 4, "dilation_cycle_length": 2}
+    path = _lmnt_file(tmp_path / "weights.pt", {**small, "residual_channels": 8})  # weights of 4 channels
+    with pytest.raises(LmntImportError) as info:
+        load_lmnt_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400
+    assert re.search(r"weights\.pt.*input_projection\.\w+ has shape \[4, 1, 1\], the model needs \[8, 1, 1\]", message)
+    code, err = _wave_cli(capsys, "import-lmnt", path, "--out", tmp_path / "exp")
+    assert code == 2
+    _error_line(err, "weights.pt", "has shape")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "exp").exists()
+
+
+@pytest.mark.parametrize("key, value", [("residual_layers", "30"), ("residual_layers", None), ("residual_channels", [64]),
+                                        ("residual_layers", 2.5), ("n_mels", -80), ("hop_samples", float("nan")),
+                                        ("unconditional", "no"), ("noise_schedule", "linear"),
+                                        ("noise_schedule", [0.1, "x"]), ("inference_noise_schedule", {"a": 1}),
+                                        ("sample_rate", True)])
+def test_lmnt_params_of_the_wrong_type_are_refused_naming_the_parameter(tmp_path, key, value):
+    from diffwave.lmnt import LmntImportError, load_lmnt_checkpoint
+
+    path = _lmnt_file(tmp_path / "weights.pt", {key: value}, state={})
+    with pytest.raises(LmntImportError, match=rf"weights\.pt.*params\.{key}"):
+        load_lmnt_checkpoint(path)
+
+
+def test_a_big_endian_npy_mel_is_read_as_its_values(tmp_path, capsys, wave_export):
+    from diffwave.mel import load_mel_file
+
+    mel = _mel()
+    np.save(tmp_path / "big.npy", mel.astype(">f4"))
+    np.save(tmp_path / "big64.npy", mel.astype(">f8"))
+    for name in ("big.npy", "big64.npy"):
+        got = load_mel_file(tmp_path / name)
+        assert got.dtype == torch.float32
+        np.testing.assert_array_equal(got.numpy(), mel)
+    code, err = _wave_cli(capsys, "vocode", tmp_path / "big.npy", "-m", wave_export, "--out", tmp_path / "b.wav")
+    assert code == 0, err
+
+
+def test_gsm_wavs_are_decoded(tmp_path):
+    from diffwave.audio import load_audio
+
+    if "GSM610" not in sf.available_subtypes("WAV"):
+        pytest.skip("libsndfile without GSM 6.10")
+    x = 0.3 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)
+    sf.write(tmp_path / "gsm.wav", x, 8000, subtype="GSM610", format="WAV")
+    wav, sr = load_audio(tmp_path / "gsm.wav")
+    assert sr == 8000 and abs(wav.shape[0] - 8000) <= 320
+    spectrum = np.abs(np.fft.rfft(wav.numpy()[:7680]))
+    assert abs(np.argmax(spectrum) * 8000 / 7680 - 440) < 5  # the tone survives the lossy codec
+
+
+# =============================================================================================== consistency
+
+
+def test_every_writer_goes_through_the_one_atomic_writer():
+    """A source scan: temporary files and renames exist only in diffcore.checkpoint.atomic_write."""
+    offenders = []
+    for path in sorted((REPO / "diffcore").rglob("*.py")) + sorted((REPO / "diffwave").rglob("*.py")) + \
+            sorted((REPO / "diffimage").rglob("*.py")):
+        if path == REPO / "diffcore" / "checkpoint.py":
+            continue
+        text = path.read_text()
+        for word in ("mkstemp", "NamedTemporaryFile", "os.replace(", "os.rename(", ".write_text(", ".write_bytes("):
+            if word in text:
+                offenders.append(f"{path.relative_to(REPO)}: {word}")
+    assert offenders == []
+
+
+def test_outputs_all_get_the_same_file_mode(tmp_path, capsys, wave_export):
+    from diffwave.audio import save_audio
+    from diffwave.preprocess import write_mel
+
+    old = os.umask(0o022)
+    try:
+        np.save(tmp_path / "m.npy", _mel())
+        code, err = _wave_cli(capsys, "vocode", tmp_path / "m.npy", "-m", wave_export, "--out", tmp_path / "voc")
+        assert code == 0, err
+        save_audio(tmp_path / "a.flac", np.zeros(100) + 0.1, 16000)
+        write_mel(tmp_path / "cache" / "m.npy", _mel())
+        run = tmp_path / "run"
+        Trainer(ToyTask(), cfg(max_steps=2), run).fit()
+        files = [tmp_path / "voc" / "m.wav", tmp_path / "a.flac", tmp_path / "cache" / "m.npy",
+                 run / "config.yaml", run / "checkpoints" / "step_00000002.pt", run / "checkpoints" / "latest"]
+        modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+        assert set(modes.values()) == {"0o644"}, modes
+    finally:
+        os.umask(old)
+
+
+def test_errors_about_paths_from_a_runs_config_yaml_say_so(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": SMALL_WAVE,
+                                                     "data": {"path": str(tmp_path / "moved_away")}}))
+    code, err = _wave_cli(capsys, "train", "--run-dir", run)
+    assert code == 2
+    _error_line(err, "moved_away", "config.yaml")
+
+
+def test_wrong_preset_names_list_the_valid_ones(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    for text, valid in (({"model": {"preset": "tinyy"}}, "tiny"), ({"model": {"mel": {"preset": "hifi"}}}, "hifigan")):
+        recipe.write_text(yaml.safe_dump(text))
+        code, err = _wave_cli(capsys, "train", "--recipe", recipe, "--run-dir", tmp_path / "run")
+        assert code == 2
+        line = _error_line(err, "r.yaml", valid)
+        assert "available" in line or "one of" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_mel_of_the_other_preset_says_how_to_get_a_model_for_it(tmp_path, capsys, wave_export):
+    log_mel = np.log(np.clip(_mel(), 1e-5, None)).astype(np.float32) - 1.0  # a natural-log 'hifigan' mel
+    np.save(tmp_path / "hifi.npy", log_mel)
+    code, err = _wave_cli(capsys, "vocode", tmp_path / "hifi.npy", "-m", wave_export, "--out", tmp_path / "o.wav")
+    assert code == 2
+    _error_line(err, "hifi.npy", "hifigan", "model.mel.preset=hifigan")
