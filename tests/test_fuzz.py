@@ -232,3 +232,127 @@ def test_fuzz_seeds_are_valid_files():
             path.write_bytes(blob)
             wav, sr = load_audio(path)
             assert sr == 8000 and wav.shape == (600,)
+
+
+# ------------------------------------------------------------------------------------------ options and exports
+
+NUMBERS = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["nan", "inf", "-inf", "0", "-1", "1e9", "1e400", "3.5", "0x10", "", "  7"]),
+).map(str)
+OPTIONS = {
+    "diffimage sample": ["--n", "--steps", "--eta", "--guidance-scale", "--seed", "--batch-size", "--nrow"],
+    "diffwave vocode": ["--batch-size", "--max-frames", "--seed"],
+    "diffwave generate": ["--n", "--batch-size", "--seed", "--seconds"],
+    "diffwave evaluate": ["--n", "--seed", "--max-seconds", "--gl-iters", "--classifier-epochs", "--batch-size"],
+}
+
+
+@fuzz(250)
+@given(st.sampled_from(sorted(OPTIONS)), st.data())
+def test_numeric_option_values_give_one_error_line_never_a_traceback(command, data):
+    """Any value of any numeric option (NaN, ±inf, huge, negative, not a number) against a model that is not there:
+    exit status 2 and one ``error:`` line (the option's range, argparse's complaint, or the missing model), never a
+    traceback and never a silent run."""
+    import contextlib
+    import io
+
+    from diffimage.cli import main as image_main
+    from diffwave.cli import main as wave_main
+
+    option = data.draw(st.sampled_from(OPTIONS[command]))
+    value = data.draw(NUMBERS)
+    prog, sub = command.split()
+    argv = [sub] + ([str(TMP / "m.npy")] if sub == "vocode" else []) + \
+        ["-m", str(TMP / "no_model"), "--out", str(TMP / "fuzz_out"), f"{option}={value}"]
+    np.save(TMP / "m.npy", np.full((80, 4), 0.5, np.float32))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = (image_main if prog == "diffimage" else wave_main)(argv)
+    text = err.getvalue()
+    assert code == 2, (argv, text)
+    assert "Traceback" not in text
+    lines = [ln for ln in text.splitlines() if "error: " in ln]
+    assert len(lines) == 1, (argv, text)
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    bad = number is None or not math.isfinite(number) or (number < 0 and option != "--guidance-scale")
+    if bad:  # NaN, ±inf, a negative count or a non-number: the error is about the option, not the model
+        assert option in lines[0], (argv, lines[0])
+    assert not (TMP / "fuzz_out").exists()
+
+
+def _tiny_export() -> Path:
+    from diffcore.checkpoint import save_checkpoint, export
+    from diffwave.config import DiffWaveConfig
+    from diffwave.model import DiffWave
+
+    out = TMP / "tiny_export"
+    if not out.is_dir():
+        config = DiffWaveConfig.from_dict({"preset": "tiny", "residual_layers": 2, "residual_channels": 4,
+                                           "dilation_cycle": 2, "embedding_hidden": 16})
+        state = {"format": 1, "step": 1, "model": DiffWave(config).state_dict(), "ema": None,
+                 "config": {"model": config.to_dict()}}
+        save_checkpoint(state, TMP / "tiny_run" / "checkpoints", 1)
+        export(TMP / "tiny_run", out)
+    return out
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                    max_leaves=6)
+
+
+def _leaves(node, path=()):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, path + (k,))
+    elif isinstance(node, list) and node:
+        for i, v in enumerate(node):
+            yield from _leaves(v, path + (i,))
+    yield path
+
+
+@fuzz(150)
+@given(st.data())
+def test_tampered_export_configs_load_or_give_a_checkpoint_error(data):
+    """A valid export's config.json with one entry replaced or deleted, or replaced wholesale: the loader builds a
+    model or raises CheckpointError naming the folder; never another exception, never a huge allocation (size
+    fields are bounded and the weights are checked against the config on the meta device first)."""
+    import json
+
+    from diffcore.checkpoint import CheckpointError
+    from diffwave.api import load
+
+    src = _tiny_export()
+    config = json.loads((src / "config.json").read_text())
+    kind = data.draw(st.sampled_from(["replace", "delete", "whole"]))
+    if kind == "whole":
+        config = data.draw(JSON)
+    else:
+        paths = [p for p in _leaves(config) if p]
+        path = data.draw(st.sampled_from(paths))
+        node = config
+        for key in path[:-1]:
+            node = node[key]
+        if kind == "delete" and isinstance(node, dict):
+            del node[path[-1]]
+        else:
+            node[path[-1]] = data.draw(JSON)
+    folder = TMP / "tampered"
+    folder.mkdir(exist_ok=True)
+    try:
+        (folder / "config.json").write_text(json.dumps(config))
+    except ValueError:  # a float JSON cannot write
+        return
+    (folder / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes())
+    try:
+        voc = load(folder, "cpu")
+    except CheckpointError as e:
+        assert "tampered" in str(e)
+        return
+    assert sum(p.numel() for p in voc.model.parameters()) == \
+        sum(p.numel() for p in load(src, "cpu").model.parameters())
