@@ -56,7 +56,7 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
-    from diffcore.cli import check_number
+    from diffcore.cli import check_number, check_output_dir
     from diffcore.utils import resolve_device
 
     # Every numeric option finite and in range before the model is loaded (NaN --eta wrote a black grid).
@@ -68,6 +68,7 @@ def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
     for option in ("n", "nrow", "num_images", "num_samples", "reference_limit"):
         check_number(f"--{option.replace('_', '-')}", getattr(args, option, None), 1, 100_000)
     resolve_device(args.device)
+    check_output_dir(args.out)  # a file, a path under a file or a read-only folder: found before any sampling
     return dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance_scale)
 
 
@@ -122,6 +123,7 @@ def _parse_classes(text: str | None, n: int, num_classes: int | None) -> list[in
 
 
 def cmd_train(argv: list[str]) -> int:
+    from diffcore.config import ConfigError
     from diffcore.train import Trainer
     from diffimage.recipe import load_image_recipe
     from diffimage.task import ImageTask
@@ -139,7 +141,13 @@ def cmd_train(argv: list[str]) -> int:
         recipe_path = stored
     recipe = load_image_recipe(recipe_path, args.overrides, data=args.data)
     task = ImageTask(recipe)
-    task.train_dataset()  # a data problem (missing file, wrong image size) is reported before the run folder is made
+    try:
+        task.train_dataset()  # a data problem (missing file, wrong image size) is reported before the run folder is made
+    except (FileNotFoundError, ConfigError) as e:
+        if args.recipe is None and args.data is None:  # the path came from the run's config.yaml: say so
+            raise UsageError(f"{' '.join(str(e).split())} (this path comes from the run's {recipe_path}; pass "
+                             "--recipe or an override such as data.path=... to change it)") from e
+        raise
     summary = Trainer(task, recipe.train, args.run_dir).fit()
     if _is_main_rank():
         print(f"trained to step {summary['step']} (loss {summary['loss']:.4g}) on {summary['device']} "

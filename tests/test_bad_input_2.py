@@ -684,3 +684,26 @@ def test_a_mel_of_the_other_preset_says_how_to_get_a_model_for_it(tmp_path, caps
     code, err = _wave_cli(capsys, "vocode", tmp_path / "hifi.npy", "-m", wave_export, "--out", tmp_path / "o.wav")
     assert code == 2
     _error_line(err, "hifi.npy", "hifigan", "model.mel.preset=hifigan")
+
+
+def test_diffimage_errors_about_paths_from_a_runs_config_yaml_say_so(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"preset": "tiny"},
+                                                     "data": {"source": "npz", "path": str(tmp_path / "gone.npz")}}))
+    code, err = _image_cli(capsys, "train", "--run-dir", run)
+    assert code == 2
+    _error_line(err, "gone.npz", "config.yaml")
+
+
+def test_diffimage_sample_refuses_unusable_outputs_before_loading(tmp_path, capsys, monkeypatch):
+    import diffimage.api
+
+    monkeypatch.setattr(diffimage.api, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "report.pdf").write_text("precious")
+    for out, text in ((tmp_path / "report.pdf", "is a file, not a folder"),
+                      (tmp_path / "report.pdf" / "samples", "report.pdf is a file")):
+        code, err = _image_cli(capsys, "sample", "-m", tmp_path / "model", "--out", out)
+        assert code == 2
+        _error_line(err, text)
+    assert (tmp_path / "report.pdf").read_text() == "precious"
