@@ -142,7 +142,7 @@ def cmd_train(argv: list[str]) -> int:
     recipe = load_image_recipe(recipe_path, args.overrides, data=args.data)
     task = ImageTask(recipe)
     try:
-        task.train_dataset()  # a data problem (missing file, wrong image size) is reported before the run folder is made
+        task.train_dataset()  # a data problem (missing file, wrong image size) is reported before the run starts
     except (FileNotFoundError, ConfigError) as e:
         if args.recipe is None and args.data is None:  # the path came from the run's config.yaml: say so
             raise UsageError(f"{' '.join(str(e).split())} (this path comes from the run's {recipe_path}; pass "

@@ -219,7 +219,8 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
             raise ValueError(f"labels must be whole numbers, but labels[{bad[0]}] is {labels[bad[0]].item()!r}")
     negative = np.flatnonzero(labels < 0)
     if negative.size:
-        raise ValueError(f"labels must lie in [0, num_classes), but labels[{negative[0]}] is {labels[negative[0]].item()!r}")
+        first = negative[0]
+        raise ValueError(f"labels must lie in [0, num_classes), but labels[{first}] is {labels[first].item()!r}")
     if labels.size and labels.max() > np.iinfo(np.int64).max // 2:
         raise ValueError(f"labels must lie in [0, num_classes), but one is {labels.max().item()!r}")
     return labels.astype(np.int64)

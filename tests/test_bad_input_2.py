@@ -579,7 +579,8 @@ def test_lmnt_weights_of_another_shape_are_one_line_naming_the_first_key(tmp_pat
     assert len(err.splitlines()) == 1 and not (tmp_path / "exp").exists()
 
 
-@pytest.mark.parametrize("key, value", [("residual_layers", "30"), ("residual_layers", None), ("residual_channels", [64]),
+@pytest.mark.parametrize("key, value", [("residual_layers", "30"), ("residual_layers", None),
+                                        ("residual_channels", [64]),
                                         ("residual_layers", 2.5), ("n_mels", -80), ("hop_samples", float("nan")),
                                         ("unconditional", "no"), ("noise_schedule", "linear"),
                                         ("noise_schedule", [0.1, "x"]), ("inference_noise_schedule", {"a": 1}),
@@ -707,3 +708,25 @@ def test_diffimage_sample_refuses_unusable_outputs_before_loading(tmp_path, caps
         assert code == 2
         _error_line(err, text)
     assert (tmp_path / "report.pdf").read_text() == "precious"
+
+
+def test_a_lock_still_held_by_the_forked_workers_of_a_killed_run_is_taken_over(tmp_path):
+    """Data-loader workers inherit the lock; when their parent is killed they hold it for a moment longer. The next
+    run sees the recorded holder dead and waits for them instead of refusing."""
+    run = tmp_path / "run"
+    script = "\n".join([
+        "import os, sys, time",
+        "from diffcore.train.lock import RunLock",
+        "RunLock(sys.argv[1]).acquire()",
+        "if os.fork() == 0:",
+        "    time.sleep(2)",  # the orphaned worker, still holding the inherited lock
+        "    os._exit(0)",
+        "os._exit(0)",  # the training process dies without releasing anything
+    ])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", script, str(run)], env=env, check=True, timeout=60)
+    lock = RunLock(run).acquire()
+    try:
+        assert lock.held and f"pid {os.getpid()}" in (run / ".lock").read_text()
+    finally:
+        lock.release()
