@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,9 +34,10 @@ from diffcore.utils import resolve_device
 from diffwave.config import DiffWaveConfig
 from diffwave.mel import compute_mel, validate_mel
 from diffwave.model import DiffWave
+from diffwave.pretrained import SHIPPED, available_models
 from diffwave.vocode import DEFAULT_MAX_FRAMES, Fast, Steps, generate_audio, vocode_mels
 
-__all__ = ["Vocoder", "load", "save_export", "resolve_device"]
+__all__ = ["Vocoder", "available_models", "load", "save_export", "resolve_device"]
 
 Device = Literal["auto", "cpu", "cuda"]  # or "cuda:N"
 
@@ -113,33 +114,82 @@ class Vocoder:
 
     def vocode(
         self,
-        mel: Tensor | np.ndarray,
+        mel: Tensor | np.ndarray | Sequence[Tensor | np.ndarray],
         steps: Steps = "fast",
         generator: torch.Generator | None = None,
         *,
+        lengths: Tensor | np.ndarray | Sequence[int] | None = None,
         max_frames: int | None = DEFAULT_MAX_FRAMES,
         batch_size: int = 16,
         progress: bool = False,
         fast: Fast = None,
-    ) -> Tensor:
-        """Waveform(s) for a mel ``[n_mels, F]`` → ``[F · hop]`` or a batch ``[B, n_mels, F]`` → ``[B, F · hop]``.
+        numpy: bool | None = None,
+    ) -> Any:
+        """Waveforms for mels, in the shapes TTS front ends hand over:
 
-        ``steps``: ``fast`` (the model's ``fast_betas``, 6 network calls for the paper's presets) or ``full`` (all T
-        training steps). ``generator``: the noise source, on the model's device (default: the global RNG).
-        Mels longer than ``max_frames`` are vocoded in exact overlapping chunks (see :mod:`diffwave.vocode`).
-        Raises :class:`~diffwave.mel.MelError` naming the preset the model expects when the mel does not fit it.
-        ``fast``: the inference fast paths (:mod:`diffwave.vocode`; default on, ``"off"`` = eager float32).
-        Returns float32 audio in [-1, 1] on the CPU.
+        - one mel ``[n_mels, F]`` → ``[F · hop]``;
+        - a batch ``[B, n_mels, F]`` → ``[B, F · hop]``;
+        - a padded batch ``[B, n_mels, F_max]`` with ``lengths`` ``[B]`` (valid frames of each) →
+          ``(waves [B, F_max · hop], wave_lengths [B])``, each wave zero past ``lengths[i] · hop`` (the tuple
+          torchaudio's and speechbrain's vocoders return);
+        - a list of mels ``[n_mels, F_i]`` of any lengths → a list of waveforms ``[F_i · hop]``.
+
+        All mels are vocoded in one sampling run (ragged inputs are packed, not padded: padding frames cost nothing
+        and cannot leak into a neighbour). ``steps``: ``fast`` (the model's ``fast_betas``, 6 network calls for the
+        paper's presets) or ``full`` (all T training steps). ``generator``: the noise source, on the model's device
+        (default: the global RNG). Mels longer than ``max_frames`` are vocoded in exact overlapping chunks (see
+        :mod:`diffwave.vocode`). Raises :class:`~diffwave.mel.MelError` naming the preset the model expects when a
+        mel does not fit it, and ``ValueError`` for inconsistent shapes or lengths. ``fast``: the inference fast
+        paths (:mod:`diffwave.vocode`; default on, ``"off"`` = eager float32). ``numpy``: return numpy arrays
+        (default: numpy when the input was numpy). Returns float32 audio in [-1, 1] on the CPU.
         """
         if not self.conditional:
             raise ValueError("this model is unconditional: use generate(n)")
+        if isinstance(mel, (list, tuple)):
+            if lengths is not None:
+                raise ValueError("lengths goes with a padded batch [B, n_mels, F]; a list of mels carries its own")
+            if not mel:
+                return []
+            as_np = all(isinstance(m, np.ndarray) for m in mel) if numpy is None else numpy
+            items = [self._checked_mel(m, f"mel[{i}]", 2) for i, m in enumerate(mel)]
+            wavs = self._vocode_list(items, steps, generator, max_frames, batch_size, progress, fast)
+            return [w.numpy() for w in wavs] if as_np else wavs
+        as_np = isinstance(mel, np.ndarray) if numpy is None else numpy
+        if lengths is None:
+            mel_t = self._checked_mel(mel, "mel", None)
+            batch = list(mel_t) if mel_t.ndim == 3 else [mel_t]
+            out = torch.stack(self._vocode_list(batch, steps, generator, max_frames, batch_size, progress, fast))
+            out = out if mel_t.ndim == 3 else out[0]
+            return out.numpy() if as_np else out
+        mel_t = self._checked_mel(mel, "mel", 3)
+        frames = torch.as_tensor(np.asarray(lengths) if not isinstance(lengths, Tensor) else lengths).cpu()
+        if frames.ndim != 1 or len(frames) != mel_t.shape[0] or frames.is_floating_point() or frames.is_complex():
+            raise ValueError(f"lengths must be {mel_t.shape[0]} integer frame counts [B] for a batch of "
+                             f"{mel_t.shape[0]} mels, got {tuple(frames.shape)} {frames.dtype}")
+        if int(frames.min()) < 1 or int(frames.max()) > mel_t.shape[-1]:
+            raise ValueError(f"lengths must lie in [1, {mel_t.shape[-1]}] (the padded batch's frames), "
+                             f"got {frames.tolist()}")
+        wavs = self._vocode_list([m[:, : int(f)] for m, f in zip(mel_t, frames)], steps, generator, max_frames,
+                                 batch_size, progress, fast)
+        hop = self.hop_length
+        out = torch.zeros(mel_t.shape[0], mel_t.shape[-1] * hop)
+        for i, w in enumerate(wavs):
+            out[i, : w.shape[-1]] = w
+        wave_lengths = frames.long() * hop
+        return (out.numpy(), wave_lengths.numpy()) if as_np else (out, wave_lengths)
+
+    def _checked_mel(self, mel: Tensor | np.ndarray, source: str, ndim: int | None) -> Tensor:
         mel_t = torch.as_tensor(mel)
-        validate_mel(mel_t, self.config.mel, source="mel")
-        batch = mel_t.float() if mel_t.ndim == 3 else mel_t.float().unsqueeze(0)
-        wavs = vocode_mels(self.model, list(batch), steps, generator=generator, max_frames=max_frames,
+        if ndim is not None and mel_t.ndim != ndim:
+            want = "[n_mels, F]" if ndim == 2 else "[B, n_mels, F]"
+            raise ValueError(f"{source} must be {want}, got shape {tuple(mel_t.shape)}")
+        validate_mel(mel_t, self.config.mel, source=source)
+        return mel_t.float()
+
+    def _vocode_list(self, mels: list[Tensor], steps, generator, max_frames, batch_size, progress, fast) -> list[Tensor]:
+        wavs = vocode_mels(self.model, mels, steps, generator=generator, max_frames=max_frames,
                            batch_size=batch_size, progress=progress, fast=fast)
-        out = torch.stack(wavs).cpu()
-        return out if mel_t.ndim == 3 else out[0]
+        return [w.float().cpu() for w in wavs]
 
     def generate(
         self, n: int, generator: torch.Generator | None = None, steps: Steps = "fast", *, length: int | None = None,
@@ -150,20 +200,23 @@ class Vocoder:
         return generate_audio(self.model, n, steps, generator=generator, length=length, progress=progress,
                               fast=fast).cpu()
 
-    def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write this model as an export folder (``config.json`` + ``model.safetensors``) that :func:`load` reads."""
-        return save_export(self.model, self.info or {"model": self.config.to_dict()}, out_dir)
+    def save(self, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write this model as an export folder (``config.json`` + ``model.safetensors``) that :func:`load` reads;
+        ``dtype=torch.float16`` halves the file (loaded back into float32)."""
+        return save_export(self.model, self.info or {"model": self.config.to_dict()}, out_dir, dtype=dtype)
 
 
 def save_export(model: DiffWave, config: Mapping[str, Any], out_dir: str | os.PathLike,
-                metadata: Mapping[str, str] | None = None) -> Path:
+                metadata: Mapping[str, str] | None = None, dtype: torch.dtype | None = None) -> Path:
     """Write ``out_dir/config.json`` (``config``, which holds a ``model`` section) and ``out_dir/model.safetensors``
-    (``model``'s weights), each atomically, in the layout of :func:`diffcore.checkpoint.export`."""
+    (``model``'s weights, cast to ``dtype`` when given), each atomically, in the layout of
+    :func:`diffcore.checkpoint.export`."""
     from safetensors.torch import save
 
     if "model" not in config:
         config = {**config, "model": model.config.to_dict()}
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to("cpu", dtype=dtype if dtype is not None and v.is_floating_point() else v.dtype)
+               .contiguous().clone() for k, v in model.state_dict().items()}
     meta = {"format": "diffstack-export-1", "source": "model", **dict(metadata or {})}
     out = Path(out_dir)
     blob = save(tensors, metadata=meta)
@@ -187,11 +240,12 @@ def _looks_like_lmnt(path: Path) -> bool:
 
 def load(path: str | os.PathLike, device: Device | str | torch.device = "auto") -> Vocoder:
     """Load a model for inference from a run folder (its latest checkpoint), a ``.pt`` checkpoint, an export
-    folder (``config.json`` + ``model.safetensors``) or an lmnt-com/diffwave checkpoint.
+    folder (``config.json`` + ``model.safetensors``), an lmnt-com/diffwave checkpoint, or the name of a vocoder
+    shipped with the package (:func:`available_models`; an existing path of the same name wins).
 
     Checkpoints give their EMA weights. Raises ``CheckpointError`` (naming the path) when nothing loadable is there.
     """
-    p = Path(path)
+    p = SHIPPED.resolve(path)
     try:
         config, weights = load_for_inference(p)
     except CheckpointError:

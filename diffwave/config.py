@@ -29,6 +29,7 @@ import numpy as np
 
 from diffcore.config import ConfigBase, ConfigError, DiffusionConfig
 from diffwave.mel import MelConfig
+from diffwave.prior import PriorConfig
 
 __all__ = ["DiffWaveConfig", "suggest_upsample_strides", "training_betas"]
 
@@ -99,7 +100,9 @@ class DiffWaveConfig(ConfigBase):
     Inference: ``diffusion`` (training schedule, prediction target, loss), ``fast_betas`` (the user-defined
     variance schedule η of the paper's fast-sampling algorithm; every step must align with the training
     schedule), ``mel`` (front end of the conditioner; ``None`` when unconditional), ``sample_rate``,
-    ``audio_length`` (samples to generate unconditionally; also the default training crop).
+    ``audio_length`` (samples to generate unconditionally; also the default training crop), ``prior`` (PriorGrad's
+    data-dependent prior N(0, diag(s²)) with s from each mel frame's energy, see :mod:`diffwave.prior`; ``None`` =
+    N(0, I), DiffWave's and lmnt's).
 
     Defaults are the ``base`` preset, and a dict without ``preset`` starts from ``base`` too, so a partial nested
     section (``diffusion: {num_steps: 40}``) keeps the preset's other fields. ``DiffWaveConfig.preset("large",
@@ -119,6 +122,7 @@ class DiffWaveConfig(ConfigBase):
     mel: MelConfig | None = field(default_factory=lambda: MelConfig.from_dict(_MEL_22K))
     sample_rate: int = 22050
     audio_length: int = 22050
+    prior: PriorConfig | None = None
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "base": _CONDITIONAL,
@@ -168,6 +172,8 @@ class DiffWaveConfig(ConfigBase):
 
     def _check_conditioner(self) -> None:
         if not self.conditional:
+            if self.prior is not None:
+                raise ConfigError("the energy prior reads the mel: an unconditional model takes none (prior: null)")
             if self.mel is not None:
                 raise ConfigError("an unconditional model (conditional: false) takes no mel front end: set mel to null")
             return

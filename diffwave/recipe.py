@@ -22,7 +22,7 @@ from diffwave.audio import AUDIO_EXTENSIONS, list_audio_files
 from diffwave.config import DiffWaveConfig
 from diffwave.data import fsdd_files, fsdd_label, ljspeech_files, sc09_files
 
-__all__ = ["DataConfig", "DiffWaveRecipe", "load_diffwave_recipe", "resolve_files", "split_files", "holdout_indices"]
+__all__ = ["DataConfig", "LossConfig", "DiffWaveRecipe", "load_diffwave_recipe", "resolve_files", "split_files", "holdout_indices"]
 
 Layout = Literal["auto", "files", "ljspeech", "fsdd", "sc09"]
 
@@ -67,12 +67,34 @@ class DataConfig(ConfigBase):
 
 
 @dataclass
+class LossConfig(ConfigBase):
+    """Training-only terms added to the diffusion loss (inference never reads them).
+
+    ``stft_weight``: weight of a multi-resolution STFT loss (spectral convergence + log-magnitude L1, Yamamoto et al.
+    2020) between the clean crop x_0 and the network's estimate x̂_0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t, as FreGrad and
+    WaveFM add it (weight about 0.1); 0 turns it off. ``stft_sizes``: the FFT sizes (hop = size/4, Hann window of
+    the FFT size); sizes longer than the crop are skipped.
+    """
+
+    stft_weight: float = 0.0
+    stft_sizes: tuple[int, ...] = (256, 512, 1024)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.stft_weight <= 100.0:
+            raise ConfigError(f"loss.stft_weight must lie in [0, 100], got {self.stft_weight}")
+        if not self.stft_sizes or any(not 16 <= n <= 16384 for n in self.stft_sizes):
+            raise ConfigError(f"loss.stft_sizes must be FFT sizes in [16, 16384], got {list(self.stft_sizes)}")
+
+
+@dataclass
 class DiffWaveRecipe(ConfigBase):
-    """Everything a DiffWave run needs: the model (what inference rebuilds), the data and the training settings."""
+    """Everything a DiffWave run needs: the model (what inference rebuilds), the data, the training settings and
+    the training-only loss terms."""
 
     model: DiffWaveConfig = field(default_factory=DiffWaveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
 
 
 def load_diffwave_recipe(

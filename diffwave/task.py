@@ -2,7 +2,10 @@
 
 - :class:`VocoderTask`: mel-conditioned vocoder. Examples are aligned (audio, mel) crops of
   ``data.crop_frames`` frames; the loss is the simple loss of Ho et al. 2020 (eq. 14) with the model config's norm
-  (L1 for every preset, as lmnt's reference trains) on ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t, mel), t uniform.
+  (L1 for every preset, as lmnt's reference trains) on ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t, mel), t uniform. With
+  ``model.prior`` (PriorGrad) ε = s ⊙ z with s from the mel (:mod:`diffwave.prior`) and the distance is taken on
+  (ε − ε_θ)/s. With ``loss.stft_weight`` > 0 a multi-resolution STFT loss between x_0 and the network's x̂_0 is
+  added (:func:`mr_stft_loss`).
 - :class:`UnconditionalTask`: fixed-length clips of ``model.audio_length`` samples and the same loss without a
   conditioner.
 
@@ -27,9 +30,10 @@ from diffwave.audio import AudioError, load_audio
 from diffwave.data import AudioMelDataset, UnconditionalAudioDataset
 from diffwave.mel import compute_mel
 from diffwave.model import DiffWave
+from diffwave.prior import sample_prior_std
 from diffwave.recipe import DiffWaveRecipe, split_files
 
-__all__ = ["RepeatedDataset", "VocoderTask", "UnconditionalTask", "make_task"]
+__all__ = ["RepeatedDataset", "VocoderTask", "UnconditionalTask", "make_task", "mr_stft_loss"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,25 @@ log = logging.getLogger(__name__)
 VAL_EXAMPLES = 8
 #: Seconds of a held-out clip that the sample hook vocodes (kept short: it runs during training).
 SAMPLE_SECONDS = 3.0
+
+
+def mr_stft_loss(est: torch.Tensor, ref: torch.Tensor, sizes=(256, 512, 1024)) -> torch.Tensor:
+    """Multi-resolution STFT loss ``[B]`` between waveforms ``[B, T]`` (Yamamoto et al. 2020, eqs. 3-5): for each
+    FFT size n (hop n/4, Hann window of n samples, sizes longer than T skipped) the spectral convergence
+    ‖|S_ref| − |S_est|‖_F / ‖|S_ref|‖_F plus the mean |log|S_ref| − log|S_est||, averaged over the sizes."""
+    total, used = est.new_zeros(est.shape[0]), 0
+    for n in sizes:
+        if n > est.shape[-1]:
+            continue
+        window = torch.hann_window(n, device=est.device, dtype=est.dtype)
+        mag = [torch.stft(w, n, n // 4, n, window=window, return_complex=True).abs().clamp(min=1e-7)
+               for w in (est, ref)]
+        sc = (mag[1] - mag[0]).flatten(1).norm(dim=1) / mag[1].flatten(1).norm(dim=1).clamp(min=1e-7)
+        log_l1 = (mag[1].log() - mag[0].log()).abs().flatten(1).mean(dim=1)
+        total, used = total + sc + log_l1, used + 1
+    if used == 0:
+        raise ValueError(f"every loss.stft_sizes entry {list(sizes)} is longer than the crop ({est.shape[-1]} samples)")
+    return total / used
 
 
 class RepeatedDataset(Dataset):
@@ -84,9 +107,25 @@ class _DiffWaveTask(TrainTask):
 
     def _loss(self, model: nn.Module, audio: torch.Tensor, mel: torch.Tensor | None,
               generator: torch.Generator | None = None) -> torch.Tensor:
-        d = self.recipe.model.diffusion
-        return diffusion_loss(model, self.schedule, audio, mel, prediction=d.prediction, norm=d.loss,
-                              min_snr_gamma=d.min_snr_gamma, generator=generator)
+        cfg, d = self.recipe.model, self.recipe.model.diffusion
+        prior_std = None
+        if cfg.prior is not None and mel is not None:
+            prior_std = sample_prior_std(mel, cfg.mel, cfg.prior).to(audio.dtype)[..., : audio.shape[-1]]
+        weight = self.recipe.loss.stft_weight
+        seen: dict[str, torch.Tensor] = {}
+
+        def net(x_t, t, cond=None):  # records what the STFT term needs from the one network call
+            seen["x_t"], seen["t"], seen["out"] = x_t, t, model(x_t, t, cond=cond)
+            return seen["out"]
+
+        loss = diffusion_loss(net if weight > 0 else model, self.schedule, audio, mel, prediction=d.prediction,
+                              norm=d.loss, min_snr_gamma=d.min_snr_gamma, generator=generator, prior_std=prior_std)
+        if weight > 0:
+            if d.prediction != "eps":
+                raise ValueError("loss.stft_weight needs an eps-predicting model (model.diffusion.prediction: eps)")
+            x0_hat = self.schedule.predict_x0_from_eps(seen["x_t"], seen["t"].long(), seen["out"]).clamp(-1, 1)
+            loss = loss + weight * mr_stft_loss(x0_hat.float(), audio.float(), self.recipe.loss.stft_sizes)
+        return loss
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._loss(model, batch["audio"], batch.get("mel"))

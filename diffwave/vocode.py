@@ -49,6 +49,7 @@ from diffcore.samplers import ddpm_sample, fast_sample
 from diffwave.audio import AUDIO_EXTENSIONS, AudioError, load_audio, save_audio
 from diffwave.config import DiffWaveConfig
 from diffwave.mel import HIFIGAN_LOG_FLOOR, MelConfig, MelError, compute_mel, load_mel_file, validate_mel
+from diffwave.prior import sample_prior_std
 
 __all__ = [
     "Steps",
@@ -274,6 +275,7 @@ def sample_waveform(
     callback: Callable[[int, Tensor], None] | None = None,
     progress: bool = False,
     fast: FastInference | None = None,
+    prior_std: Tensor | None = None,
 ) -> Tensor:
     """Run DiffWave's reverse process for a waveform of ``shape`` and clamp it to [-1, 1].
 
@@ -283,14 +285,15 @@ def sample_waveform(
     σ_t² = β̃_t, the DiffWave paper's choice), clamping after every step in the same way. ``denoiser`` replaces the model call (e.g. a
     :class:`ChunkedDenoiser`); noise comes from ``generator`` (on the model's device). ``fast``: a
     :class:`FastInference` of ``model``; sampling then runs inside its context (inference mode, autocast) and calls
-    it instead of the bare network (default: the eager network in float32).
+    it instead of the bare network (default: the eager network in float32). ``prior_std``: the per-sample standard
+    deviation of the model's prior (PriorGrad; :func:`diffwave.prior.sample_prior_std`), broadcastable to ``shape``.
     """
     config: DiffWaveConfig = model.config
     schedule = config.diffusion.build()
     device, dtype = _model_device_dtype(model)
     net = denoiser if denoiser is not None else (fast if fast is not None else model)
     common = dict(generator=generator, device=device, dtype=dtype, prediction=config.diffusion.prediction,
-                  callback=callback, progress=progress)
+                  callback=callback, progress=progress, prior_std=prior_std)
     with fast.context() if fast is not None else torch.no_grad():
         if steps == "fast":
             x = fast_sample(net, tuple(shape), schedule, inference_betas=config.fast_betas, clip_sample=1.0, **common)
@@ -349,8 +352,12 @@ def vocode_mels(
     denoiser = ChunkedDenoiser(model, [m.to(device, dtype) for m in mels], max_frames=max_frames, context=context,
                                crossfade=crossfade, batch_size=batch_size, prepare=prepare).to(device, dtype)
     denoiser.model = runner
+    prior_std = None
+    if config.prior is not None:  # the packed state's prior: each mel's s[n], in packing order
+        prior_std = torch.cat([sample_prior_std(m.float(), config.mel, config.prior) for m in mels])
+        prior_std = prior_std.to(device, dtype).unsqueeze(0)
     x = sample_waveform(model, (1, denoiser.length), steps, denoiser=denoiser, generator=generator,
-                        callback=callback, progress=progress, fast=runner)[0]
+                        callback=callback, progress=progress, fast=runner, prior_std=prior_std)[0]
     hop = denoiser.hop
     return [x[o : o + f * hop] for o, f in zip(denoiser.offsets, frames)]
 
