@@ -129,6 +129,7 @@ def cmd_preprocess(argv: list[str]) -> int:
     if out is None:
         raise UsageError("say where to cache the mels: --out DIR or data.cache_dir=DIR (then train with the same "
                          "data.cache_dir)")
+    check_output_dir(out, "--out" if args.out else "data.cache_dir")
     files = resolve_files(recipe.data)
     summary = preprocess(files, out, recipe.model.mel, num_workers=args.workers)
     print(f"{summary['computed']} mel(s) computed, {summary['cached']} already cached, {summary['failed']} failed "

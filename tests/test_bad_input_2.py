@@ -322,6 +322,19 @@ def test_numeric_options_out_of_range_are_one_error_line(tmp_path, capsys, wave_
     assert not (tmp_path / "o").exists()
 
 
+def test_preprocess_refuses_a_cache_folder_that_is_a_file_or_under_one(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    sf.write(data / "a.wav", 0.3 * np.sin(np.arange(22050) * 0.05), 22050)
+    (tmp_path / "file.txt").write_text("x")
+    for out, text in ((tmp_path / "file.txt", "is a file, not a folder"),
+                      (tmp_path / "file.txt" / "cache", "file.txt is a file")):
+        code, err = _wave_cli(capsys, "preprocess", "--data", data, "--out", out)
+        assert code == 2
+        _error_line(err, text)
+    assert (tmp_path / "file.txt").read_text() == "x"
+
+
 @pytest.mark.parametrize("option, value", [("--eta", "nan"), ("--eta", "-1"), ("--eta", "inf"),
                                            ("--guidance-scale", "nan"), ("--steps", "0"), ("--steps", "10000000"),
                                            ("--batch-size", "0"), ("--n", "0"), ("--n", "-4"), ("--nrow", "0"),
