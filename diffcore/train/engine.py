@@ -19,7 +19,12 @@ Resume: if ``RUN/checkpoints`` holds a checkpoint, ``fit`` restores model, EMA, 
 data position and every rank's RNG states from it, so N steps in one go and N/2 + resume + N/2 give identical
 weights (for data pipelines whose randomness lives in the main process, e.g. ``num_workers=0`` or deterministic
 workers, and a loss that draws from the global torch RNG). The model section of the stored recipe must match the
-new one; other sections (e.g. a longer ``max_steps``) may change.
+new one, which is checked before anything is written (a refused resume leaves the folder as it was); other sections
+(e.g. a longer ``max_steps``) may change, and each changed value is logged as a warning (old -> new) and a
+``config_changed`` event.
+
+One training per run folder: rank 0 holds :class:`~diffcore.train.lock.RunLock` for the whole ``fit``; a second
+training on the same folder raises :class:`~diffcore.train.lock.RunLockedError` naming the holder's PID.
 
 Checkpoint failures: a periodic checkpoint that cannot be written (disk full, ...) is reported (a warning on stderr
 and a ``checkpoint_failed`` event in ``log.jsonl``) and training continues with the previous checkpoint intact; the
