@@ -23,7 +23,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import cpu_name  # noqa: E402
 
 #: The ablation's variants: overrides of the common recipe below.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -59,16 +60,6 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for k, v in b.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_variant(name: str, data: str, out: Path, marks: list[int], eval_seconds: float,
@@ -191,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": f"{_cpu_name()} ({os.cpu_count()} cores)", "threads": args.threads,
+    meta = {"machine": f"{cpu_name()} ({os.cpu_count()} cores)", "threads": args.threads,
             "date": dt.date.today().isoformat(), "data": args.data, "torch": torch.__version__,
             "eval": f"held-out clips, first {args.eval_seconds:g} s each, 6-step fast schedule"}
     variants = [] if args.report else args.variants.split(",")

@@ -136,7 +136,8 @@ def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
 # Machine
 
 
-def _lscpu_model() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (lscpu's), or what platform knows."""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
         m = re.search(r"^Model name:\s*(.+)$", out, re.M)
@@ -162,7 +163,7 @@ def device_info(device: torch.device | str) -> dict[str, Any]:
     flags = _cpu_flags()
     info: dict[str, Any] = {
         "device": str(device),
-        "cpu": _lscpu_model(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f"}),

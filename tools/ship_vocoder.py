@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,17 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import cpu_name  # noqa: E402
+
 MAX_BYTES = 8 * 1024 * 1024
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> int:
@@ -73,7 +64,7 @@ def main() -> int:
         "name": args.name,
         "step": step,
         "training_minutes": round(minutes, 1),
-        "hardware": f"{_cpu_name()}, {os.cpu_count()} cores, 1 training thread (machine shared with other jobs)",
+        "hardware": f"{cpu_name()}, {os.cpu_count()} cores, 1 training thread (machine shared with other jobs)",
         "data": "LJSpeech 1.1 clips LJ001-0001 ... LJ001-0024 (public domain), 21 trained on, "
                 f"{len(held_out)} held out: {', '.join(held_out_names)}",
         "date": dt.date.today().isoformat(),
@@ -161,7 +152,7 @@ demonstration that the pipeline makes speech on a CPU in minutes, not a producti
 ## Speed
 
 {rtf:.1f} x real time vocoding 4 s of audio with the default path on {torch.get_num_threads()} threads of
-{_cpu_name()} (best of 3, {provenance['date']}).
+{cpu_name()} (best of 3, {provenance['date']}).
 
 ## Licence
 
