@@ -219,13 +219,10 @@ class ResidualBlock(nn.Module):
         precomputed Conv1x1(mel↑) [B, 2C, 1, T] from a :class:`ConditionCache`)."""
         y = self.dilated_conv(x + self.diffusion_projection(step).unsqueeze(-1))
         if cond_projected is not None:
-            y = y + cond_projected.squeeze(2)
+            cond_projected = cond_projected.squeeze(2)
         elif self.conditioner_projection is not None:
-            y = y + self.conditioner_projection(cond)
-        gate, filt = torch.chunk(y, 2, dim=1)
-        y = self.output_projection(torch.sigmoid(gate) * torch.tanh(filt))
-        residual, skip = torch.chunk(y, 2, dim=1)
-        return (x + residual) / math.sqrt(2.0), skip
+            cond_projected = self.conditioner_projection(cond)
+        return residual_and_skip(x, self.output_projection(gated_tanh(y, cond_projected)))
 
     def forward_channels_last(
         self, x: Tensor, step: Tensor, cond: Tensor | None, cond_projected: Tensor | None = None
