@@ -44,6 +44,6 @@ lock:
 	.lockenv/bin/python -m pip install -e ".[eval,dev]"
 	.lockenv/bin/python -m pip check
 	.lockenv/bin/python tools/check_install.py
-	{ sed -n '1,3p' constraints.txt; echo "pip==26.3"; .lockenv/bin/pip freeze --exclude-editable; } > constraints.txt.new
+	{ sed -n '1,3p' constraints.txt; .lockenv/bin/pip freeze --all --exclude-editable | grep -v "^wheel=="; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 	rm -rf .lockenv

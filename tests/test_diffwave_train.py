@@ -40,14 +40,14 @@ def synth_dir(tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------------------------ recipes
 
 
-@pytest.mark.parametrize("name", ["ljspeech_base", "ljspeech_large", "sc09_unconditional", "fsdd_unconditional",
-                                  "quickstart"])
+@pytest.mark.parametrize("name", ["ljspeech_base", "ljspeech_large", "ljspeech_prior", "sc09_unconditional",
+                                  "fsdd_unconditional", "quickstart"])
 def test_recipes_load(name):
     r = load_diffwave_recipe(REPO / "recipes" / f"{name}.yaml")
     assert r.data.path is None  # the user points it at their data
     if name.startswith("ljspeech"):
-        preset = name.split("_")[1]
-        assert r.model == DiffWaveRecipe.from_dict({"model": {"preset": preset}}).model
+        preset, prior = ("base", {}) if name == "ljspeech_prior" else (name.split("_")[1], None)
+        assert r.model == DiffWaveRecipe.from_dict({"model": {"preset": preset, "prior": prior}}).model
         assert (r.train.batch_size, r.train.lr, r.data.crop_frames) == (16, 2e-4, 62)  # the paper's settings
         assert r.train.precision == "auto"  # bf16 on GPUs that have it
     if name.endswith("unconditional"):
