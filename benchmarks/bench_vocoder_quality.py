@@ -106,6 +106,41 @@ def run_variant(name: str, data: str, out: Path, marks: list[int], eval_seconds:
     return state["rows"]
 
 
+def prior_noise_row(data: str, out: Path, eval_seconds: float, with_dnsmos: bool) -> dict[str, Any]:
+    """The scores of the prior alone: a network that predicts ε̂ = 0, sampled with the same schedule and noise, so
+    the output is noise with the mel's loudness contour. What a prior variant scores beyond this, its network made."""
+    import torch
+
+    from diffwave.audio import load_audio
+    from diffwave.config import DiffWaveConfig
+    from diffwave.mel import compute_mel
+    from diffwave.metrics import evaluate_resynthesis
+    from diffwave.recipe import DiffWaveRecipe, split_files
+    from diffwave.vocode import vocode_mels
+
+    class Zero(torch.nn.Module):
+        def __init__(self, config: DiffWaveConfig) -> None:
+            super().__init__()
+            self.config, self.w = config, torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t, cond=None):
+            return torch.zeros_like(x) * self.w
+
+    recipe = DiffWaveRecipe.from_dict(_merge(_merge(COMMON, VARIANTS["prior"]), {"data": {"path": data}}))
+    _, held_out = split_files(recipe.data)
+    pairs = []
+    for k, f in enumerate(held_out):
+        ref, _ = load_audio(f, recipe.model.sample_rate)
+        ref = ref.clamp(-1, 1)[: int(eval_seconds * recipe.model.sample_rate)]
+        mel = compute_mel(ref, recipe.model.mel)
+        est = vocode_mels(Zero(recipe.model), [mel], generator=torch.Generator().manual_seed(k), fast="off")[0]
+        pairs.append((ref, est[: ref.shape[-1]]))
+    table = evaluate_resynthesis(pairs, recipe.model.sample_rate, system="prior noise", with_dnsmos=with_dnsmos)
+    means = table.to_dict()["means"]["prior noise"]
+    return {"variant": "prior noise only (ε̂ = 0)", "minutes": 0.0, "step": 0, "train_seconds": 0.0,
+            "diffwave": means, "griffinlim": {}}
+
+
 def _fmt(v: Any) -> str:
     return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
 
@@ -133,7 +168,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) ->
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     for ax, (key, label) in zip(axes, [keys[0], keys[2], keys[3], keys[4]]):
         for variant in dict.fromkeys(r["variant"] for r in rows):
-            pts = [(r["step"], r["diffwave"].get(key)) for r in rows if r["variant"] == variant]
+            pts = [(r["step"], r["diffwave"].get(key)) for r in rows if r["variant"] == variant and r["step"] > 0]
             pts = [(x, y) for x, y in pts if y is not None and math.isfinite(y)]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=variant)
@@ -154,6 +189,8 @@ def _report(out: Path, meta: dict[str, Any]) -> None:
     """results.json, table.md and the PNG from every variant's state file in ``out/runs`` (runs of several
     processes that share ``out`` end up in one report)."""
     rows = [r for f in sorted((out / "runs").glob("*.json")) for r in json.loads(f.read_text())["rows"]]
+    gl = next((r["griffinlim"] for r in reversed(rows) if r["griffinlim"]), {})
+    rows = [{**r, "griffinlim": r["griffinlim"] or gl} for r in rows]
     order = list(VARIANTS)
     rows.sort(key=lambda r: (order.index(r["variant"]) if r["variant"] in order else len(order), r["step"]))
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
@@ -185,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"machine": f"{cpu_name()} ({os.cpu_count()} cores)", "threads": args.threads,
             "date": dt.date.today().isoformat(), "data": args.data, "torch": torch.__version__,
             "eval": f"held-out clips, first {args.eval_seconds:g} s each, 6-step fast schedule"}
+    null_file = out / "runs" / "_prior_noise.json"
+    if not null_file.exists() and (args.report or any("prior" in v for v in args.variants.split(","))):
+        null_file.parent.mkdir(parents=True, exist_ok=True)
+        null_file.write_text(json.dumps({"rows": [prior_noise_row(args.data, out, args.eval_seconds,
+                                                                  not args.no_dnsmos)]}, indent=1))
     variants = [] if args.report else args.variants.split(",")
     for name in variants:
         run_variant(name, args.data, out, marks, args.eval_seconds, not args.no_dnsmos, print)

@@ -277,8 +277,9 @@ def test_vocoder_saves_float16_and_loads_back_as_float32(vocoder, tmp_path):
 @pytest.mark.parametrize("name", available_models() or ["none"])
 def test_shipped_vocoder_loads_by_name_offline_and_makes_speech_from_the_shipped_clips(name):
     """The shipped model, loaded by name, vocodes the shipped real-speech clips (never trained on) into audio whose
-    intelligibility (STOI) is within 0.05 of what its card reports on the held-out clips and clearly above noise
-    shaped by the same prior; the file is at most 8 MiB."""
+    intelligibility (STOI) is within 0.05 of what its card reports on the held-out clips, and whose spectrum is far
+    closer to the recording's than the noise its prior starts from (log-mel L1 below 60 % of the noise's: the
+    network, not only the prior's loudness contour, makes the speech); the file is at most 8 MiB."""
     import json
 
     from diffwave.metrics import evaluate_pair
@@ -293,19 +294,21 @@ def test_shipped_vocoder_loads_by_name_offline_and_makes_speech_from_the_shipped
     assert voc.config.prior is not None or card.get("prior") is None
     from diffwave.audio import load_audio
 
-    stoi, stoi_noise = [], []
+    stoi, l1, l1_noise = [], [], []
     for f in speech_files():
         ref, _ = load_audio(f, voc.sample_rate)
         mel = voc.mel(ref)
         est = voc.vocode(mel, generator=torch.Generator().manual_seed(0))[: ref.shape[-1]]
         assert torch.isfinite(est).all() and est.abs().max() <= 1.0
-        stoi.append(evaluate_pair(ref, est, voc.sample_rate, with_dnsmos=False)["stoi"])
+        scores = evaluate_pair(ref, est, voc.sample_rate, with_dnsmos=False)
+        stoi.append(scores["stoi"])
+        l1.append(scores["log_mel_l1"])
         noise = _Zero(voc.config)
         from diffwave.vocode import vocode_mels
 
         shaped = vocode_mels(noise, [mel], generator=torch.Generator().manual_seed(0), fast="off")[0][: ref.shape[-1]]
-        stoi_noise.append(evaluate_pair(ref, shaped, voc.sample_rate, with_dnsmos=False)["stoi"])
+        l1_noise.append(evaluate_pair(ref, shaped, voc.sample_rate, with_dnsmos=False)["log_mel_l1"])
     card_stoi = card["held_out_metrics"]["DiffWave (fast)"]["stoi"]
     assert math.isfinite(card_stoi)
     assert np.mean(stoi) > card_stoi - 0.05
-    assert np.mean(stoi) > np.mean(stoi_noise) + 0.05
+    assert np.mean(l1) < 0.6 * np.mean(l1_noise)
