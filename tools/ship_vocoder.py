@@ -128,6 +128,7 @@ def main() -> int:
     voc.save(out, dtype=torch.float16)
 
     m = recipe.model
+    marks = ",".join(str(k) for k in sorted({int(r["step"]) for r in state.get("rows", [])} | {step}))
     params = sum(v.numel() for v in weights.values())
     curve = ""
     if state.get("rows"):
@@ -143,8 +144,8 @@ def main() -> int:
 A mel-to-waveform vocoder for 22 050 Hz speech with lmnt-com/diffwave's mel format (`{m.mel.preset}` preset: n_fft
 1024, hop 256, 80 HTK mels 20 Hz - 11 kHz, dB scaled into [0, 1]). It is the `tiny` DiffWave
 ({m.residual_layers} layers x {m.residual_channels} channels, {params:,} parameters, T = {m.diffusion.num_steps}) with
-PriorGrad's data-dependent prior (`prior: {m.prior.to_dict() if m.prior else None}`), sampled with the 6-step fast
-schedule. Shipped as float16 safetensors ({size / 1024:.0f} KiB), loaded into float32.
+PriorGrad's data-dependent prior (`prior: {json.dumps(m.prior.to_dict()) if m.prior else None}`), sampled with the
+6-step fast schedule. Shipped as float16 safetensors ({size / 1024:.0f} KiB), loaded into float32.
 
 ```python
 import diffwave.api as dw
@@ -154,15 +155,18 @@ wav = voc.vocode(mel)                  # [80, F] -> [F * 256]
 
 ## Training
 
-- Data: {provenance['data']}. The 24 clips are 2.8 minutes of audio, so this is a tiny corpus: expect the model to
-  know this one voice and little else.
-- Recipe: the quickstart's (`recipes/quickstart.yaml` values: batch 8 crops of 8 frames, Adam lr 2e-3 constant after
-  20 warm-up steps, gradient clip 1, EMA 0.999, L1 loss on the noise weighted by the prior), plus `model.prior: {{}}`.
-- {step} steps in {minutes:.0f} minutes on {provenance['hardware']}; torch {provenance['torch']}; {provenance['date']}.
-  {args.note}
-- Reproduce: `.venv/bin/python benchmarks/bench_vocoder_quality.py --data ../shared/data/ljspeech/wavs
-  --variants prior --marks 250,500,1000,2000,4000,{step}` then `.venv/bin/python tools/ship_vocoder.py --run
-  benchmarks/results/vocoder_quality/runs/prior --name {args.name}`.
+- Data: {provenance['data']}. The 24 clips are 2.8 minutes of audio, so this is a tiny
+  corpus: expect the model to know this one voice and little else.
+- Recipe: the `prior` variant of `benchmarks/bench_vocoder_quality.py`, which is `recipes/quickstart.yaml` (tiny
+  preset with the prior, batch 8 crops of 8 frames, Adam lr 2e-3, gradient clip 1, EMA 0.999, L1 loss on the noise
+  weighted by the prior) with the learning rate constant after 20 warm-up steps instead of a cosine decay.
+- {step} steps in {minutes:.0f} minutes on {provenance['hardware']};
+  torch {provenance['torch']}; {provenance['date']}. {args.note}
+- Reproduce (the run stops after its last mark):
+
+      .venv/bin/python benchmarks/bench_vocoder_quality.py --variants prior --marks {marks}
+      .venv/bin/python tools/ship_vocoder.py --run benchmarks/results/vocoder_quality/runs/prior \\
+          --state benchmarks/results/vocoder_quality/runs/prior.json --name {args.name}
 
 ## Evaluation (held-out clips, whole; measured on the shipped float16 file)
 
