@@ -169,9 +169,14 @@ def write_report(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) ->
     for ax, (key, label) in zip(axes, [keys[0], keys[2], keys[3], keys[4]]):
         for variant in dict.fromkeys(r["variant"] for r in rows):
             pts = [(r["step"], r["diffwave"].get(key)) for r in rows if r["variant"] == variant and r["step"] > 0]
+            if not pts:
+                continue
             pts = [(x, y) for x, y in pts if y is not None and math.isfinite(y)]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=variant)
+        floor = next((r["diffwave"].get(key) for r in rows if r["step"] == 0), None)
+        if floor is not None and math.isfinite(floor):
+            ax.axhline(floor, color="gray", ls=":", lw=1, label="prior noise only (ε̂ = 0)")
         if rows and rows[-1]["griffinlim"].get(key) is not None:
             ax.axhline(rows[-1]["griffinlim"][key], color="k", ls="--", lw=1, label="Griffin-Lim")
         ax.set_xlabel("training steps")
