@@ -112,19 +112,41 @@ def machine() -> dict[str, Any]:
             "load_average": list(os.getloadavg()), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
-def measure(model, reference: torch.Tensor, sampler: str, steps: int, n: int, seed: int, cache: Path,
-            batch_size: int) -> dict[str, Any]:
-    from diffimage.api import fid_kid
+def fid_of_features(gen: torch.Tensor, ref: torch.Tensor) -> float:
+    """FID of two feature sets ``[n, D]``: the exact low-rank identity when both are smaller than D (an n × m SVD),
+    else the D × D statistics (:func:`diffimage.fid.fid_from_stats`)."""
+    from diffimage.fid import _fid_low_rank, feature_stats, fid_from_stats
 
+    if max(gen.shape[0], ref.shape[0]) < gen.shape[1]:
+        return _fid_low_rank(ref, gen)
+    return fid_from_stats(feature_stats(gen), feature_stats(ref))
+
+
+def measure(model, reference: torch.Tensor, sampler: str, steps: int, n: int, seed: int, cache: Path,
+            batch_size: int, prefixes: list[int]) -> tuple[list[dict[str, Any]], torch.Tensor]:
+    """Sample ``n`` images, extract their Inception features once, and score the first ``k`` of them for each ``k``
+    in ``prefixes`` and ``n`` (the first ``k`` are exactly what an ``k``-sample run with the same seed and batch size
+    draws). Returns one row per ``k`` and the samples."""
+    from torch import nn
+
+    from diffimage.api import _reference_features
+    from diffimage.fid import compute_kid, extract_features
+
+    ref = _reference_features(reference, None, cache, batch_size, "cpu")
     t0 = time.perf_counter()
     samples = model.sample_seeded(n, seed, batch_size, sampler=sampler, steps=steps)
     t_sample = time.perf_counter() - t0
     t0 = time.perf_counter()
-    scores = fid_kid(samples, reference, cache_dir=cache, kid=True, kid_reference=reference.shape[0],
-                     kid_subset_size=min(1000, n, reference.shape[0]), batch_size=batch_size, device="cpu")
-    return {"fid": scores["fid"], "kid": scores["kid"], "kid_std": scores["kid_std"], "num_samples": n,
-            "num_reference": int(reference.shape[0]), "sampler": sampler, "steps": steps, "seed": seed,
-            "sample_s": t_sample, "features_s": time.perf_counter() - t0}, samples
+    gen = extract_features(samples, None, batch_size, "cpu")
+    t_feat = time.perf_counter() - t0
+    rows = []
+    for k in sorted({n, *[k for k in prefixes if 2 <= k < n]}):
+        kid, kid_std = compute_kid(ref[:, None, None, :], gen[:k, None, None, :], feature_extractor=nn.Flatten(),
+                                   batch_size=1 << 16, subset_size=min(1000, k, ref.shape[0]), device="cpu")
+        rows.append({"fid": fid_of_features(gen[:k], ref), "kid": kid, "kid_std": kid_std, "num_samples": k,
+                     "num_reference": int(ref.shape[0]), "sampler": sampler, "steps": steps, "seed": seed,
+                     "sample_s": t_sample * k / n, "features_s": t_feat * k / n})
+    return rows, samples
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -164,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", default="", help="comma-separated checkpoint steps (with --run)")
     p.add_argument("--samplers", default="ddim50", help="comma-separated ddimN / heunN (default: ddim50)")
     p.add_argument("--num-samples", type=int, default=1000, help="generated images per point (default: 1000)")
+    p.add_argument("--also-at", default="", help="also score the first K samples, for each comma-separated K "
+                   "(the same samples a K-sample run draws; no extra sampling or features)")
     p.add_argument("--reference-limit", type=int, default=1000, help="held-out digits used (default: 1000 of 10000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=100)
@@ -219,18 +243,21 @@ def main(argv: list[str] | None = None) -> int:
                     card_minutes = model.info.get("provenance", {}).get("training_minutes")
                     minutes = float(card_minutes) if card_minutes is not None else None
                     step = model.info.get("provenance", {}).get("training_steps")
-            row, samples = measure(model, reference, sampler, steps, args.num_samples, args.seed, cache,
-                                   args.batch_size)
-            row.update(source=source, step=step, minutes=minutes, machine=machine())
-            results.append(row)
+            rows, samples = measure(model, reference, sampler, steps, args.num_samples, args.seed, cache,
+                                    args.batch_size, [int(k) for k in args.also_at.split(",") if k])
+            for row in rows:
+                row.update(source=source, step=step, minutes=minutes, machine=machine())
+                if not any(all(r.get(k) == row[k] for k in key if k != "num_samples") and
+                           r.get("num_samples") == row["num_samples"] for r in results):
+                    results.append(row)
+                print(f"{label} ({'?' if minutes is None else f'{minutes:.1f}'} min): {sampler} {steps} steps: "
+                      f"FID {row['fid']:.2f}, KID {row['kid']:.4f} ± {row['kid_std']:.4f} ({row['num_samples']} "
+                      f"samples vs {reference.shape[0]} held-out digits; sampling {row['sample_s']:.0f} s, features "
+                      f"{row['features_s']:.0f} s)", flush=True)
             args.out.mkdir(parents=True, exist_ok=True)
             out_file.write_text(json.dumps(results, indent=1) + "\n")
             if args.grid:
                 save_grid(samples[:64], args.out / f"samples_{Path(source).stem}_{sampler}{steps}.png", nrow=8)
-            print(f"{label} ({'?' if minutes is None else f'{minutes:.1f}'} min): {sampler} {steps} steps: "
-                  f"FID {row['fid']:.2f}, KID {row['kid']:.4f} ± {row['kid_std']:.4f} ({args.num_samples} samples vs "
-                  f"{reference.shape[0]} held-out digits; sampling {row['sample_s']:.0f} s, features "
-                  f"{row['features_s']:.0f} s)", flush=True)
     plot(results, args.out / "fid_curve.png")
     print(f"results: {out_file}; curve: {args.out / 'fid_curve.png'}")
     return 0
