@@ -135,7 +135,7 @@ def sample_pretrained(out: Path, device: str = "auto", name: str = PRETRAINED_MO
     images = model.sample(GRID_IMAGES, sampler="ddim", steps=50, generator=g)
     grid = save_grid(images, out / "pretrained_grid.png", nrow=int(math.sqrt(GRID_IMAGES)))
     seconds = time.monotonic() - t0
-    log(f"  {grid} in {seconds:.1f} s (DDIM, 50 steps, on {model.device}, {torch.get_num_threads()} threads)")
+    log(f"  {grid} in {seconds:.1f} s (DDIM, 50 steps, on {model.device}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''})")
     return {"model": name, "grid": grid, "seconds": seconds}
 
 
