@@ -141,6 +141,40 @@ def prior_noise_row(data: str, out: Path, eval_seconds: float, with_dnsmos: bool
             "diffwave": means, "griffinlim": {}}
 
 
+def step_cost(data: str, variants: list[str], rounds: int = 3, steps: int = 20) -> dict[str, float]:
+    """Milliseconds per training step (loss, backward, Adam) of each variant, one batch from its own data pipeline,
+    interleaved over ``rounds`` in this process; the median per variant. Turns the table's steps into CPU time
+    independently of the machine's load during the runs."""
+    import statistics
+
+    import torch
+
+    from diffwave.model import DiffWave
+    from diffwave.recipe import DiffWaveRecipe
+    from diffwave.task import make_task
+
+    setups = {}
+    for name in variants:
+        recipe = DiffWaveRecipe.from_dict(_merge(_merge(COMMON, VARIANTS[name]), {"data": {"path": data}}))
+        task = make_task(recipe)
+        torch.manual_seed(0)
+        model = DiffWave(recipe.model)
+        ds = task.train_dataset()
+        batch = {k: torch.stack([ds[i][k] for i in range(recipe.train.batch_size)]) for k in ds[0]}
+        setups[name] = (task, model, torch.optim.Adam(model.parameters(), recipe.train.lr), batch)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (task, model, opt, batch) in setups.items():
+            t0 = time.process_time()
+            for _ in range(steps):
+                loss = task.loss(model, batch).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            times[name].append(1e3 * (time.process_time() - t0) / steps)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def _fmt(v: Any) -> str:
     return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
 
@@ -163,6 +197,12 @@ def write_report(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) ->
     if rows:
         gl = rows[-1]["griffinlim"]
         lines.append("| Griffin-Lim (64 it.) | — | — | " + " | ".join(_fmt(gl.get(k)) for k, _ in keys) + " |")
+    cost_file = out / "step_cost.json"
+    if cost_file.exists():
+        cost = json.loads(cost_file.read_text())["ms_per_step_cpu"]
+        base = cost.get("baseline")
+        lines += ["", "CPU time per training step (one thread, interleaved in one process, median of 3 rounds of 20):",
+                  ""] + [f"- {k}: {v:.0f} ms" + (f" ({v / base:.2f}x baseline)" if base else "") for k, v in cost.items()]
     (out / "table.md").write_text("\n".join(lines) + "\n")
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
@@ -212,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-dnsmos", action="store_true")
     p.add_argument("--out", default="benchmarks/results/vocoder_quality")
     p.add_argument("--report", action="store_true", help="only rewrite the report from the runs already in --out")
+    p.add_argument("--step-cost", action="store_true",
+                   help="also time one training step of each variant (CPU time, interleaved, in this process)")
     args = p.parse_args(argv)
     marks = sorted({int(m) for m in args.marks.split(",")})
     if args.threads < 1 or not marks or marks[0] < 1:
@@ -232,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         null_file.parent.mkdir(parents=True, exist_ok=True)
         null_file.write_text(json.dumps({"rows": [prior_noise_row(args.data, out, args.eval_seconds,
                                                                   not args.no_dnsmos)]}, indent=1))
+    if args.step_cost:
+        names = [v for v in VARIANTS if v in ("baseline", "prior", "prior_stft")]
+        cost = step_cost(args.data, names)
+        (out / "step_cost.json").write_text(json.dumps({"meta": meta, "ms_per_step_cpu": cost}, indent=1))
     variants = [] if args.report else args.variants.split(",")
     for name in variants:
         run_variant(name, args.data, out, marks, args.eval_seconds, not args.no_dnsmos, print)
