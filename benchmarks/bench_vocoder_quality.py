@@ -13,7 +13,8 @@ reported beside them. A variant's learning rate is constant after warm-up, so on
 resume: running the command again with more marks continues each variant from its last one.
 
 Writes ``OUT/results.json`` (every mark of every variant, machine, threads, date), ``OUT/table.md`` and
-``OUT/quality_vs_steps.png``.
+``OUT/quality_vs_steps.png`` (``OUT``: ``--out``, default ``runs/vocoder_quality``; the figures in BENCHMARKS.md are
+copies of one such folder's report in ``benchmarks/results/vocoder_quality/``).
 """
 
 from __future__ import annotations
@@ -250,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--eval-seconds", type=float, default=5.0, help="seconds of each held-out clip to vocode")
     p.add_argument("--no-dnsmos", action="store_true")
-    p.add_argument("--out", default="benchmarks/results/vocoder_quality")
+    p.add_argument("--out", default="runs/vocoder_quality",
+                   help="working folder: runs, state, report (the committed figures: benchmarks/results/vocoder_quality)")
     p.add_argument("--report", action="store_true", help="only rewrite the report from the runs already in --out")
     p.add_argument("--step-cost", action="store_true",
                    help="also time one training step of each variant (CPU time, interleaved, in this process)")

@@ -73,6 +73,7 @@ def main() -> int:
     p.add_argument("--name", required=True, help="the shipped name (a folder under diffwave/pretrained/)")
     p.add_argument("--state", help="the quality benchmark's state file of this run (training seconds, curve)")
     p.add_argument("--note", default="", help="a sentence for the card about how the run was made")
+    p.add_argument("--step", type=int, default=None, help="ship this step's checkpoint (default: the latest)")
     args = p.parse_args()
 
     import torch
@@ -83,8 +84,8 @@ def main() -> int:
     from diffwave.recipe import DiffWaveRecipe, split_files
 
     run = Path(args.run)
-    ckpt = find_latest(run)
-    if ckpt is None:
+    ckpt = find_latest(run) if args.step is None else run / "checkpoints" / f"step_{args.step:08d}.pt"
+    if ckpt is None or not ckpt.is_file():
         raise SystemExit(f"error: {run}: no checkpoint")
     config, weights = load_for_inference(ckpt)
     recipe = DiffWaveRecipe.from_dict(config)
@@ -165,8 +166,8 @@ wav = voc.vocode(mel)                  # [80, F] -> [F * 256]
 - Reproduce (the run stops after its last mark):
 
       .venv/bin/python benchmarks/bench_vocoder_quality.py --variants prior --marks {marks}
-      .venv/bin/python tools/ship_vocoder.py --run benchmarks/results/vocoder_quality/runs/prior \\
-          --state benchmarks/results/vocoder_quality/runs/prior.json --name {args.name}
+      .venv/bin/python tools/ship_vocoder.py --run runs/vocoder_quality/runs/prior \\
+          --state runs/vocoder_quality/runs/prior.json --name {args.name}
 
 ## Evaluation (held-out clips, whole; measured on the shipped float16 file)
 
