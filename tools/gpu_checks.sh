@@ -6,7 +6,7 @@
 # Then on the GPU machine (device tool: carry [".data"]; the script installs .venv there if it is missing):
 #     bash tools/gpu_checks.sh run                # writes everything under $OUT (or ./gpu_checks_out)
 #
-# run: (1) the benchmark suite (benchmarks/run_gpu.py, its own 400 s budget); (2) ljspeech_base trained on the 24
+# run: (1) the benchmark suite (benchmarks/run_gpu.py, its own 400 s budget); (2) ljspeech_prior trained on the 24
 # shared clips for LJ_STEPS steps (about 8 minutes at the H200 speeds BENCHMARKS.md will record; lower it on a
 # slower card), then vocoding 2 held-out clips with metrics beside Griffin-Lim; (3) the mnist recipe for
 # MNIST_STEPS steps, 1000 DDIM samples, FID against the training set and a grid. Each part logs to its own file and
@@ -37,10 +37,10 @@ run)
     export PYTHONUNBUFFERED=1
     timeout 450 $bin/python benchmarks/run_gpu.py --out "$out" > "$out/bench.log" 2>&1
     echo "benchmarks: exit $?" | tee -a "$out/summary.txt"
-    ( $bin/diffwave train --recipe recipes/ljspeech_base.yaml --data .data/ljspeech/wavs --run-dir "$out/ljs" \
+    ( $bin/diffwave train --recipe recipes/ljspeech_prior.yaml --data .data/ljspeech/wavs --run-dir "$out/ljs" \
           data.holdout=2 train.max_steps="$LJ_STEPS" train.progress=false train.sample_every=0 train.val_every=0 \
       && $bin/diffwave evaluate --model "$out/ljs" --n 2 --out "$out/ljs_eval" ) > "$out/ljs.log" 2>&1
-    echo "ljspeech_base: exit $?" | tee -a "$out/summary.txt"
+    echo "ljspeech_prior: exit $?" | tee -a "$out/summary.txt"
     ( $bin/diffimage train --recipe recipes/mnist.yaml --data .data/mnist/train.npz --run-dir "$out/mnist" \
           train.max_steps="$MNIST_STEPS" train.progress=false \
       && $bin/diffimage sample --model "$out/mnist" --sampler ddim --steps 50 --n 64 --out "$out/mnist_samples" \
