@@ -36,6 +36,8 @@ from diffwave.mel import MelConfig, MelError, compute_mel, load_mel_file, valida
 from diffwave.model import DiffWave
 from diffwave.recipe import DiffWaveRecipe
 
+from cli_helpers import error_line as _error_line, image_cli as _image_cli, wave_cli as _wave_cli
+
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000
 SMALL_WAVE = {"preset": "tiny", "residual_layers": 2, "residual_channels": 4, "dilation_cycle": 2,
@@ -525,32 +527,6 @@ def test_a_writer_that_fails_half_way_leaves_the_old_file_untouched(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ commands
-
-
-def _error_line(err: str, *must_contain: str) -> str:
-    """The single ``error: ...`` line of a command's stderr (logging lines may surround it)."""
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, err
-    for text in must_contain:
-        assert text in lines[0], (text, lines[0])
-    return lines[0]
-
-
-def _wave_cli(capsys, *args) -> tuple[int, str]:
-    from diffwave.cli import main
-
-    os.environ.pop("DIFFSTACK_DEBUG", None)
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
-
-
-def _image_cli(capsys, *args) -> tuple[int, str]:
-    from diffimage.cli import main
-
-    os.environ.pop("DIFFSTACK_DEBUG", None)
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,8 @@ from diffcore.train.toy import ToyTask
 from diffwave.config import DiffWaveConfig
 from diffwave.model import DiffWave
 
+from cli_helpers import error_line as _error_line, image_cli as _image_cli, wave_cli as _wave_cli
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL_WAVE = {"preset": "tiny", "residual_layers": 2, "residual_channels": 4, "dilation_cycle": 2,
               "embedding_hidden": 16}
@@ -42,31 +44,6 @@ def cfg(**kw) -> TrainConfig:
                 device="cpu", progress=False, tensorboard=False, ema_decay=0.9, seed=0)
     base.update(kw)
     return TrainConfig(**base)
-
-
-def _error_line(err: str, *must_contain: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, err
-    for text in must_contain:
-        assert text in lines[0], (text, lines[0])
-    return lines[0]
-
-
-def _wave_cli(capsys, *args) -> tuple[int, str]:
-    from diffwave.cli import main
-
-    os.environ.pop("DIFFSTACK_DEBUG", None)
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
-
-
-def _image_cli(capsys, *args) -> tuple[int, str]:
-    from diffimage.cli import main
-
-    os.environ.pop("DIFFSTACK_DEBUG", None)
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
