@@ -157,27 +157,7 @@ def gaussian_expected_bound(
     """
     betas = np.asarray(betas, dtype=np.float64)
     mean = np.broadcast_to(np.asarray(mean, dtype=np.float64), (dims,))
-    if prior_std is not None or np.ndim(std) > 0:
-        return _gaussian_expected_bound_diag(betas, mean, std, dims, variance, 1.0 if prior_std is None else prior_std)
-    abar = np.cumprod(1.0 - betas)
-    abar_prev = np.concatenate([[1.0], abar[:-1]])
-    post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
-    c1 = betas * np.sqrt(abar_prev) / (1.0 - abar)
-    var_x0 = std**2 * (1.0 - abar) / (abar * std**2 + 1.0 - abar)
-    if variance == "beta":
-        sig2 = betas.copy()
-    elif variance == "posterior":
-        sig2 = post_var.copy()
-        sig2[0] = post_var[1]
-    else:
-        raise ValueError(variance)
-    terms = np.empty(betas.size + 1)
-    terms[0] = dims * (0.5 * np.log(2 * np.pi * sig2[0]) + var_x0[0] / (2 * sig2[0]))
-    k = np.arange(1, betas.size)
-    terms[1:-1] = dims * 0.5 * (np.log(sig2[k] / post_var[k]) + post_var[k] / sig2[k] - 1 + c1[k] ** 2 * var_x0[k] / sig2[k])
-    a_t = abar[-1]
-    terms[-1] = np.sum(0.5 * (-np.log(1 - a_t) + (1 - a_t) + a_t * (mean**2 + std**2) - 1))
-    return float(terms.sum()), terms
+    return _gaussian_expected_bound_diag(betas, mean, std, dims, variance, 1.0 if prior_std is None else prior_std)
 
 
 def _gaussian_expected_bound_diag(betas, mean, std, dims, variance, prior_std) -> tuple[float, np.ndarray]:
