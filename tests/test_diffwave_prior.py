@@ -60,7 +60,6 @@ def test_calibrated_energy_is_the_rms_of_speech_tilted_noise(preset):
 
 
 def test_the_two_presets_give_the_same_prior_for_the_same_audio():
-    g = torch.Generator().manual_seed(3)
     env = torch.linspace(0.01, 0.3, 40).repeat_interleave(2205)  # a crescendo, 4 s
     audio = env * _tilted_noise(4.0, 1.0, seed=5)
     prior = PriorConfig()
@@ -69,7 +68,6 @@ def test_the_two_presets_give_the_same_prior_for_the_same_audio():
     n = min(len(s[0]), len(s[1]))
     ratio = (s[0][:n] / s[1][:n]).median()
     assert abs(float(ratio) - 1.0) < 0.1
-    del g
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -291,7 +289,7 @@ def test_shipped_vocoder_loads_by_name_offline_and_makes_speech_from_the_shipped
     assert (folder / "MODEL_CARD.md").is_file()
     card = json.loads((folder / "config.json").read_text())["provenance"]
     voc = load(name, "cpu")
-    assert voc.config.prior is not None or card.get("prior") is None
+    assert card["name"] == name and card["step"] > 0
     from diffwave.audio import load_audio
 
     stoi, l1, l1_noise = [], [], []
