@@ -10,7 +10,7 @@ Everything in it is a tensor or plain Python data, so it loads with ``torch.load
 ever unpickled. A run folder keeps its checkpoints as ``RUN/checkpoints/step_XXXXXXXX.pt`` plus a text file
 ``RUN/checkpoints/latest`` naming the newest one.
 
-Atomicity: a file is written to a temporary name in the same folder, flushed and fsync'ed, renamed over the final
+Atomicity (:func:`diffcore.atomic.atomic_write`, re-exported here): a file is written to a temporary name in the same folder, flushed and fsync'ed, renamed over the final
 name with ``os.replace`` (atomic on POSIX), and the folder is fsync'ed so the rename survives a power cut. A process
 killed at any point leaves the previous checkpoint and pointer untouched (at worst a stray ``.*.tmp*`` file, removed
 by :func:`remove_stale_temp_files`). A failed write (e.g. ``OSError`` disk full) removes its temporary file and
@@ -22,15 +22,16 @@ plain weights of a run without EMA); it loads with ``json`` + ``safetensors`` al
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
+
+from diffcore.atomic import atomic_write
+from diffcore.errors import CheckpointError, ConfigError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -61,10 +62,6 @@ EXPORT_WEIGHTS = "model.safetensors"
 _NAME_RE = re.compile(r"^step_(\d+)\.pt$")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written or read; the message names the file and the problem."""
-
-
 #: Sentences of torch's weights-only error that give advice (often: turn the protection off) rather than the cause.
 _ADVICE_WORDS = ("Weights only load failed", "weights_only", "trust", "Check the documentation", "Please file an issue",
                  "allowlist", "Alternatively", "arbitrary code", "you have two options")
@@ -87,59 +84,8 @@ def load_error_detail(error: BaseException) -> tuple[bool, str]:
     return refused, detail if refused else f"{type(error).__name__}: {detail}"
 
 
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
 def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}.pt"
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms/filesystems cannot open a directory
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Write ``path`` atomically: ``write(f)`` into a temporary file of the same folder, flush, fsync, rename,
-    fsync the folder. On any failure the temporary file is removed, ``path`` is untouched, and
-    :class:`CheckpointError` is raised naming the file and the cause."""
-    path = Path(path)
-    folder = path.parent
-    tmp: str | None = None
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual mode
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(folder)
-    except Exception as e:
-        raise CheckpointError(f"could not write {path}: {type(e).__name__}: {e}") from e
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-    return path
 
 
 def _ckpt_dir(run_or_ckpt_dir: Path) -> Path:
@@ -413,8 +359,6 @@ def rebuild_model(
     Inference always rebuilds from the stored config, never from defaults. Raises :class:`CheckpointError` naming
     ``source`` when the config has no ``model`` section, is not a ``kind`` config, or the weights do not fit it.
     """
-    from diffcore.config import ConfigError
-
     if not isinstance(config.get("model"), Mapping):
         raise CheckpointError(f"{source}: its config has no 'model' section, so the model cannot be rebuilt")
     try:

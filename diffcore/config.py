@@ -26,6 +26,9 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence, TypeVar, Union, ge
 
 import yaml
 
+from diffcore.atomic import atomic_write
+from diffcore.errors import ConfigError
+
 __all__ = [
     "ConfigError",
     "ConfigBase",
@@ -36,10 +39,6 @@ __all__ = [
 ]
 
 C = TypeVar("C", bound="ConfigBase")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration: an unknown key, a wrong type, an inconsistent combination or a bad recipe file."""
 
 
 #: Upper bounds of size fields, by field name (exact name first, then suffix). They are checked in ``from_dict``
@@ -349,8 +348,6 @@ def load_recipe(cls: type[C], path: str | os.PathLike | None = None, overrides: 
 
 def save_config(cfg: ConfigBase | Mapping[str, Any], path: str | os.PathLike) -> None:
     """Write a resolved configuration as YAML, atomically (temporary file, fsync, rename)."""
-    from diffcore.checkpoint import atomic_write  # late import: checkpoint is the heavier module
-
     data = cfg.to_dict() if isinstance(cfg, ConfigBase) else dict(cfg)
     text = yaml.safe_dump(data, sort_keys=False).encode("utf-8")
     atomic_write(path, lambda f: f.write(text))

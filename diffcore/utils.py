@@ -13,11 +13,14 @@ so no module ever writes a shape literal like ``[B, 1, 1, 1]``.
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from diffcore.errors import ConfigError
 
 __all__ = ["Denoiser", "append_dims", "gather", "mean_flat", "sum_flat", "randn", "resolve_device_dtype"]
 
@@ -132,11 +135,7 @@ VALID_DEVICES = "auto, cpu, cuda, cuda:N, mps"
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto``: the first CUDA GPU when there is one, else the CPU. ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` are
     taken as asked; a name that is none of these, or a GPU this machine does not have, is a
-    :class:`~diffcore.config.ConfigError` that lists the valid names."""
-    import re
-
-    from diffcore.config import ConfigError
-
+    :class:`~diffcore.errors.ConfigError` that lists the valid names."""
     if isinstance(device, torch.device):
         return device
     if not isinstance(device, str):

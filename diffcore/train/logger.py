@@ -20,13 +20,13 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from diffcore.atomic import atomic_write
+
 __all__ = ["RunLogger", "NullLogger", "read_log"]
 
 
 def _atomic(path: Path, write: Any) -> None:
     """Media files go through the package's one atomic writer (same mode as every output, never half a file)."""
-    from diffcore.checkpoint import atomic_write
-
     atomic_write(path, write)
 
 
