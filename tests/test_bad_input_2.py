@@ -614,11 +614,11 @@ def test_gsm_wavs_are_decoded(tmp_path):
 
 
 def test_every_writer_goes_through_the_one_atomic_writer():
-    """A source scan: temporary files and renames exist only in diffcore.checkpoint.atomic_write."""
+    """A source scan: temporary files and renames exist only in diffcore.atomic.atomic_write."""
     offenders = []
     for path in sorted((REPO / "diffcore").rglob("*.py")) + sorted((REPO / "diffwave").rglob("*.py")) + \
             sorted((REPO / "diffimage").rglob("*.py")):
-        if path == REPO / "diffcore" / "checkpoint.py":
+        if path == REPO / "diffcore" / "atomic.py":
             continue
         text = path.read_text()
         for word in ("mkstemp", "NamedTemporaryFile", "os.replace(", "os.rename(", ".write_text(", ".write_bytes("):
