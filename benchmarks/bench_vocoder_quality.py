@@ -117,7 +117,7 @@ def prior_noise_row(data: str, out: Path, eval_seconds: float, with_dnsmos: bool
     from diffwave.mel import compute_mel
     from diffwave.metrics import evaluate_resynthesis
     from diffwave.recipe import DiffWaveRecipe, split_files
-    from diffwave.vocode import vocode_mels
+    from diffwave.sample import vocode_mels
 
     class Zero(torch.nn.Module):
         def __init__(self, config: DiffWaveConfig) -> None:

@@ -1,9 +1,13 @@
 """diffwave: the DiffWave vocoder and unconditional audio generator (Kong et al., ICLR 2021) on diffcore.
 
-Modules: ``model`` (the network), ``config`` (``DiffWaveConfig`` and its presets), ``mel`` (the ``diffwave`` and
-``hifigan`` mel front ends), ``audio`` (reading and writing audio), ``data`` (datasets), ``synth`` (speech-like
-synthetic audio), ``task``/``recipe`` (training through diffcore's engine), ``api``/``vocode`` (inference),
-``metrics``/``digits`` (evaluation), ``lmnt`` (lmnt-com/diffwave checkpoints), ``cli`` (the ``diffwave`` command).
+Modules, by role (diffimage has the same files for the same roles): ``config`` (``DiffWaveConfig`` and its
+presets), ``model`` (the network), ``data`` (datasets and file lists), ``recipe`` (the recipe dataclasses and loader),
+``task`` (the TrainTask for diffcore's engine), ``sample`` (vocoding and generation with a trained model),
+``evaluate`` (resynthesis and generation metrics), ``api`` (``Vocoder``, ``load``, ``available_models`` and
+re-exports), ``cli`` (the ``diffwave`` command). Audio-specific: ``mel`` (the ``diffwave`` and ``hifigan`` mel front
+ends), ``audio`` (reading and writing audio), ``prior`` (PriorGrad's prior), ``synth`` (speech-like synthetic
+audio), ``metrics``/``digits`` (the metrics themselves), ``lmnt`` (lmnt-com/diffwave checkpoints), ``preprocess``
+(mel caching), ``quickstart``.
 
 Quick use::
 

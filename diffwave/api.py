@@ -26,18 +26,21 @@ from diffcore.checkpoint import (
     EXPORT_WEIGHTS,
     CheckpointError,
     atomic_write,
+    check_export_target,
+    export,
     load_for_inference,
     rebuild_model,
 )
-from diffcore.config import ConfigError
 from diffcore.utils import resolve_device
 from diffwave.config import DiffWaveConfig
 from diffwave.mel import compute_mel, validate_mel
 from diffwave.model import DiffWave
+from diffwave.evaluate import evaluate_generation, evaluate_resynthesis_files
 from diffwave.pretrained import SHIPPED, available_models
-from diffwave.vocode import DEFAULT_MAX_FRAMES, Fast, Steps, generate_audio, vocode_mels
+from diffwave.sample import DEFAULT_MAX_FRAMES, Fast, Steps, generate_audio, vocode_mels
 
-__all__ = ["Vocoder", "available_models", "load", "save_export", "resolve_device"]
+__all__ = ["Vocoder", "available_models", "load", "save_export", "export_run", "import_lmnt", "resolve_device",
+           "evaluate_resynthesis_files", "evaluate_generation"]
 
 Device = Literal["auto", "cpu", "cuda"]  # or "cuda:N"
 
@@ -138,9 +141,9 @@ class Vocoder:
         and cannot leak into a neighbour). ``steps``: ``fast`` (the model's ``fast_betas``, 6 network calls for the
         paper's presets) or ``full`` (all T training steps). ``generator``: the noise source, on the model's device
         (default: the global RNG). Mels longer than ``max_frames`` are vocoded in exact overlapping chunks (see
-        :mod:`diffwave.vocode`). Raises :class:`~diffwave.mel.MelError` naming the preset the model expects when a
+        :mod:`diffwave.sample`). Raises :class:`~diffwave.mel.MelError` naming the preset the model expects when a
         mel does not fit it, and ``ValueError`` for inconsistent shapes or lengths. ``fast``: the inference fast
-        paths (:mod:`diffwave.vocode`; default on, ``"off"`` = eager float32). ``numpy``: return numpy arrays
+        paths (:mod:`diffwave.sample`; default on, ``"off"`` = eager float32). ``numpy``: return numpy arrays
         (default: numpy when the input was numpy). Returns float32 audio in [-1, 1] on the CPU.
         """
         if not self.conditional:
@@ -225,6 +228,31 @@ def save_export(model: DiffWave, config: Mapping[str, Any], out_dir: str | os.Pa
     return out
 
 
+def export_run(source: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Vocoder, Path]:
+    """Export a run folder's (latest) or a checkpoint's EMA weights with :func:`diffcore.checkpoint.export`, after
+    checking the target folder and that ``source`` holds a DiffWave model, then load the export back as a check.
+    Returns ``(the model loaded from source, the export folder)``."""
+    check_export_target(out_dir)
+    voc = load(source, "cpu")  # a DiffWave model, before anything is written
+    out = export(source, out_dir)
+    load(out, "cpu")
+    return voc, out
+
+
+def import_lmnt(source: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Vocoder, int]:
+    """Convert an lmnt-com/diffwave checkpoint (``weights.pt`` or its folder) into an export folder of this package
+    (its metadata records lmnt's ``step``), then load the export back as a check. Returns ``(the imported model,
+    lmnt's training step)``; the imported model gives lmnt's outputs."""
+    from diffwave.lmnt import read_lmnt_checkpoint
+
+    check_export_target(out_dir)
+    voc = Vocoder.from_lmnt(source, "cpu")
+    step = int(read_lmnt_checkpoint(source).get("step", 0))
+    save_export(voc.model, voc.info, out_dir, metadata={"step": str(step), "source": "lmnt"})
+    load(out_dir, "cpu")
+    return voc, step
+
+
 def _looks_like_lmnt(path: Path) -> bool:
     target = path / "weights.pt" if path.is_dir() else path
     if not target.is_file():
@@ -253,172 +281,3 @@ def load(path: str | os.PathLike, device: Device | str | torch.device = "auto") 
             return Vocoder.from_lmnt(p, device)
         raise
     return Vocoder.from_config_and_weights(config, weights, device, source=str(p))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2, default=_jsonable) + "\n").encode()))
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Path):
-        return str(x)
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    raise TypeError(f"not JSON-able: {type(x).__name__}")
-
-
-def evaluate_resynthesis_files(
-    vocoder: Vocoder,
-    files: list[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    steps: Steps = "fast",
-    *,
-    seed: int = 0,
-    max_seconds: float | None = None,
-    with_dnsmos: bool = True,
-    gl_iters: int = 64,
-    plot_clips: int = 2,
-    group: int = 8,
-    progress: bool = True,
-    fast: Fast = None,
-) -> dict[str, Any]:
-    """Resynthesis of recordings: vocode each file's own mel (the model's preset) and invert the same mel with
-    Griffin-Lim, then compare both with the recording (:func:`diffwave.metrics.evaluate_resynthesis`).
-
-    Writes ``out_dir/wavs/<stem>.{reference,diffwave,griffinlim}.wav``, ``metrics.md`` (the table),
-    ``metrics.json`` (means, counts, per-clip values, settings) and ``spectrograms.png`` (recording, DiffWave and
-    Griffin-Lim of the first ``plot_clips`` clips). ``max_seconds`` keeps only the start of long recordings.
-    Returns ``{"table": ResynthesisTable, "per_clip": [...], "paths": {...}}``.
-    """
-    from tqdm.auto import tqdm
-
-    from diffwave.audio import load_audio, save_audio
-    from diffwave.metrics import evaluate_pair, evaluate_resynthesis, griffin_lim_from_mel, plot_spectrograms
-    from diffwave.vocode import num_sampling_steps, vocode_mels
-
-    if not vocoder.conditional:
-        raise ValueError("resynthesis needs a mel-conditioned model; use evaluate_generation for unconditional ones")
-    if not files:
-        raise ValueError("no recordings to evaluate")
-    out = Path(out_dir)
-    sr, mel_cfg = vocoder.sample_rate, vocoder.config.mel
-    refs, mels, names = [], [], []
-    for f in files:
-        wav, _ = load_audio(f, sr)
-        wav = wav.clamp(-1.0, 1.0)
-        if max_seconds is not None:
-            wav = wav[: int(max_seconds * sr)]
-        refs.append(wav)
-        mels.append(vocoder.mel(wav))
-        names.append(Path(f).stem)
-    n_steps = num_sampling_steps(vocoder.config, steps)
-    bar = tqdm(total=n_steps * len(range(0, len(files), group)), disable=not progress, desc=f"vocode ({steps})")
-    outs: list[Tensor] = []
-    for k, i in enumerate(range(0, len(files), group)):
-        g = torch.Generator(device=vocoder.device).manual_seed(seed * 1_000_003 + k)
-        part = vocode_mels(vocoder.model, mels[i : i + group], steps, generator=g, callback=lambda *_: bar.update(1),
-                           fast=fast)
-        outs += [w.cpu()[: r.shape[-1]] for w, r in zip(part, refs[i : i + group])]
-    bar.close()
-    gls = [griffin_lim_from_mel(m, mel_cfg, n_iter=gl_iters) for m in mels]
-    paths: dict[str, Any] = {"wavs": []}
-    for name, ref, est, gl in zip(names, refs, outs, gls):
-        for kind, wav in (("reference", ref), ("diffwave", est), ("griffinlim", gl)):
-            paths["wavs"].append(save_audio(out / "wavs" / f"{name}.{kind}.wav", wav, sr))
-    system = f"DiffWave ({steps})"
-    table = evaluate_resynthesis(list(zip(refs, outs)), sr, list(zip(refs, gls)), system=system,
-                                 with_dnsmos=with_dnsmos)
-    per_clip = [
-        {"clip": name, "diffwave": evaluate_pair(r, e, sr, with_dnsmos=False),
-         "griffinlim": evaluate_pair(r, g_, sr, with_dnsmos=False)}
-        for name, r, e, g_ in zip(names, refs, outs, gls)
-    ]
-    items = []
-    for name, ref, est, gl in list(zip(names, refs, outs, gls))[:plot_clips]:
-        items += [(f"{name}: recording", ref), (f"{name}: {system}", est), (f"{name}: Griffin-Lim ({gl_iters} it.)", gl)]
-    paths["png"] = plot_spectrograms(out / "spectrograms.png", items, sr)
-    header = (f"# Resynthesis of {len(files)} recording(s)\n\nmodel: `{vocoder.source}` ({vocoder.config.mel.preset} "
-              f"mel, {sr} Hz); sampling: {steps} ({n_steps} steps); baseline: Griffin-Lim, {gl_iters} iterations, "
-              f"on the same mels.\n\n")
-    paths["markdown"] = out / "metrics.md"
-    atomic_write(paths["markdown"], lambda f: f.write((header + table.markdown()).encode()))
-    paths["json"] = out / "metrics.json"
-    _write_json(paths["json"], {"model": vocoder.source, "steps": steps, "sample_rate": sr, "files": [str(f) for f in files],
-                                **table.to_dict(), "per_clip": per_clip})
-    return {"table": table, "per_clip": per_clip, "paths": paths}
-
-
-def evaluate_generation(
-    vocoder: Vocoder,
-    reference_files: list[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    n: int = 64,
-    steps: Steps = "fast",
-    *,
-    seed: int = 0,
-    batch_size: int = 16,
-    classifier: str | os.PathLike | None = None,
-    classifier_epochs: int = 30,
-    save_clips: int = 10,
-    fast: Fast = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """The DiffWave paper's Table 2 metrics (FID, IS, mIS, AM, NDB) of ``n`` generated clips against
-    ``reference_files`` (spoken digits named ``{digit}_{speaker}_{index}.wav``, e.g. FSDD's training part), judged
-    by a digit classifier: ``classifier`` (a checkpoint of :func:`diffwave.digits.train_digit_classifier`), or one
-    trained here on the reference clips (saved as ``out_dir/digit_classifier.pt``).
-
-    Writes ``metrics.json``, ``metrics.md`` and the first ``save_clips`` clips under ``out_dir/generated``.
-    """
-    from tqdm.auto import tqdm
-
-    from diffwave.audio import AudioError, load_audio, save_audio
-    from diffwave.digits import digit_metrics, load_digit_classifier, split_fsdd_files, train_digit_classifier
-
-    if vocoder.conditional:
-        raise ValueError("generation metrics need an unconditional model; use evaluate_resynthesis_files")
-    out = Path(out_dir)
-    if classifier is not None:
-        clf = load_digit_classifier(classifier)
-        clf_path = Path(classifier)
-    else:
-        try:
-            train, val = split_fsdd_files(reference_files)
-        except ValueError as e:
-            raise ConfigError(f"the reference clips must be spoken digits named {{digit}}_{{speaker}}_{{index}}.wav "
-                              f"to train the digit classifier, or give a trained classifier ({e})") from None
-        if not train:  # every clip has a validation index: train on them all
-            train, val = val, []
-        clf_path = out / "digit_classifier.pt"
-        clf, hist = train_digit_classifier(train, clf_path, classifier_epochs, val_files=val or None)
-    refs = []
-    for f in reference_files:
-        try:
-            refs.append(load_audio(f, vocoder.sample_rate, log_resample=False)[0])  # the rate of the clips
-        except AudioError:
-            continue
-    clips: list[Tensor] = []
-    bar = tqdm(total=n, disable=not progress, desc=f"generate ({steps})")
-    for k, i in enumerate(range(0, n, batch_size)):
-        g = torch.Generator(device=vocoder.device).manual_seed(seed + i)
-        clips += list(vocoder.generate(min(batch_size, n - i), generator=g, steps=steps, fast=fast))
-        bar.update(min(batch_size, n - i))
-    bar.close()
-    for i, c in enumerate(clips[:save_clips]):
-        save_audio(out / "generated" / f"sample_{i:04d}.wav", c, vocoder.sample_rate)
-    metrics = digit_metrics(clips, refs, clf, sr=vocoder.sample_rate)
-    rows = [("FID", "fid", "lower"), ("IS", "is", "higher"), ("mIS", "mis", "higher"), ("AM", "am", "lower"),
-            ("NDB/K", "ndb_k", "lower")]
-    md = ["| metric | generated | better |", "|---|---:|---|"] + [f"| {a} | {metrics[k]:.3f} | {b} |" for a, k, b in rows]
-    md.append(f"| IS of the reference clips | {metrics['reference_is']:.3f} | |")
-    text = (f"# Unconditional generation: {n} clips, {steps} sampling\n\nmodel: `{vocoder.source}`; classifier: "
-            f"`{clf_path}`; reference: {len(refs)} clips\n\n" + "\n".join(md) + "\n")
-    atomic_write(out / "metrics.md", lambda f: f.write(text.encode()))
-    _write_json(out / "metrics.json", {"model": vocoder.source, "steps": steps, "n": n, "classifier": str(clf_path),
-                                       **metrics})
-    return {"metrics": metrics, "paths": {"markdown": out / "metrics.md", "json": out / "metrics.json",
-                                          "classifier": clf_path}}

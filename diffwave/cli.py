@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import os
 import sys
@@ -42,7 +41,7 @@ def _user_errors(fn: Callable[[list[str]], int | None]) -> Callable[[list[str]],
         from diffwave.audio import AudioError
         from diffwave.lmnt import LmntImportError
         from diffwave.mel import MelError
-        from diffwave.vocode import VocodeError
+        from diffwave.sample import VocodeError
 
         try:
             return fn(argv)
@@ -112,8 +111,9 @@ def _is_main_rank() -> bool:
 
 @_user_errors
 def cmd_preprocess(argv: list[str]) -> int:
+    from diffwave.data import resolve_files
     from diffwave.preprocess import preprocess
-    from diffwave.recipe import load_diffwave_recipe, resolve_files
+    from diffwave.recipe import load_diffwave_recipe
 
     p = recipe_parser("diffwave preprocess", "Compute and cache the mel spectrograms of a recipe's data "
                       "(its data.path with its model.mel front end) so training reads them from disk.")
@@ -181,7 +181,7 @@ def cmd_train(argv: list[str]) -> int:
 def cmd_vocode(argv: list[str]) -> int:
     from diffwave.api import load
     from diffwave.audio import OUTPUT_FORMATS
-    from diffwave.vocode import DEFAULT_MAX_FRAMES, collect_inputs, vocode_files
+    from diffwave.sample import DEFAULT_MAX_FRAMES, collect_inputs, vocode_files
 
     p = _parser("vocode", "Turn mel spectrograms (.npy/.pt, in the model's mel preset) or recordings (their mel is "
                 "computed with the model's preset) into waveforms.")
@@ -218,7 +218,7 @@ def cmd_vocode(argv: list[str]) -> int:
     voc = load(args.model, args.device)
     if not voc.conditional:
         raise UsageError(f"{args.model} is an unconditional model: use `diffwave generate`")
-    from diffwave.vocode import context_frames
+    from diffwave.sample import context_frames
 
     if args.max_frames <= 2 * context_frames(voc.model.config):
         raise UsageError(f"--max-frames must be above {2 * context_frames(voc.model.config)} for this model (twice "
@@ -251,11 +251,8 @@ def _output_bytes_estimate(path: Path, is_mel: bool) -> int:
 
 @_user_errors
 def cmd_generate(argv: list[str]) -> int:
-    import torch
-
-    from diffcore.checkpoint import atomic_write
     from diffwave.api import load
-    from diffwave.audio import save_audio
+    from diffwave.sample import generate_files
 
     p = _parser("generate", "Generate clips with an unconditional model.")
     _add_model_args(p)
@@ -276,46 +273,21 @@ def cmd_generate(argv: list[str]) -> int:
     if voc.conditional:
         raise UsageError(f"{args.model} is a mel-conditioned vocoder: use `diffwave vocode`")
     length = int(round(args.seconds * voc.sample_rate)) if args.seconds else None
-    from tqdm.auto import tqdm
-
-    out = Path(args.out)
-    manifest = []
-    with tqdm(total=args.n, desc=f"generate ({args.steps})", unit="clip") as bar:
-        for i in range(0, args.n, args.batch_size):
-            k = min(args.batch_size, args.n - i)
-            g = torch.Generator(device=voc.device).manual_seed(args.seed + i)
-            clips = voc.generate(k, generator=g, steps=args.steps, length=length, fast=_fast_option(args))
-            for j, clip in enumerate(clips):
-                path = save_audio(out / f"sample_{i + j:04d}.wav", clip, voc.sample_rate)
-                manifest.append({"file": path.name, "seed": args.seed + i, "index_in_batch": j})
-            bar.update(k)
-    text = json.dumps({"model": voc.source, "steps": args.steps, "clips": manifest}, indent=1) + "\n"
-    atomic_write(out / "manifest.json", lambda f: f.write(text.encode()))
-    print(f"generated {args.n} clip(s) at {voc.sample_rate} Hz -> {out}")
+    generate_files(voc.model, args.n, args.out, args.steps, seed=args.seed, batch_size=args.batch_size,
+                   length=length, source=voc.source, fast=_fast_option(args))
+    print(f"generated {args.n} clip(s) at {voc.sample_rate} Hz -> {Path(args.out)}")
     return 0
 
 
 # --------------------------------------------------------------------------------------------------- evaluate
 
 
-def _stored_heldout(info: dict) -> list[Path]:
-    """The held-out clips of the recipe stored with a model (``data.holdout``), if its data is reachable."""
-    from diffcore.config import ConfigError
-    from diffwave.recipe import DataConfig, split_files
-
-    data = info.get("data")
-    if not isinstance(data, dict) or not data.get("path") or not data.get("holdout"):
-        return []
-    try:
-        return split_files(DataConfig.from_dict(data))[1]
-    except (ConfigError, FileNotFoundError, OSError):
-        return []
-
-
 @_user_errors
 def cmd_evaluate(argv: list[str]) -> int:
-    from diffwave.api import evaluate_generation, evaluate_resynthesis_files, load
-    from diffwave.recipe import DataConfig, resolve_files
+    from diffwave.api import load
+    from diffwave.data import resolve_files
+    from diffwave.evaluate import evaluate_generation, evaluate_resynthesis_files, heldout_files
+    from diffwave.recipe import DataConfig
 
     p = _parser("evaluate", "Vocoders: resynthesise held-out recordings and compare with Griffin-Lim on the same "
                 "mels (log-mel L1, MR-STFT, PESQ, STOI, DNSMOS), writing wavs, a table and a spectrogram plot. "
@@ -346,7 +318,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     if args.data is not None:
         files = resolve_files(DataConfig(path=args.data))
     else:
-        files = _stored_heldout(voc.info)
+        files = heldout_files(voc.info)
         if not files:
             raise UsageError("give --data PATH: the model's recipe holds no reachable held-out clips (data.holdout)")
     if voc.conditional:
@@ -371,41 +343,28 @@ def cmd_evaluate(argv: list[str]) -> int:
 
 @_user_errors
 def cmd_export(argv: list[str]) -> int:
-    from diffcore.checkpoint import check_export_target, export
-    from diffwave.api import load
+    from diffwave.api import export_run
 
     p = _parser("export", "Export a run's EMA weights as config.json + model.safetensors.")
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run folder (its latest checkpoint) or a .pt file")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="the export folder")
     args = p.parse_args(argv)
-    check_export_target(args.out)
-    voc = load(args.source, "cpu")  # checks that it is a DiffWave model before writing anything
-    out = export(args.source, args.out)
-    load(out, "cpu")
+    voc, out = export_run(args.source, args.out)
     print(f"exported {voc!r} -> {out}")
     return 0
 
 
 @_user_errors
 def cmd_import_lmnt(argv: list[str]) -> int:
-    from diffwave.api import Vocoder, load
-    from diffwave.lmnt import read_lmnt_checkpoint
+    from diffwave.api import import_lmnt
 
     p = _parser("import-lmnt", "Convert an lmnt-com/diffwave checkpoint (weights.pt, or its folder) into an export "
                 "folder of this package; the imported model gives lmnt's outputs.")
     p.add_argument("source", metavar="LMNT_CHECKPOINT")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="the export folder")
     args = p.parse_args(argv)
-    from diffcore.checkpoint import check_export_target
-
-    check_export_target(args.out)
-    voc = Vocoder.from_lmnt(args.source, "cpu")
-    step = read_lmnt_checkpoint(args.source).get("step", 0)
-    from diffwave.api import save_export
-
-    save_export(voc.model, voc.info, args.out, metadata={"step": str(int(step)), "source": "lmnt"})
-    load(args.out, "cpu")
-    print(f"imported lmnt checkpoint {args.source} (step {int(step)}) -> {args.out}: {voc!r}")
+    voc, step = import_lmnt(args.source, args.out)
+    print(f"imported lmnt checkpoint {args.source} (step {step}) -> {args.out}: {voc!r}")
     return 0
 
 

@@ -14,15 +14,19 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Iterable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from diffwave.audio import AudioError, audio_info, load_audio, resampled_length
+from diffcore.config import ConfigError
+from diffwave.audio import AUDIO_EXTENSIONS, AudioError, audio_info, list_audio_files, load_audio, resampled_length
 from diffwave.mel import MelConfig, compute_mel
 from diffwave.preprocess import mel_cache_path, read_cached_mel, write_mel
+
+if TYPE_CHECKING:
+    from diffwave.recipe import DataConfig
 
 __all__ = [
     "AudioMelDataset",
@@ -31,6 +35,7 @@ __all__ = [
     "fsdd_files",
     "fsdd_label",
     "sc09_files",
+    "resolve_files",
     "SC09_DIGITS",
     "download_ljspeech",
     "download_speechcommands",
@@ -336,6 +341,56 @@ def sc09_files(root: str | os.PathLike, split: Literal["train", "valid", "test",
             if split in ("all", part):
                 files.append(p)
     return files
+
+
+def _is_fsdd_name(p: Path) -> bool:
+    try:
+        fsdd_label(p)
+        return True
+    except ValueError:
+        return False
+
+
+def _detect_layout(root: Path) -> str:
+    if root.is_file():
+        return "files"
+    if (root / "metadata.csv").is_file() or (root / "wavs").is_dir():
+        return "ljspeech"
+    rec = root / "recordings" if (root / "recordings").is_dir() else root
+    wavs = list(rec.glob("*.wav"))[:50]
+    if wavs and all(_is_fsdd_name(p) for p in wavs):
+        return "fsdd"
+    if any((c / "zero").is_dir() for c in (root, root / "speech_commands_v0.02",
+                                             root / "SpeechCommands" / "speech_commands_v0.02")):
+        return "sc09"
+    return "files"
+
+
+def resolve_files(data: DataConfig) -> list[Path]:
+    """All clips that ``data`` names (training and held-out together), in a stable order."""
+    if data.path is None:
+        raise ConfigError("no training data: set data.path=DIR in the recipe or on the command line (or --data DIR)")
+    root = Path(data.path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"data.path {str(root)!r} does not exist")
+    layout = data.layout if data.layout != "auto" else _detect_layout(root)
+    split = data.split
+    if layout == "ljspeech":
+        files = ljspeech_files(root)
+    elif layout == "fsdd":
+        if split == "valid":
+            raise ConfigError("FSDD has no 'valid' split (use train, test or all)")
+        files = fsdd_files(root, split)  # type: ignore[arg-type]
+    elif layout == "sc09":
+        files = sc09_files(root, split)  # type: ignore[arg-type]
+    elif root.is_file() and root.suffix.lower() in AUDIO_EXTENSIONS:
+        files = [root]  # a single recording
+    else:
+        files = list_audio_files(root)
+    if not files:
+        kinds = ", ".join(sorted(AUDIO_EXTENSIONS))
+        raise FileNotFoundError(f"data.path {str(root)!r} ({layout} layout) holds no audio files ({kinds})")
+    return list(files)
 
 
 def download_ljspeech(root: str | os.PathLike) -> list[Path]:

@@ -18,11 +18,10 @@ import numpy as np
 
 from diffcore.config import ConfigBase, ConfigError, load_recipe
 from diffcore.train import TrainConfig
-from diffwave.audio import AUDIO_EXTENSIONS, list_audio_files
 from diffwave.config import DiffWaveConfig
-from diffwave.data import fsdd_files, fsdd_label, ljspeech_files, sc09_files
+from diffwave.data import resolve_files
 
-__all__ = ["DataConfig", "LossConfig", "DiffWaveRecipe", "load_diffwave_recipe", "resolve_files", "split_files", "holdout_indices"]
+__all__ = ["DataConfig", "LossConfig", "DiffWaveRecipe", "load_diffwave_recipe", "split_files", "holdout_indices"]
 
 Layout = Literal["auto", "files", "ljspeech", "fsdd", "sc09"]
 
@@ -106,56 +105,6 @@ def load_diffwave_recipe(
     """
     extra = [f"data.path={Path(data).expanduser().resolve()}"] if data is not None else []
     return load_recipe(DiffWaveRecipe, path, [*extra, *overrides])
-
-
-def _is_fsdd_name(p: Path) -> bool:
-    try:
-        fsdd_label(p)
-        return True
-    except ValueError:
-        return False
-
-
-def _detect_layout(root: Path) -> str:
-    if root.is_file():
-        return "files"
-    if (root / "metadata.csv").is_file() or (root / "wavs").is_dir():
-        return "ljspeech"
-    rec = root / "recordings" if (root / "recordings").is_dir() else root
-    wavs = list(rec.glob("*.wav"))[:50]
-    if wavs and all(_is_fsdd_name(p) for p in wavs):
-        return "fsdd"
-    if any((c / "zero").is_dir() for c in (root, root / "speech_commands_v0.02",
-                                             root / "SpeechCommands" / "speech_commands_v0.02")):
-        return "sc09"
-    return "files"
-
-
-def resolve_files(data: DataConfig) -> list[Path]:
-    """All clips that ``data`` names (training and held-out together), in a stable order."""
-    if data.path is None:
-        raise ConfigError("no training data: set data.path=DIR in the recipe or on the command line (or --data DIR)")
-    root = Path(data.path).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"data.path {str(root)!r} does not exist")
-    layout = data.layout if data.layout != "auto" else _detect_layout(root)
-    split = data.split
-    if layout == "ljspeech":
-        files = ljspeech_files(root)
-    elif layout == "fsdd":
-        if split == "valid":
-            raise ConfigError("FSDD has no 'valid' split (use train, test or all)")
-        files = fsdd_files(root, split)  # type: ignore[arg-type]
-    elif layout == "sc09":
-        files = sc09_files(root, split)  # type: ignore[arg-type]
-    elif root.is_file() and root.suffix.lower() in AUDIO_EXTENSIONS:
-        files = [root]  # a single recording
-    else:
-        files = list_audio_files(root)
-    if not files:
-        kinds = ", ".join(sorted(AUDIO_EXTENSIONS))
-        raise FileNotFoundError(f"data.path {str(root)!r} ({layout} layout) holds no audio files ({kinds})")
-    return list(files)
 
 
 def holdout_indices(n: int, k: int) -> list[int]:

@@ -1,4 +1,5 @@
-"""Vocoding mels of any length, in batches, without seams; unconditional generation; vocoding files and folders.
+"""Sampling with a trained DiffWave: vocoding mels of any length, in batches, without seams; unconditional
+generation; vocoding files and folders, generating clips into a folder.
 
 Long inputs. A DiffWave output sample depends on the input only within its receptive field: ``R = Σ_i 2^(i mod
 cycle)`` samples on each side (kernel-3 dilated convolutions; the 1×1 convolutions add nothing) plus about one mel
@@ -30,6 +31,7 @@ the speed and the deviation of each path.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -43,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from diffcore.checkpoint import CheckpointError
+from diffcore.checkpoint import CheckpointError, atomic_write
 from diffcore.fast import FastConfig, FastInference
 from diffcore.samplers import ddpm_sample, fast_sample
 from diffwave.audio import AUDIO_EXTENSIONS, AudioError, load_audio, save_audio
@@ -66,6 +68,7 @@ __all__ = [
     "CALL_BYTES",
     "vocode_mels",
     "generate_audio",
+    "generate_files",
     "MEL_EXTENSIONS",
     "VocodeError",
     "VocodeInput",
@@ -387,6 +390,45 @@ def generate_audio(
 
 # ---------------------------------------------------------------------------------------------------------------
 # Files and folders
+
+
+def generate_files(
+    model: torch.nn.Module,
+    n: int,
+    out_dir: str | os.PathLike,
+    steps: Steps = "fast",
+    *,
+    seed: int = 0,
+    batch_size: int = 8,
+    length: int | None = None,
+    source: str = "<memory>",
+    progress: bool = True,
+    fast: Fast = None,
+) -> list[Path]:
+    """``n`` clips of an unconditional model written as ``out_dir/sample_{i:04d}.wav`` (16-bit, atomically) with
+    ``out_dir/manifest.json`` (``source``: the model's name there; each clip's file, seed and index in its batch).
+
+    Clips ``i .. i + batch_size - 1`` come from one sampling run with a generator seeded by ``seed + i``, so with
+    ``batch_size=1`` clip ``i`` is seed ``seed + i``. Returns the written clip paths.
+    """
+    config: DiffWaveConfig = model.config
+    device, _ = _model_device_dtype(model)
+    out = Path(out_dir)
+    written: list[Path] = []
+    manifest = []
+    with tqdm(total=n, desc=f"generate ({steps})", unit="clip", disable=not progress) as bar:
+        for i in range(0, n, batch_size):
+            k = min(batch_size, n - i)
+            g = torch.Generator(device=device).manual_seed(seed + i)
+            clips = generate_audio(model, k, steps, generator=g, length=length, fast=fast).cpu()
+            for j, clip in enumerate(clips):
+                path = save_audio(out / f"sample_{i + j:04d}.wav", clip, config.sample_rate)
+                written.append(path)
+                manifest.append({"file": path.name, "seed": seed + i, "index_in_batch": j})
+            bar.update(k)
+    text = json.dumps({"model": source, "steps": steps, "clips": manifest}, indent=1) + "\n"
+    atomic_write(out / "manifest.json", lambda f: f.write(text.encode()))
+    return written
 
 
 class VocodeError(ValueError):

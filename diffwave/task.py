@@ -167,7 +167,7 @@ class VocoderTask(_DiffWaveTask):
         return {} if batch is None else {"loss": self._val_loss(ema_model, batch)}
 
     def sample(self, ema_model: nn.Module, step: int, logger: Any) -> None:
-        from diffwave.vocode import vocode_mels
+        from diffwave.sample import vocode_mels
 
         files = self.heldout_files or self.train_files
         cfg = self.recipe.model
@@ -212,7 +212,7 @@ class UnconditionalTask(_DiffWaveTask):
         return {} if self._val_batch is None else {"loss": self._val_loss(ema_model, self._val_batch)}
 
     def sample(self, ema_model: nn.Module, step: int, logger: Any) -> None:
-        from diffwave.vocode import generate_audio
+        from diffwave.sample import generate_audio
 
         device = next(ema_model.parameters()).device
         g = torch.Generator(device=device).manual_seed(0)

@@ -252,7 +252,8 @@ def test_a_data_set_skips_unusable_files_with_a_count(tmp_path, caplog):
 
 
 def test_empty_folders_and_lists_that_are_not_lists(tmp_path):
-    from diffwave.recipe import DataConfig, resolve_files
+    from diffwave.data import resolve_files
+    from diffwave.recipe import DataConfig
 
     (tmp_path / "empty").mkdir()
     assert list_audio_files(tmp_path / "empty") == []

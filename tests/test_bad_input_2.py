@@ -375,8 +375,8 @@ def test_lmnt_params_asking_for_huge_sizes_or_schedules_are_refused_early(tmp_pa
 def test_vocoding_a_long_mel_keeps_each_network_call_within_the_memory_budget():
     """Memory is bounded by the window, not the input: no call holds more windows than CALL_BYTES allows (a 20k-
     frame mel at 16 windows per call took 9 GB), and the chunked result does not depend on the calls' grouping."""
-    from diffwave import vocode
-    from diffwave.vocode import ACTIVATION_FLOATS, CALL_BYTES, ChunkedDenoiser
+    from diffwave import sample as sampling
+    from diffwave.sample import ACTIVATION_FLOATS, CALL_BYTES, ChunkedDenoiser
 
     config = DiffWaveConfig.preset("tiny")
     model = DiffWave(config).eval()
@@ -395,14 +395,14 @@ def test_vocoding_a_long_mel_keeps_each_network_call_within_the_memory_budget():
     t = torch.tensor([3])
     with torch.no_grad():
         ref = ChunkedDenoiser(net, [m], max_frames=40, batch_size=64)(x, t)
-        saved = vocode.CALL_BYTES
+        saved = sampling.CALL_BYTES
         try:
-            vocode.CALL_BYTES = 1
+            sampling.CALL_BYTES = 1
             one = ChunkedDenoiser(net, [m], max_frames=40, batch_size=64)
             assert max(len(s) for _, s, _ in one.calls) == 1
             got = one(x, t)
         finally:
-            vocode.CALL_BYTES = saved
+            sampling.CALL_BYTES = saved
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
 
 

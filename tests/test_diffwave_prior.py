@@ -189,7 +189,7 @@ def test_vocoding_starts_from_and_adds_noise_of_the_priors_level():
     mel_cfg = cfg.mel
     audio = torch.cat([_tilted_noise(1.0, 1e-4, 1), _tilted_noise(1.0, 0.2, 2)])
     mel = compute_mel(audio, mel_cfg)
-    from diffwave.vocode import vocode_mels
+    from diffwave.sample import vocode_mels
 
     out = vocode_mels(_Zero(cfg), [mel], generator=torch.Generator().manual_seed(0), fast="off")[0]
     half = out.shape[-1] // 2
@@ -302,7 +302,7 @@ def test_shipped_vocoder_loads_by_name_offline_and_makes_speech_from_the_shipped
         stoi.append(scores["stoi"])
         l1.append(scores["log_mel_l1"])
         noise = _Zero(voc.config)
-        from diffwave.vocode import vocode_mels
+        from diffwave.sample import vocode_mels
 
         shaped = vocode_mels(noise, [mel], generator=torch.Generator().manual_seed(0), fast="off")[0][: ref.shape[-1]]
         l1_noise.append(evaluate_pair(ref, shaped, voc.sample_rate, with_dnsmos=False)["log_mel_l1"])

@@ -12,7 +12,7 @@ from diffwave.config import DiffWaveConfig
 from diffwave.mel import MelError, compute_mel
 from diffwave.model import DiffWave
 from diffwave.synth import speech_like
-from diffwave.vocode import (
+from diffwave.sample import (
     ChunkedDenoiser,
     VocodeError,
     chunk_weights,
@@ -257,7 +257,7 @@ def test_default_fast_path_stays_close_to_the_eager_path():
     """The default path (bf16 autocast where the CPU has it, channels-last, conditioner cache) deviates from the eager
     float32 waveform by at most the stated tolerance: SNR above 25 dB for the same noise. (BENCHMARKS.md states the
     deviation on the BASE model: about 51 dB.) With every lever on, the conditioner cache must have been used."""
-    from diffwave.vocode import fast_inference
+    from diffwave.sample import fast_inference
 
     model = small_model(2)
     mel = torch.rand(model.config.n_mels, 20)
