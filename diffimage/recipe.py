@@ -22,6 +22,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from diffcore.config import ConfigBase, ConfigError, load_recipe
+from diffcore.split import HoldoutScheme
+from diffcore.split import holdout_indices as _holdout_indices
 from diffcore.train import TrainConfig
 from diffimage.data import ImageFolderDataset, NpzImageDataset, synthetic_images, unit_to_uint8
 from diffimage.unet import UNetConfig
@@ -51,7 +53,10 @@ class ImageDataConfig(ConfigBase):
     ``path``, resized and centre-cropped to the model's size; no labels), or torchvision's ``cifar10``, ``mnist`` and
     ``celeba`` with ``path`` as their root (``download: true`` fetches them; ``split`` picks the part).
     ``random_flip``: horizontal flips while training (DDPM's only augmentation on CIFAR-10 and CelebA; keep it off
-    for digits). ``holdout``: images kept out of training (see :func:`holdout_indices`). ``limit``: use only the
+    for digits). ``holdout``: images kept out of training, spread over the set; ``holdout_scheme``: which
+    of :mod:`diffcore.split`'s versioned formulas picks them (a config without the field, as in run folders and
+    shipped models from before it, means ``diffimage-v1``, the formula they were split with; new recipes say
+    ``strata-v1``). ``limit``: use only the
     first ``limit`` images (before the hold-out split).
     """
 
@@ -59,6 +64,7 @@ class ImageDataConfig(ConfigBase):
     path: str | None = None
     random_flip: bool = False
     holdout: int = 0
+    holdout_scheme: HoldoutScheme = "diffimage-v1"
     limit: int | None = None
     num_synthetic: int = 4096
     seed: int = 0
@@ -147,16 +153,10 @@ def load_image_recipe(
 # Data sets
 
 
-def holdout_indices(n: int, k: int) -> list[int]:
-    """``k`` distinct indices spread evenly over ``range(n)``: ``floor((i + 1/2) n / k)`` for ``i < k``.
-
-    Spread rather than the last ``k`` so that sorted data (by class, by file name) gives a representative sample.
-    """
-    if k <= 0:
-        return []
-    if k >= n:
-        raise ConfigError(f"data.holdout={k} leaves no training image out of {n}")
-    return [int((i + 0.5) * n / k) for i in range(k)]
+def holdout_indices(n: int, k: int, scheme: HoldoutScheme = "diffimage-v1") -> list[int]:
+    """The ``k`` held-out image indices of ``range(n)``: :func:`diffcore.split.holdout_indices` with ``scheme``
+    (default: ``diffimage-v1``, the scheme of a data config that names none)."""
+    return _holdout_indices(n, k, scheme, item="image")
 
 
 class RandomFlip(Dataset):
@@ -259,7 +259,7 @@ def build_datasets(data: ImageDataConfig, model: UNetConfig) -> tuple[Dataset, D
         if labels is not None and len(labels) and int(labels.max()) >= model.num_classes:
             where = f"data.path {str(data.path)!r}: " if data.path else ""
             raise ConfigError(f"{where}label {int(labels.max())} is outside [0, model.num_classes={model.num_classes})")
-    held = holdout_indices(n, data.holdout)
+    held = holdout_indices(n, data.holdout, data.holdout_scheme)
     held_set = set(held)
     train: Dataset = Subset(base, [i for i in range(n) if i not in held_set]) if held else base
     if data.random_flip:

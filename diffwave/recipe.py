@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
-import numpy as np
-
 from diffcore.config import ConfigBase, ConfigError, load_recipe
+from diffcore.split import HoldoutScheme
+from diffcore.split import holdout_indices as _holdout_indices
 from diffcore.train import TrainConfig
 from diffwave.config import DiffWaveConfig
 from diffwave.data import resolve_files
@@ -35,7 +35,9 @@ class DataConfig(ConfigBase):
     a Speech Commands folder (its SC09 digits). ``None`` in a recipe means "give it on the command line"
     (``data.path=DIR`` or ``--data DIR``). ``layout``: how to read ``path`` (``auto`` detects it). ``split``: the
     part of FSDD (``train``/``test``/``all``) or SC09 (``train``/``valid``/``test``/``all``) to use.
-    ``holdout``: clips kept out of training, evenly spread over the sorted list (see :func:`holdout_indices`).
+    ``holdout``: clips kept out of training, evenly spread over the sorted list. ``holdout_scheme``: which of
+    :mod:`diffcore.split`'s versioned formulas picks them; a config without the field (run folders and shipped
+    models from before it) means ``diffwave-v1``, the formula they were split with; new recipes say ``strata-v1``.
 
     Vocoder crops: ``crop_frames`` mel frames per example (the paper: 62), ``pad_short`` zero-pads shorter clips
     (otherwise they are dropped, with a count), ``cache_dir`` reads/writes cached mels (``diffwave preprocess``).
@@ -48,6 +50,7 @@ class DataConfig(ConfigBase):
     layout: Layout = "auto"
     split: Literal["train", "valid", "test", "all"] = "train"
     holdout: int = 0
+    holdout_scheme: HoldoutScheme = "diffwave-v1"
     crop_frames: int = 62
     pad_short: bool = True
     cache_dir: str | None = None
@@ -107,25 +110,14 @@ def load_diffwave_recipe(
     return load_recipe(DiffWaveRecipe, path, [*extra, *overrides])
 
 
-def holdout_indices(n: int, k: int) -> list[int]:
-    """``k`` indices evenly spread over ``range(n)`` (``round(linspace(0, n - 1, k + 2))`` without the two ends, so
-    held-out clips are neither the first nor the last ones when there are enough)."""
-    if k <= 0:
-        return []
-    if k >= n:
-        raise ConfigError(f"data.holdout={k} leaves no training clip out of {n}")
-    picks = np.round(np.linspace(0, n - 1, k + 2)[1:-1]).astype(int)
-    out = sorted(set(int(i) for i in picks))
-    i = 0
-    while len(out) < k:  # rounding collisions on very small sets
-        if i not in out:
-            out.append(i)
-        i += 1
-    return sorted(out)
+def holdout_indices(n: int, k: int, scheme: HoldoutScheme = "diffwave-v1") -> list[int]:
+    """The ``k`` held-out clip indices of ``range(n)``: :func:`diffcore.split.holdout_indices` with ``scheme``
+    (default: ``diffwave-v1``, the scheme of a data config that names none)."""
+    return _holdout_indices(n, k, scheme, item="clip")
 
 
 def split_files(data: DataConfig) -> tuple[list[Path], list[Path]]:
     """``(training clips, held-out clips)`` of ``data`` (see :func:`holdout_indices`)."""
     files = resolve_files(data)
-    held = set(holdout_indices(len(files), data.holdout))
+    held = set(holdout_indices(len(files), data.holdout, data.holdout_scheme))
     return [f for i, f in enumerate(files) if i not in held], [f for i, f in enumerate(files) if i in held]
