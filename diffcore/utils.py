@@ -13,16 +13,16 @@ so no module ever writes a shape literal like ``[B, 1, 1, 1]``.
 
 from __future__ import annotations
 
-import re
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from diffcore.errors import ConfigError
+from diffcore.device import VALID_DEVICES, resolve_device  # re-exported: commands and loaders import them here
 
-__all__ = ["Denoiser", "append_dims", "gather", "mean_flat", "sum_flat", "randn", "resolve_device_dtype"]
+__all__ = ["Denoiser", "append_dims", "gather", "mean_flat", "sum_flat", "randn", "resolve_device_dtype",
+           "resolve_device"]
 
 Denoiser = Callable[..., Tensor]
 """The model contract: ``model(x_t, t, cond=None) -> Tensor`` shaped like ``x_t`` (eps, x_0 or v)."""
@@ -126,35 +126,3 @@ def clip_value(clip_denoised: bool | float | None) -> float | None:
     if clip_denoised is True:
         return 1.0
     return float(clip_denoised)
-
-
-#: The device names the commands and loaders accept.
-VALID_DEVICES = "auto, cpu, cuda, cuda:N, mps"
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto``: the first CUDA GPU when there is one, else the CPU. ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` are
-    taken as asked; a name that is none of these, or a GPU this machine does not have, is a
-    :class:`~diffcore.errors.ConfigError` that lists the valid names."""
-    if isinstance(device, torch.device):
-        return device
-    if not isinstance(device, str):
-        raise ConfigError(f"device must be a name ({VALID_DEVICES}), got {device!r}")
-    name = device.strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    m = re.fullmatch(r"(cpu|cuda|mps)(?::(\d{1,4}))?", name)
-    if m is None:
-        raise ConfigError(f"unknown device {device!r} (valid: {VALID_DEVICES})")
-    kind, index = m.group(1), m.group(2)
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} was asked for but no CUDA GPU is available (use cpu or auto)")
-        count = torch.cuda.device_count()
-        if index is not None and int(index) >= count:
-            raise ConfigError(f"device {device!r}: this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
-    if kind == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ConfigError(f"device {device!r} was asked for but no Apple MPS GPU is available (use cpu or auto)")
-    return torch.device(name)

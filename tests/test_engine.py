@@ -372,3 +372,21 @@ def test_configuration_errors(tmp_path):
         task = ToyTask()
         task.config["path"] = tmp_path
         Trainer(task, cfg(), tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ device
+
+
+def test_the_engine_and_the_commands_resolve_devices_with_the_one_function(tmp_path, monkeypatch):
+    import diffcore.device
+    import diffcore.train.engine as engine
+    import diffcore.utils
+
+    assert diffcore.utils.resolve_device is diffcore.device.resolve_device is engine.resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
+    with pytest.raises(ConfigError, match=r"train.device 'cuda' was asked for but no CUDA GPU is available"):
+        Trainer(ToyTask(), cfg(device="cuda"), tmp_path / "run").fit()
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything was written
+    with pytest.raises(ConfigError, match=r"unknown device 'tpu' \(valid: auto, cpu, cuda, cuda:N, mps\)"):
+        diffcore.device.resolve_device("tpu")
+    assert diffcore.device.resolve_device("auto") == torch.device("cpu")

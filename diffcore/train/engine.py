@@ -75,6 +75,7 @@ from diffcore.checkpoint import (
     save_checkpoint,
 )
 from diffcore.config import ConfigError, save_config
+from diffcore.device import resolve_device
 from diffcore.ema import EMA
 from diffcore.train.config import TrainConfig
 from diffcore.train.data import ResumableSampler, epoch_seed, move_to_device
@@ -193,14 +194,6 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str =
     return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def _resolve_device(kind: str) -> torch.device:
-    if kind == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
-    return torch.device(kind)
-
-
 class Trainer:
     """Train ``task`` with ``config`` in the run folder ``run_dir`` (created if needed; resumed if it holds a
     checkpoint). Construction is cheap; :meth:`fit` sets up devices, processes, model and data, and trains.
@@ -226,7 +219,7 @@ class Trainer:
 
     def _setup(self) -> None:
         cfg, task = self.cfg, self.task
-        device = _resolve_device(cfg.device)
+        device = resolve_device(cfg.device, what="train.device")
         if dist_env().rank == 0:  # before anything is written: a second training on this folder stops here
             self._lock = RunLock(self.run_dir).acquire()
         world = dist_env().world_size
