@@ -96,7 +96,7 @@ def bench_vocode(
     (``clock="cpu"``: per CPU second of the process, which other processes on the machine barely change; with one
     thread it is the single-core speed).
 
-    ``schedule``: ``fast`` = the 6-step fast-sampling schedule (``fast_sample`` with the preset's ``fast_betas``),
+    ``schedule``: ``fast`` = the 6-step fast-sampling schedule (``fast_sample`` with the preset's ``inference_betas``),
     ``full`` = the 50-step training schedule (``ddpm_sample``). The first variant must be the baseline: its output
     is the reference for the deviation columns. A variant is skipped when less than ``min_left_s`` of the budget is
     left (those that compile need a minute).
@@ -129,7 +129,7 @@ def bench_vocode(
                 cond = fast.prepare_condition(mel_d)
                 if schedule == "fast":
                     return fast_sample(fast, (batch, length), train_schedule, cond=cond, generator=gen,
-                                       inference_betas=cfg.fast_betas, device=device)
+                                       inference_betas=cfg.inference_betas, device=device)
                 return ddpm_sample(fast, (batch, length), train_schedule, cond=cond, generator=gen, device=device)
 
             with fast.context():

@@ -138,7 +138,7 @@ class Vocoder:
         - a list of mels ``[n_mels, F_i]`` of any lengths → a list of waveforms ``[F_i · hop]``.
 
         All mels are vocoded in one sampling run (ragged inputs are packed, not padded: padding frames cost nothing
-        and cannot leak into a neighbour). ``steps``: ``fast`` (the model's ``fast_betas``, 6 network calls for the
+        and cannot leak into a neighbour). ``steps``: ``fast`` (the model's ``inference_betas``, 6 network calls for the
         paper's presets) or ``full`` (all T training steps). ``generator``: the noise source, on the model's device
         (default: the global RNG). Mels longer than ``max_frames`` are vocoded in exact overlapping chunks (see
         :mod:`diffwave.sample`). Raises :class:`~diffwave.mel.MelError` naming the preset the model expects when a

@@ -63,7 +63,7 @@ def _add_model_args(p: argparse.ArgumentParser, steps: bool = True) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda[:N] (default: auto)")
     if steps:
         p.add_argument("--steps", choices=("fast", "full"), default="fast",
-                       help="fast: the model's short fast_betas schedule; full: all T training steps (default: fast)")
+                       help="fast: the model's short inference_betas schedule; full: all T training steps (default: fast)")
         p.add_argument("--no-fast", dest="fast", action="store_const", const="off", default=None,
                        help="eager float32 network calls, as the reference implementation makes them (default: bf16 "
                             "autocast where the hardware has it, channels-last, the conditioner cache on the CPU)")

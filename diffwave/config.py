@@ -1,10 +1,11 @@
-"""Configuration of a DiffWave model: the network, its diffusion process, its fast-sampling schedule and its mel front
-end (everything inference needs, so a checkpoint's ``config["model"]`` rebuilds the model).
+"""Configuration of a DiffWave model: the network, its diffusion process, its inference noise schedule (the fast
+sampling schedule) and its mel front end (everything inference needs, so a checkpoint's ``config["model"]`` rebuilds
+the model). Keys that older versions wrote are mapped in one place, :data:`LEGACY_KEYS`.
 
 Presets (Kong et al., "DiffWave: A Versatile Diffusion Model for Audio Synthesis", ICLR 2021, experiments; and
 lmnt-com/diffwave's ``params.py``):
 
-    preset          layers  C    cycle  T    β              fast β (T_infer = 6)          mel           parameters
+    preset          layers  C    cycle  T    β              inference β (T_infer = 6)     mel           parameters
     base            30      64   10     50   1e-4 … 0.05    1e-4 1e-3 1e-2 0.05 0.2 0.5   diffwave      2,619,971
     large           30      128  10     200  1e-4 … 0.02    1e-4 1e-3 1e-2 0.05 0.2 0.7   diffwave      6,885,315
     unconditional   36      256  12     200  1e-4 … 0.02    1e-4 1e-3 1e-2 0.05 0.2 0.7   none, 16 kHz  24,034,305
@@ -13,7 +14,8 @@ lmnt-com/diffwave's ``params.py``):
 (``tiny``, for tests and the CPU quickstart, also shrinks the step-embedding MLP to 128 → 128.)
 The paper reports 2.64M (base), 6.91M (large) and 24.1M (unconditional) parameters; the counts above, of this
 network and of lmnt's identical one, are 0.8 %, 0.4 % and 0.3 % below (the paper's tally is not itemised).
-The fast-sampling schedules are the paper's for its vocoders (ending at 0.5 for base, T = 50; at 0.7 for large,
+The inference schedules (the paper's "user-defined variance schedule" {η_t} of fast sampling, Section 4 and
+Appendix B; lmnt's ``inference_noise_schedule``) are the paper's for its vocoders (ending at 0.5 for base, T = 50; at 0.7 for large,
 T = 200). For the unconditional preset we reuse the large one, a choice of ours: it trains with the same T = 200,
 β 1e-4 … 0.02 schedule, to which every step of it aligns. All presets train with the L1 ε-loss, as lmnt's reference
 does.
@@ -22,6 +24,7 @@ does.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -31,10 +34,15 @@ from diffcore.config import ConfigBase, ConfigError, DiffusionConfig
 from diffwave.mel import MelConfig
 from diffwave.prior import PriorConfig
 
-__all__ = ["DiffWaveConfig", "suggest_upsample_strides", "training_betas"]
+__all__ = ["DiffWaveConfig", "LEGACY_KEYS", "suggest_upsample_strides", "training_betas"]
 
-_FAST_BASE = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5]
-_FAST_LARGE = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.7]
+#: Keys that earlier versions of this package wrote into a model config → the field that holds them now. Old
+#: recipes, run folders, checkpoints and exports keep loading (with a ``DeprecationWarning``); new ones are written
+#: with the new names.
+LEGACY_KEYS: dict[str, str] = {"fast_betas": "inference_betas"}
+
+_INFER_BASE = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5]
+_INFER_LARGE = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.7]
 _T50 = {"schedule": "linear", "num_steps": 50, "beta_start": 1e-4, "beta_end": 0.05, "prediction": "eps", "loss": "l1"}
 _T200 = {**_T50, "num_steps": 200, "beta_end": 0.02}
 _MEL_22K = {"preset": "diffwave", "sample_rate": 22050}
@@ -49,11 +57,26 @@ _CONDITIONAL = {
     "embedding_dim": 128,
     "embedding_hidden": 512,
     "diffusion": _T50,
-    "fast_betas": _FAST_BASE,
+    "inference_betas": _INFER_BASE,
     "mel": _MEL_22K,
     "sample_rate": 22050,
     "audio_length": 22050,
 }
+
+
+def _upgrade_legacy_keys(data: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``data`` with each key of :data:`LEGACY_KEYS` renamed to its field (a ``DeprecationWarning`` names it);
+    a legacy key given together with its new name is a ``ConfigError``."""
+    for old, new in LEGACY_KEYS.items():
+        if old not in data:
+            continue
+        at = f"{where}." if where else ""
+        if new in data:
+            raise ConfigError(f"{at}{old} and {at}{new} are one setting ({old} is its old name): give {new} only")
+        warnings.warn(f"model config key {at}{old} is now called {new}; the value is used as {new} "
+                      f"(rename it in the recipe)", DeprecationWarning, stacklevel=4)
+        data[new] = data.pop(old)
+    return data
 
 
 def suggest_upsample_strides(hop_length: int, stages: int = 2) -> tuple[int, ...]:
@@ -97,10 +120,10 @@ class DiffWaveConfig(ConfigBase):
     ``mel.n_mels``), ``upsample_strides`` (time strides of the 2-D transposed-conv conditioner upsampler; their
     product must equal ``mel.hop_length``), ``embedding_dim``/``embedding_hidden`` (step embedding 128 → 512 → 512).
 
-    Inference: ``diffusion`` (training schedule, prediction target, loss), ``fast_betas`` (the user-defined
-    variance schedule η of the paper's fast-sampling algorithm; every step must align with the training
-    schedule), ``mel`` (front end of the conditioner; ``None`` when unconditional), ``sample_rate``,
-    ``audio_length`` (samples to generate unconditionally; also the default training crop), ``prior`` (PriorGrad's
+    Inference: ``diffusion`` (training schedule, prediction target, loss), ``inference_betas`` (the user-defined
+    variance schedule η of the paper's fast-sampling algorithm, ``steps="fast"``; every step must align with the
+    training schedule; earlier versions called it ``fast_betas``, still read), ``mel`` (front end of the
+    conditioner; ``None`` when unconditional), ``sample_rate``, ``audio_length`` (samples to generate unconditionally; also the default training crop), ``prior`` (PriorGrad's
     data-dependent prior N(0, diag(s²)) with s from each mel frame's energy, see :mod:`diffwave.prior`; ``None`` =
     N(0, I), DiffWave's and lmnt's).
 
@@ -118,7 +141,7 @@ class DiffWaveConfig(ConfigBase):
     embedding_dim: int = 128
     embedding_hidden: int = 512
     diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig.from_dict(_T50))
-    fast_betas: tuple[float, ...] = tuple(_FAST_BASE)
+    inference_betas: tuple[float, ...] = tuple(_INFER_BASE)
     mel: MelConfig | None = field(default_factory=lambda: MelConfig.from_dict(_MEL_22K))
     sample_rate: int = 22050
     audio_length: int = 22050
@@ -126,7 +149,7 @@ class DiffWaveConfig(ConfigBase):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "base": _CONDITIONAL,
-        "large": {**_CONDITIONAL, "residual_channels": 128, "diffusion": _T200, "fast_betas": _FAST_LARGE},
+        "large": {**_CONDITIONAL, "residual_channels": 128, "diffusion": _T200, "inference_betas": _INFER_LARGE},
         "unconditional": {
             **_CONDITIONAL,
             "residual_layers": 36,
@@ -134,7 +157,7 @@ class DiffWaveConfig(ConfigBase):
             "dilation_cycle": 12,
             "conditional": False,
             "diffusion": _T200,
-            "fast_betas": _FAST_LARGE,
+            "inference_betas": _INFER_LARGE,
             "mel": None,
             "sample_rate": 16000,
             "audio_length": 16000,
@@ -150,7 +173,7 @@ class DiffWaveConfig(ConfigBase):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None = None, *, _where: str = "") -> "DiffWaveConfig":
-        data = dict(data or {})
+        data = _upgrade_legacy_keys(dict(data or {}), _where)
         data.setdefault("preset", "base")
         return super().from_dict(data, _where=_where)
 
@@ -163,7 +186,7 @@ class DiffWaveConfig(ConfigBase):
         if self.embedding_hidden < 1:
             raise ConfigError(f"embedding_hidden must be positive, got {self.embedding_hidden}")
         self._check_conditioner()
-        self._check_fast_betas()
+        self._check_inference_betas()
 
     @property
     def hop_length(self) -> int | None:
@@ -194,18 +217,19 @@ class DiffWaveConfig(ConfigBase):
                 f"(e.g. upsample_strides={hint})"
             )
 
-    def _check_fast_betas(self) -> None:
+    def _check_inference_betas(self) -> None:
         """Every fast-sampling step must align with the training schedule: ∏(1 − η) within [ᾱ_T, ᾱ_1]."""
-        eta = np.asarray(self.fast_betas, dtype=np.float64)
+        eta = np.asarray(self.inference_betas, dtype=np.float64)
         if eta.size == 0 or not np.all((eta > 0) & (eta < 1)):
-            raise ConfigError(f"fast_betas must be a non-empty list of values in (0, 1), got {list(self.fast_betas)}")
+            raise ConfigError(f"inference_betas must be a non-empty list of values in (0, 1), "
+                              f"got {list(self.inference_betas)}")
         gamma_bar = np.cumprod(1.0 - eta)
         alpha_bar = np.cumprod(1.0 - training_betas(self.diffusion))
         tol = 1e-12
         bad = [i for i, g in enumerate(gamma_bar) if not alpha_bar[-1] - tol <= g <= alpha_bar[0] + tol]
         if bad:
             raise ConfigError(
-                f"fast_betas {list(self.fast_betas)} do not align with the training schedule: the cumulative product "
+                f"inference_betas {list(self.inference_betas)} do not align with the training schedule: the cumulative product "
                 f"of (1 - beta) must stay within [{alpha_bar[-1]:.4g}, {alpha_bar[0]:.6g}] "
                 f"(alpha_bar of training steps T and 1), but step(s) {bad} give {[round(float(gamma_bar[i]), 4) for i in bad]}"
             )

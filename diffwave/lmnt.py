@@ -161,7 +161,7 @@ def _check_param_types(p: Mapping[str, Any]) -> None:
 def config_from_lmnt_params(params: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> DiffWaveConfig:
     """The :class:`DiffWaveConfig` equivalent to lmnt hyper-parameters (missing keys take lmnt's defaults).
 
-    ``overrides`` (nested field names → values) are applied on top, e.g. ``{"fast_betas": [...]}``.
+    ``overrides`` (nested field names → values) are applied on top, e.g. ``{"inference_betas": [...]}``.
     """
     if not isinstance(params, Mapping):
         raise ConfigError(f"params must be a mapping of hyper-parameters, got {type(params).__name__}")
@@ -184,7 +184,7 @@ def config_from_lmnt_params(params: Mapping[str, Any], overrides: Mapping[str, A
         "embedding_dim": 128,
         "embedding_hidden": 512,
         "diffusion": _diffusion_from_betas(list(p["noise_schedule"])).to_dict(),
-        "fast_betas": [float(x) for x in p["inference_noise_schedule"]],
+        "inference_betas": [float(x) for x in p["inference_noise_schedule"]],
         "mel": (
             {
                 "preset": "diffwave",
@@ -304,7 +304,7 @@ def lmnt_params(config: DiffWaveConfig) -> dict[str, Any]:
         "dilation_cycle_length": config.dilation_cycle,
         "unconditional": not config.conditional,
         "noise_schedule": [float(b) for b in betas],
-        "inference_noise_schedule": list(config.fast_betas),
+        "inference_noise_schedule": list(config.inference_betas),
         "audio_len": config.audio_length,
     }
 

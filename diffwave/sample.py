@@ -282,7 +282,7 @@ def sample_waveform(
 ) -> Tensor:
     """Run DiffWave's reverse process for a waveform of ``shape`` and clamp it to [-1, 1].
 
-    ``fast``: the model's ``fast_betas`` schedule through :func:`~diffcore.samplers.fast_sample` (Kong et al. 2021,
+    ``fast``: the model's ``inference_betas`` schedule through :func:`~diffcore.samplers.fast_sample` (Kong et al. 2021,
     Alg. 2 at the aligned fractional steps), clamping the state to [-1, 1] after every step as lmnt's reference
     does. ``full``: ancestral sampling over all T training steps (:func:`~diffcore.samplers.ddpm_sample` with
     σ_t² = β̃_t, the DiffWave paper's choice), clamping after every step in the same way. ``denoiser`` replaces the model call (e.g. a
@@ -299,7 +299,7 @@ def sample_waveform(
                   callback=callback, progress=progress, prior_std=prior_std)
     with fast.context() if fast is not None else torch.no_grad():
         if steps == "fast":
-            x = fast_sample(net, tuple(shape), schedule, inference_betas=config.fast_betas, clip_sample=1.0, **common)
+            x = fast_sample(net, tuple(shape), schedule, inference_betas=config.inference_betas, clip_sample=1.0, **common)
         elif steps == "full":
             x = ddpm_sample(net, tuple(shape), schedule, variance="posterior", clip_sample=1.0, **common)
         else:
@@ -308,8 +308,8 @@ def sample_waveform(
 
 
 def num_sampling_steps(config: DiffWaveConfig, steps: Steps) -> int:
-    """Network evaluations per sample: ``len(fast_betas)`` or the training T."""
-    return len(config.fast_betas) if steps == "fast" else config.diffusion.num_steps
+    """Network evaluations per sample: ``len(inference_betas)`` or the training T."""
+    return len(config.inference_betas) if steps == "fast" else config.diffusion.num_steps
 
 
 def mel_pad_value(mel_config: MelConfig) -> float:

@@ -353,10 +353,10 @@ def test_a_huge_schedule_in_a_recipe_or_export_is_refused_with_the_field_named(t
     bad = tmp_path / "bad"
     bad.mkdir()
     config = json.loads((wave_export / "config.json").read_text())
-    config["model"]["fast_betas"] = [0.5] * 200_000
+    config["model"]["inference_betas"] = [0.5] * 200_000
     (bad / "config.json").write_text(json.dumps(config))
     (bad / "model.safetensors").write_bytes((wave_export / "model.safetensors").read_bytes())
-    with pytest.raises(CheckpointError, match=r"fast_betas: a list of 200000 items is longer than the limit"):
+    with pytest.raises(CheckpointError, match=r"inference_betas: a list of 200000 items is longer than the limit"):
         load(bad, "cpu")
 
 

@@ -77,10 +77,10 @@ def test_paper_settings_of_the_presets():
     assert DiffWaveConfig() == base
     assert (base.residual_layers, base.residual_channels, base.dilation_cycle) == (30, 64, 10)
     assert (base.diffusion.num_steps, base.diffusion.beta_start, base.diffusion.beta_end) == (50, 1e-4, 0.05)
-    assert base.diffusion.loss == "l1" and base.fast_betas == (1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5)
+    assert base.diffusion.loss == "l1" and base.inference_betas == (1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5)
     assert (base.mel.preset, base.mel.sample_rate, base.mel.hop_length, base.mel.n_mels) == ("diffwave", 22050, 256, 80)
     assert (large.residual_channels, large.diffusion.num_steps, large.diffusion.beta_end) == (128, 200, 0.02)
-    assert large.fast_betas[-1] == 0.7
+    assert large.inference_betas[-1] == 0.7
     assert (uncond.residual_layers, uncond.residual_channels, uncond.dilation_cycle) == (36, 256, 12)
     assert not uncond.conditional and uncond.mel is None and uncond.hop_length is None
     assert (uncond.sample_rate, uncond.audio_length, uncond.diffusion.num_steps) == (16000, 16000, 200)
@@ -173,19 +173,31 @@ def test_inconsistent_configs_are_rejected():
         DiffWaveConfig.preset("tiny", embedding_dim=127)
 
 
-def test_fast_betas_must_align_with_the_training_schedule():
+def test_inference_betas_must_align_with_the_training_schedule():
     # base trains to alpha_bar_T = prod(1 - linspace(1e-4, 0.05, 50)) ~ 0.28; ending the fast schedule at 0.7 gives
     # prod(1 - eta) ~ 0.225, below anything the network was trained on.
     alpha_bar_T = float(np.prod(1 - np.linspace(1e-4, 0.05, 50)))
     gamma_bar = float(np.prod(1 - np.array([1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.7])))
     assert gamma_bar < alpha_bar_T
     with pytest.raises(ConfigError, match=r"do not align.*step\(s\) \[5\]"):
-        DiffWaveConfig.preset("base", fast_betas=[1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.7])
+        DiffWaveConfig.preset("base", inference_betas=[1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.7])
     with pytest.raises(ConfigError, match="do not align"):  # a first step less noisy than the first training step
-        DiffWaveConfig.preset("base", fast_betas=[1e-5, 0.5])
+        DiffWaveConfig.preset("base", inference_betas=[1e-5, 0.5])
     with pytest.raises(ConfigError, match=r"values in \(0, 1\)"):
-        DiffWaveConfig.preset("base", fast_betas=[])
-    assert DiffWaveConfig.preset("large").fast_betas[-1] == 0.7  # aligns with T = 200, beta_T = 0.02
+        DiffWaveConfig.preset("base", inference_betas=[])
+    assert DiffWaveConfig.preset("large").inference_betas[-1] == 0.7  # aligns with T = 200, beta_T = 0.02
+
+
+def test_the_legacy_key_fast_betas_is_read_as_inference_betas():
+    """Configs written before the rename (recipes, run folders, exports) keep their meaning: the old key's value
+    becomes inference_betas, with a DeprecationWarning naming both; both keys at once are refused."""
+    new = DiffWaveConfig.preset("large", inference_betas=[1e-4, 1e-2, 0.5])
+    old = {("fast_betas" if k == "inference_betas" else k): v for k, v in new.to_dict().items()}
+    with pytest.warns(DeprecationWarning, match="fast_betas is now called inference_betas"):
+        assert DiffWaveConfig.from_dict(old) == new
+    assert "fast_betas" not in new.to_dict()
+    with pytest.raises(ConfigError, match="give inference_betas only"):
+        DiffWaveConfig.from_dict({**new.to_dict(), "fast_betas": [1e-4, 0.5]})
 
 
 def test_step_table_is_the_papers_sinusoids():

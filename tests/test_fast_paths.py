@@ -145,7 +145,7 @@ def sample(model, cond, length: int = 2048, batch: int = 2):
     cfg = DiffWaveConfig.preset("tiny")
     device = cond.layers[0].device if isinstance(cond, ConditionCache) else cond.device
     return fast_sample(model, (batch, length), cfg.diffusion.build(), cond=cond, device=device,
-                       generator=torch.Generator(device).manual_seed(7), inference_betas=cfg.fast_betas)
+                       generator=torch.Generator(device).manual_seed(7), inference_betas=cfg.inference_betas)
 
 
 def test_reference_config_is_the_eager_model_bit_for_bit():

@@ -149,7 +149,7 @@ def test_mel_validation_accepts_exactly_the_mels_that_fit(mel, preset):
 KEYS = st.one_of(
     st.sampled_from(["model", "data", "train", "mel", "diffusion", "preset", "lr", "max_steps", "batch_size",
                      "residual_layers", "residual_channels", "upsample_strides", "hop_length", "n_fft", "n_mels",
-                     "sample_rate", "num_steps", "betas", "schedule", "fast_betas", "path", "crop_frames",
+                     "sample_rate", "num_steps", "betas", "schedule", "inference_betas", "path", "crop_frames",
                      "grad_accum", "ema_decay", "conditional", "audio_length", "f_max", "layout"]),
     st.text(max_size=6),
     st.integers(-2, 3),

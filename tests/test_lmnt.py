@@ -85,7 +85,7 @@ def test_real_lmnt_params_become_our_config(interop):
     assert cfg.diffusion == DiffusionConfig.from_dict(
         {"schedule": "linear", "num_steps": 50, "beta_start": 1e-4, "beta_end": 0.05, "loss": "l1"}
     )
-    assert cfg.fast_betas == (1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5)
+    assert cfg.inference_betas == (1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5)
     mel = cfg.mel
     assert (mel.preset, mel.sample_rate, mel.n_fft) == ("diffwave", 22050, 1024)
     assert (mel.hop_length, mel.win_length) == (256, 1024)  # lmnt's preprocess.py: win_length = 4 * hop
@@ -210,8 +210,8 @@ def test_fast_schedule_can_be_overridden_on_import(tmp_path):
     path = save_checkpoint(tmp_path, small_params(inference_noise_schedule=[1e-4, 0.9]), state)
     with pytest.raises(LmntImportError, match="do not align"):
         load_lmnt_checkpoint(path)
-    _, cfg = load_lmnt_checkpoint(path, overrides={"fast_betas": [1e-4, 0.01, 0.5]})
-    assert cfg.fast_betas == (1e-4, 0.01, 0.5)
+    _, cfg = load_lmnt_checkpoint(path, overrides={"inference_betas": [1e-4, 0.01, 0.5]})
+    assert cfg.inference_betas == (1e-4, 0.01, 0.5)
 
 
 def test_non_linear_noise_schedule(tmp_path):

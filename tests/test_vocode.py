@@ -150,7 +150,7 @@ def test_vocoder_shapes_determinism_and_schedules():
     calls = count_calls(model)
     a = voc.vocode(mel, "fast", gen(5))
     assert a.shape == (11 * HOP,)
-    assert len(calls) == len(model.config.fast_betas)  # one network call per fast step
+    assert len(calls) == len(model.config.inference_betas)  # one network call per fast step
     assert any(not float(s[0]).is_integer() for s in calls)  # at the aligned fractional steps
     torch.testing.assert_close(voc.vocode(mel, "fast", gen(5)), a, rtol=0, atol=0)
     assert not torch.equal(voc.vocode(mel, "fast", gen(6)), a)
@@ -249,7 +249,7 @@ def test_fast_off_is_the_eager_float32_sampler_exactly():
     mel = torch.rand(model.config.n_mels, 12)
     wav = vocode_mels(model, [mel], "fast", generator=gen(3), fast="off", max_frames=None)[0]
     ref = fast_sample(model, (1, 12 * HOP), model.config.diffusion.build(), cond=mel[None],
-                      inference_betas=model.config.fast_betas, clip_sample=1.0, generator=gen(3))[0].clamp(-1, 1)
+                      inference_betas=model.config.inference_betas, clip_sample=1.0, generator=gen(3))[0].clamp(-1, 1)
     torch.testing.assert_close(wav, ref, rtol=0, atol=1e-6)
 
 

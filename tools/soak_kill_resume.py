@@ -101,7 +101,7 @@ def _make_task(model: str, step_sleep: float):
             self.mcfg = DiffWaveConfig.from_dict({
                 "preset": "unconditional", "residual_layers": 2, "residual_channels": 8, "dilation_cycle": 2,
                 "embedding_hidden": 32, "audio_length": 512, "diffusion": {"num_steps": 20},
-                "fast_betas": [1e-4, 0.01, 0.1],
+                "inference_betas": [1e-4, 0.01, 0.1],
             })
             self.config = {"model": self.mcfg.to_dict(), "data": {"n": 32}}
             self.schedule = self.mcfg.diffusion.build()
