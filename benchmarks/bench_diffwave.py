@@ -156,7 +156,7 @@ def bench_vocode(
             row.notes["output_rms"] = float(y.pow(2).mean().sqrt())
 
         rows.append(run_variant(report, row, run, device))
-        model.channels_last = False
+        model.set_runtime(channels_last=False)
     return rows
 
 
@@ -189,8 +189,7 @@ def train_step_fn(
     and norm) and Adam (lr 2e-4, as lmnt's DiffWave): returns (step() → detached loss, the optimizer)."""
     cfg = model.config
     schedule = cfg.diffusion.build()
-    if hasattr(model, "channels_last"):
-        model.channels_last = variant.channels_last
+    model.set_runtime(channels_last=variant.channels_last)
     net = torch.compile(model) if variant.compile else model
     kwargs: dict[str, Any] = {"fused": True} if variant.fused_adam else {}
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, **kwargs)

@@ -12,12 +12,19 @@ Notation (paper → code)
                    table is indexed by the 0-based step, as in lmnt's implementation
     mel            conditioner [B, n_mels, frames], upsampled to [B, n_mels, frames · hop]
 
-Fast paths (opt-in; the default eager path above is the reference computation, bit for bit lmnt's):
+Run-time switches (:meth:`DiffWave.set_runtime`; how the network runs, not what it computes, so they are neither in
+the config nor in the state dict; the default eager path is the reference computation, bit for bit lmnt's):
 
-- ``model.channels_last = True`` runs every convolution as a 2-D convolution over [B, C, 1, T] tensors in
+- ``channels_last=True`` runs every convolution as a 2-D convolution over [B, C, 1, T] tensors in
   channels-last memory (time-major, [B, T, C] in memory), the layout oneDNN and cuDNN run fastest, with the gate and
   the residual/skip arithmetic written as single element-wise expressions that ``torch.compile`` fuses into one
   kernel each. Same weights, same state dict; outputs agree with the default path to float32 rounding.
+- ``gradient_checkpointing=True`` recomputes each residual layer's activations in the backward pass instead of
+  keeping them (training keeps only each layer's inputs, at the cost of one more forward pass). Active only while
+  gradients are being recorded; the values and gradients are those of the plain path.
+
+Inference helpers:
+
 - ``model.prepare_condition(mel)`` → :class:`ConditionCache`: the upsampled mel and its projection for every
   residual layer, computed once and passed as ``cond`` to every step of a sampling run instead of the mel (the mel
   is the same at every step). Worth it on CPU, where those projections are a quarter of the arithmetic; on a GPU
@@ -34,11 +41,12 @@ its checkpoints load without renaming (see :mod:`diffwave.lmnt`).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from diffwave.config import DiffWaveConfig
 
@@ -269,8 +277,24 @@ class DiffWave(nn.Module):
         self.output_projection = _conv1d(c, 1, 1)
         nn.init.zeros_(self.output_projection.weight)
         nn.init.zeros_(self.output_projection.bias)
-        #: Run the channels-last fast path (module docstring); not part of the state dict or the config.
+        #: Run-time switches (module docstring), set by :meth:`set_runtime`; not in the state dict or the config.
         self.channels_last = False
+        self.gradient_checkpointing = False
+
+    def set_runtime(self, *, channels_last: bool | None = None, gradient_checkpointing: bool | None = None) -> None:
+        """Switch how the network runs (``None`` leaves a switch as it is): ``channels_last``, the channels-last
+        convolution path; ``gradient_checkpointing``, recomputing each residual layer in the backward pass (module
+        docstring). Neither changes the function, the weights or the config."""
+        if channels_last is not None:
+            self.channels_last = bool(channels_last)
+        if gradient_checkpointing is not None:
+            self.gradient_checkpointing = bool(gradient_checkpointing)
+
+    def _run_layer(self, layer: Callable[..., tuple[Tensor, Tensor]], *args: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``layer(*args)``, through activation checkpointing when it is on and gradients are being recorded."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
 
     @property
     def hop_length(self) -> int | None:
@@ -319,7 +343,7 @@ class DiffWave(nn.Module):
         step = self.diffusion_embedding(t)
         skips: Tensor | None = None
         for i, layer in enumerate(self.residual_layers):
-            h, skip = layer(h, step, cond, cache.layers[i] if cache is not None else None)
+            h, skip = self._run_layer(layer, h, step, cond, cache.layers[i] if cache is not None else None)
             skips = skip if skips is None else skips + skip
         h = skips / math.sqrt(len(self.residual_layers))
         h = F.relu(self.skip_projection(h))
@@ -335,7 +359,8 @@ class DiffWave(nn.Module):
         step = self.diffusion_embedding(t)
         skips: Tensor | None = None
         for i, layer in enumerate(self.residual_layers):
-            h, skip = layer.forward_channels_last(h, step, up, cache.layers[i] if cache is not None else None)
+            h, skip = self._run_layer(layer.forward_channels_last, h, step, up,
+                                      cache.layers[i] if cache is not None else None)
             skips = skip if skips is None else skips + skip
         h = F.relu(_conv_nhwc(self.skip_projection, skips / math.sqrt(len(self.residual_layers))))
         return _conv_nhwc(self.output_projection, h)

@@ -200,6 +200,46 @@ def test_the_legacy_key_fast_betas_is_read_as_inference_betas():
         DiffWaveConfig.from_dict({**new.to_dict(), "fast_betas": [1e-4, 0.5]})
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradient_checkpointing_gives_the_same_values_and_gradients(channels_last, monkeypatch):
+    """set_runtime switches how the network runs, not what it computes: the loss and every parameter's gradient
+    with activation checkpointing equal the plain path's; None leaves a switch unchanged; the config and the state
+    dict do not see the switches."""
+    torch.manual_seed(0)
+    cfg = DiffWaveConfig.preset("tiny", residual_layers=4, dilation_cycle=2)
+    model = DiffWave(cfg)
+    torch.nn.init.normal_(model.output_projection.weight, std=0.1)  # a non-zero output, so gradients flow
+    x, mel, t = torch.randn(2, 4 * 256), torch.rand(2, 80, 4), torch.tensor([3, 40])
+    model.set_runtime(channels_last=channels_last)
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = model(x, t, mel).square().mean()
+        loss.backward()
+        return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    import diffwave.model
+
+    calls = []
+    real = diffwave.model.checkpoint
+    monkeypatch.setattr(diffwave.model, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ref_loss, ref_grads = loss_and_grads()
+    assert not calls
+    keys = set(model.state_dict())
+    model.set_runtime(gradient_checkpointing=True)
+    assert model.gradient_checkpointing and model.channels_last == channels_last  # None: unchanged
+    loss, grads = loss_and_grads()
+    assert len(calls) == cfg.residual_layers  # every residual layer went through the checkpoint
+    with torch.no_grad():
+        model(x, t, mel)
+    assert len(calls) == cfg.residual_layers  # nothing to save without gradients: the plain path
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
+    for k, g in ref_grads.items():
+        torch.testing.assert_close(grads[k], g, rtol=1e-6, atol=1e-7, msg=k)
+    assert set(model.state_dict()) == keys and model.config == cfg
+    assert "gradient_checkpointing" not in cfg.to_dict() and "channels_last" not in cfg.to_dict()
+
+
 def test_step_table_is_the_papers_sinusoids():
     table = step_embedding_table(50, 128).double().numpy()
     t = np.arange(50)[:, None].astype(np.float64)

@@ -266,4 +266,4 @@ def test_default_fast_path_stays_close_to_the_eager_path():
     snr = 10 * torch.log10(eager.pow(2).sum() / (fast - eager).pow(2).sum().clamp_min(1e-20))
     assert snr > 25, f"fast path deviates: SNR {snr:.1f} dB"
     assert fast_inference(model).cache_condition  # on the CPU the cache is on by default
-    model.channels_last = False  # leave the shared model as other tests expect
+    model.set_runtime(channels_last=False)  # leave the shared model as other tests expect
