@@ -129,10 +129,10 @@ def measure(model, reference: torch.Tensor, sampler: str, steps: int, n: int, se
     draws). Returns one row per ``k`` and the samples."""
     from torch import nn
 
-    from diffimage.api import _reference_features
+    from diffimage.evaluate import reference_features
     from diffimage.fid import compute_kid, extract_features
 
-    ref = _reference_features(reference, None, cache, batch_size, "cpu")
+    ref = reference_features(reference, None, cache, batch_size, "cpu")
     t0 = time.perf_counter()
     samples = model.sample_seeded(n, seed, batch_size, sampler=sampler, steps=steps)
     t_sample = time.perf_counter() - t0
@@ -200,12 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from diffimage.api import load
+    from diffimage.evaluate import default_cache_dir
     from diffimage.grid import save_grid
 
     data = args.data or Path(os.environ.get("DIFF_DATA", REPO.parent / "shared" / "data")) / "mnist" / "train.npz"
     if not Path(data).is_file():
         raise SystemExit(f"{data} does not exist: give --data PATH/train.npz")
-    cache = args.cache_dir or Path(os.environ.get("DIFF_CACHE") or Path.home() / ".cache" / "diffstack" / "fid")
+    cache = args.cache_dir or default_cache_dir()
     reference = heldout_reference(data, args.reference_limit)
     samplers = [parse_sampler(s) for s in args.samplers.split(",") if s]
 

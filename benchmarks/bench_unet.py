@@ -18,7 +18,8 @@ import torch
 from benchmarks.bench_diffwave import TrainVariant, bench_train, train_trial
 from benchmarks.common import Budget, Report, Row, data_root, run_variant, time_call
 from diffcore.fast import FastConfig, FastInference
-from diffimage.unet import UNet, UNetConfig
+from diffimage.config import UNetConfig
+from diffimage.model import UNet
 
 __all__ = ["build_unet", "images", "bench_unet_train", "bench_unet_forward", "ForwardVariant"]
 

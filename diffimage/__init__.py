@@ -1,9 +1,11 @@
 """diffimage: the DDPM U-Net image model (Ho et al. 2020) on diffcore.
 
-Modules: ``unet`` (the network and ``UNetConfig`` presets), ``data`` (image folders, npz arrays, torchvision
-datasets, synthetic shapes), ``task``/``recipe`` (training through diffcore's engine), ``api`` (loading and
-sampling), ``grid`` (image grids), ``fid`` (FID and KID with the standard Inception network), ``cli`` (the
-``diffimage`` command).
+Modules (the same roles as diffwave's): ``config`` (``UNetConfig`` and its presets), ``model`` (the U-Net),
+``data`` (image folders, npz arrays, torchvision datasets, synthetic shapes; the data sets of a recipe), ``recipe``
+(the recipe dataclasses and loader), ``task`` (training through diffcore's engine), ``sample`` (sampling a trained
+network), ``evaluate`` (bits/dim, FID/KID), ``api`` (loading a model; re-exports), ``cli`` (the ``diffimage``
+command); and ``fid`` (FID and KID with the standard Inception network), ``grid`` (image grids),
+``diffusers_ddpm`` (diffusers' DDPM U-Net import), ``quickstart``.
 
 Quick use::
 

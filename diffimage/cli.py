@@ -23,11 +23,7 @@ from typing import Any, Callable, Sequence
 
 from diffcore.cli import UsageError, parse_args, recipe_parser, run_subcommands
 
-__all__ = ["main", "COMMANDS", "FID_FULL_SAMPLES"]
-
-#: Fewer generated images than this make ``evaluate`` warn that its FID is biased upwards (10k is the least that
-#: papers report; 50k the usual).
-FID_FULL_SAMPLES = 10_000
+__all__ = ["main", "COMMANDS"]
 
 
 def _parser(command: str, description: str) -> argparse.ArgumentParser:
@@ -70,20 +66,6 @@ def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
     resolve_device(args.device)
     check_output_dir(args.out)  # a file, a path under a file or a read-only folder: found before any sampling
     return dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance_scale)
-
-
-def _resolved(args: argparse.Namespace, model) -> dict[str, Any]:
-    """The sampler, steps and guidance scale a run actually uses (for manifests and metrics files)."""
-    from diffimage.api import DEFAULT_STEPS
-
-    d = model.sample_defaults
-    sampler = args.sampler or d.sampler
-    steps = args.steps if args.steps is not None else (d.steps if sampler == d.sampler else None)
-    steps = steps if steps is not None else DEFAULT_STEPS[sampler]
-    scale = None if model.num_classes is None else (
-        args.guidance_scale if args.guidance_scale is not None else d.guidance_scale)
-    return {"sampler": sampler, "steps": steps if steps is not None else model.config.diffusion.num_steps,
-            "eta": args.eta if args.eta is not None else d.eta, "guidance_scale": scale}
 
 
 def _check_guidance(args: argparse.Namespace, model) -> None:
@@ -163,6 +145,7 @@ def cmd_sample(argv: list[str]) -> int:
 
     from diffimage.api import load
     from diffimage.grid import save_grid, save_images
+    from diffimage.sample import resolved_options
 
     p = _parser("sample", "Generate images with a trained model and write them as one grid PNG and/or one PNG "
                 "per image.")
@@ -195,7 +178,7 @@ def cmd_sample(argv: list[str]) -> int:
         written.append(out / f"sample_*.png ({len(files)} files)")
     _write_json(out / "manifest.json", {
         "model": model.source, "n": args.n, "seed": args.seed, "batch_size": args.batch_size,
-        **_resolved(args, model), "classes": classes,
+        **resolved_options(model.sample_defaults, model.config, **options), "classes": classes,
     })
     print(f"{args.n} image(s) from {model!r} -> {', '.join(str(w) for w in written)}")
     return 0
@@ -204,60 +187,9 @@ def cmd_sample(argv: list[str]) -> int:
 # --------------------------------------------------------------------------------------------------- evaluate
 
 
-def _stored_heldout(info: dict, model_cfg) -> tuple[Any, Any, str] | None:
-    """Held-out images of the recipe stored with a model: its ``data.holdout`` images, or the test split of a
-    torchvision source; ``None`` if there are none or the data is not reachable."""
-    from diffcore.config import ConfigError
-    from diffimage.recipe import ImageDataConfig, build_datasets, dataset_images
-
-    data = info.get("data")
-    if not isinstance(data, dict):
-        return None
-    try:
-        cfg = ImageDataConfig.from_dict(data)
-        if cfg.holdout > 0:
-            held = build_datasets(cfg, model_cfg)[1]
-            where = f"the {cfg.holdout} held-out images of the model's recipe"
-        elif cfg.resolved_source() in ("cifar10", "mnist", "celeba"):
-            held = build_datasets(cfg.replace(split="test", holdout=0, random_flip=False), model_cfg)[0]
-            where = f"the test split of {cfg.resolved_source()}"
-        else:
-            return None
-    except (ConfigError, FileNotFoundError, OSError):
-        return None
-    if held is None:
-        return None
-    images, labels = dataset_images(held)
-    return images, labels, where
-
-
-def _stored_reference(info: dict, model_cfg, limit: int | None):
-    """The training images of the recipe stored with a model (the usual FID reference), or ``None``."""
-    from diffcore.config import ConfigError
-    from diffimage.recipe import ImageDataConfig, build_datasets, dataset_images
-
-    data = info.get("data")
-    if not isinstance(data, dict):
-        return None
-    try:
-        cfg = ImageDataConfig.from_dict(data).replace(random_flip=False, holdout=0)
-        ds = build_datasets(cfg, model_cfg)[0]
-    except (ConfigError, FileNotFoundError, OSError):
-        return None
-    if limit is not None and len(ds) > limit:  # pick before decoding: a folder may hold many images
-        from torch.utils.data import Subset
-
-        from diffimage.api import _spread
-
-        ds = Subset(ds, _spread(len(ds), limit).tolist())
-    return dataset_images(ds)[0]
-
-
 def cmd_evaluate(argv: list[str]) -> int:
-    import torch
-    from tqdm.auto import tqdm
-
-    from diffimage.api import fid_kid, load, load_reference_images, small_feature_network
+    from diffimage.api import load
+    from diffimage.evaluate import default_cache_dir, evaluate_model, small_feature_network
     from diffimage.grid import save_grid
 
     p = _parser("evaluate", "Bits/dim of held-out images (the discretised variational bound of Ho et al. 2020: T "
@@ -292,66 +224,17 @@ def cmd_evaluate(argv: list[str]) -> int:
         raise UsageError("--num-images must be at least 1 and --num-samples at least 2")
     options = _sampling_options(args)
     model = load(args.model, args.device)
-    c = model.config
-    out_dir = Path(args.out)
     _check_guidance(args, model)
-    result: dict[str, Any] = {"model": model.source}
-
-    if "nll" in metrics:
-        if args.data is not None:
-            images = load_reference_images(args.data, c.image_size, c.in_channels, limit=args.num_images)
-            labels, where = None, args.data
-        else:
-            found = _stored_heldout(model.info, c)
-            if found is None:
-                raise UsageError("give --data PATH for bits/dim (the model's recipe has no reachable held-out "
-                                 "images: data.holdout is 0), or leave nll out of --metrics")
-            images, labels, where = found
-        images, labels = images[: args.num_images], None if labels is None else labels[: args.num_images]
-        if tuple(images.shape[1:]) != model.image_shape:
-            raise UsageError(f"the held-out images are {list(images.shape[1:])}, the model makes "
-                             f"{list(model.image_shape)}")
-        print(f"bits/dim of {images.shape[0]} image(s) from {where}: {c.diffusion.num_steps} steps x "
-              f"{-(-images.shape[0] // args.batch_size)} batch(es) of network evaluations ...", file=sys.stderr)
-        g = torch.Generator(device=model.device).manual_seed(args.seed)
-        bpd = model.bits_per_dim(images, labels, generator=g, batch_size=args.batch_size,
-                                 progress=sys.stderr.isatty())
-        result["nll"] = {"bits_per_dim": float(bpd.mean()),
-                         "stderr": float(bpd.std() / bpd.numel() ** 0.5) if bpd.numel() > 1 else None,
-                         "num_images": int(bpd.numel()), "images": str(where)}
-
-    if metrics & {"fid", "kid"}:
-        if args.reference is not None:
-            reference = load_reference_images(args.reference, c.image_size, c.in_channels, args.reference_limit)
-            ref_name = args.reference
-        else:
-            reference = _stored_reference(model.info, c, args.reference_limit)
-            if reference is None:
-                raise UsageError("give --reference PATH (.npz or image folder) for FID/KID: the model's training "
-                                 "data is not reachable")
-            ref_name = "the training images of the model's recipe"
-        if args.num_samples < FID_FULL_SAMPLES:
-            print(f"warning: FID from {args.num_samples} samples is biased upwards (the bias shrinks roughly like "
-                  f"1/N); compare only figures with the same sample count, and use --num-samples "
-                  f"{FID_FULL_SAMPLES} or more for a figure to report (KID is unbiased)", file=sys.stderr)
-        cache = args.cache_dir or os.environ.get("DIFF_CACHE") or Path.home() / ".cache" / "diffstack" / "fid"
-        net = small_feature_network() if args.feature == "small" else None
-        with tqdm(total=args.num_samples, desc="sample", unit="img", disable=None) as bar:
-            samples = model.sample_seeded(args.num_samples, args.seed, args.batch_size, on_batch=bar.update,
-                                          **options)
+    out_dir = Path(args.out)
+    cache = args.cache_dir or default_cache_dir()
+    result, samples = evaluate_model(
+        model, metrics, data=args.data, num_images=args.num_images, reference=args.reference,
+        reference_limit=args.reference_limit, num_samples=args.num_samples, seed=args.seed,
+        batch_size=args.batch_size, sampling=options, cache_dir=cache,
+        feature_extractor=small_feature_network() if args.feature == "small" else None,
+        log=lambda line: print(line, file=sys.stderr), progress=sys.stderr.isatty())
+    if samples is not None:
         save_grid(samples[:64], out_dir / "samples.png")
-        print(f"features of {reference.shape[0]} reference and {samples.shape[0]} generated image(s) ...",
-              file=sys.stderr)
-        scores = fid_kid(samples, reference, cache_dir=cache, feature_extractor=net, kid="kid" in metrics,
-                         batch_size=args.batch_size, device=model.device)
-        result["generation"] = {
-            **({"fid": scores["fid"]} if "fid" in metrics else {}),
-            **({"kid": scores["kid"], "kid_std": scores["kid_std"]} if "kid" in metrics else {}),
-            "num_samples": args.num_samples, "reference": str(ref_name), "num_reference": int(reference.shape[0]),
-            **_resolved(args, model), "seed": args.seed,
-            "features": "small-test-network" if args.feature == "small" else "inception-v3 (FID)",
-        }
-
     _write_json(out_dir / "metrics.json", result)
     if "nll" in result:
         r = result["nll"]

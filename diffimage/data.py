@@ -2,7 +2,7 @@
 
 Every data set returns ``dict(image=Tensor [C, H, W] float32 in [-1, 1], label=LongTensor [])``, the scaling of
 Ho et al. 2020 (§4: "we assume image data consists of integers in {0, 1, …, 255} scaled linearly to [−1, 1]").
-A data set without labels returns ``label = -1``, which :class:`diffimage.unet.UNet` reads as the null label.
+A data set without labels returns ``label = -1``, which :class:`diffimage.model.UNet` reads as the null label.
 
 - :class:`ImageFolderDataset`: every image file PIL can open under a folder (recursive), RGB or grey, optional
   resize + centre crop; unreadable files are logged by name and skipped.
@@ -10,6 +10,8 @@ A data set without labels returns ``label = -1``, which :class:`diffimage.unet.U
   ``.npz`` (the layout of the shared test data) or in arrays (:meth:`NpzImageDataset.from_arrays`).
 - :func:`cifar10`, :func:`mnist`, :func:`celeba`: torchvision's data sets in the same format (``download=``).
 - :func:`synthetic_images`: coloured shapes on plain backgrounds, labelled by shape, for a quickstart with no data.
+- :func:`build_datasets`: the training and held-out sets a recipe's ``data`` section names, checked against the
+  network's image shape and classes; :func:`dataset_images` reads a data set back as uint8 arrays.
 
 Random horizontal flips (``random_flip``) are the only augmentation DDPM used on CIFAR-10 and CelebA; keep them off
 for digits and text, whose mirror images are not in the distribution.
@@ -23,13 +25,17 @@ import os
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
+
+from diffcore.config import ConfigError
+from diffimage.config import UNetConfig
+from diffimage.recipe import ImageDataConfig, holdout_indices
 
 __all__ = [
     "ImageFolderDataset",
@@ -42,6 +48,9 @@ __all__ = [
     "uint8_to_unit",
     "unit_to_uint8",
     "SHAPES",
+    "RandomFlip",
+    "build_datasets",
+    "dataset_images",
 ]
 
 log = logging.getLogger(__name__)
@@ -388,3 +397,132 @@ def synthetic_images(
         img = np.where(mask[..., None], colour, background)
         images[i] = np.clip(np.round(img), 0, 255).astype(np.uint8)
     return images, labels.astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The data sets of a recipe
+
+
+class RandomFlip(Dataset):
+    """Items of ``dataset`` with ``image`` flipped horizontally with probability 1/2 (torch's global RNG, whose
+    state the engine checkpoints)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        item = dict(self.dataset[index])
+        if torch.rand(()) < 0.5:
+            item["image"] = item["image"].flip(-1)
+        return item
+
+
+def _check_shape(shape: Sequence[int], model: UNetConfig, where: str) -> None:
+    """``shape`` = (C, H, W) of the data must be what the network takes."""
+    c, h, w = shape
+    want = (model.in_channels, model.image_size, model.image_size)
+    if (c, h, w) != want:
+        raise ConfigError(
+            f"{where} holds {c}x{h}x{w} images (channels x height x width) but the model takes {want[0]}x{want[1]}x"
+            f"{want[2]}: set model.image_size={h} model.in_channels={c} (and attention_resolutions to sizes that "
+            "occur), or use other data"
+        )
+
+
+def _torchvision(data: ImageDataConfig, model: UNetConfig, source: str) -> Dataset:
+    root = Path(str(data.path)).expanduser()
+    train = data.split == "train"
+    try:
+        if source == "cifar10":
+            ds = cifar10(root, train=train, download=data.download, random_flip=False)
+            _check_shape((3, 32, 32), model, "CIFAR-10")
+        elif source == "mnist":
+            ds = mnist(root, train=train, download=data.download, random_flip=False)
+            _check_shape((1, 28, 28), model, "MNIST")
+        else:
+            ds = celeba(root, split=data.split, download=data.download, image_size=model.image_size,
+                                   random_flip=False)
+            _check_shape((3, model.image_size, model.image_size), model, "CelebA")
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+        raise FileNotFoundError(f"{source} under {str(root)!r}: {e} (set data.download=true to fetch it)") from None
+    return ds
+
+
+def _base_dataset(data: ImageDataConfig, model: UNetConfig) -> Dataset:
+    """All images ``data`` names, unflipped, as ``dict(image=[C,H,W] in [-1,1], label=long)`` items."""
+    source = data.resolved_source()
+    if source == "synthetic":
+        images, labels = synthetic_images(data.num_synthetic, model.image_size, model.in_channels,  # type: ignore
+                                          seed=data.seed)
+        return NpzImageDataset.from_arrays(images, labels)
+    path = Path(str(data.path)).expanduser()
+    if source == "npz":
+        if not path.is_file():
+            raise FileNotFoundError(f"data.path {str(path)!r} does not exist")
+        try:
+            ds = NpzImageDataset(path, limit=data.limit)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"data.path {str(path)!r}: {e}") from None
+        _check_shape(tuple(ds.images.shape[1:]), model, str(path))
+        return ds
+    if source == "folder":
+        if model.in_channels not in (1, 3):
+            raise ConfigError(f"an image folder gives 1 or 3 channels, but model.in_channels is {model.in_channels}")
+        try:
+            return ImageFolderDataset(path, image_size=model.image_size, channels=model.in_channels)  # type: ignore
+        except ValueError as e:
+            raise ConfigError(f"data.path: {e}") from None
+    return _torchvision(data, model, source)
+
+
+def _labels_of(ds: Dataset) -> Tensor | None:
+    labels = getattr(ds, "labels", None)
+    return labels if isinstance(labels, Tensor) else None
+
+
+def build_datasets(data: ImageDataConfig, model: UNetConfig) -> tuple[Dataset, Dataset | None]:
+    """``(training set, held-out set or None)`` for ``data`` and the network ``model``.
+
+    Checks that the images have the model's shape and, for a class-conditional model, that the data has labels
+    below ``model.num_classes``. Flips (``data.random_flip``) apply to the training set only.
+    """
+    base = _base_dataset(data, model)
+    n = len(base)  # type: ignore[arg-type]
+    if data.limit is not None and n > data.limit:
+        base, n = Subset(base, range(data.limit)), data.limit
+    if model.num_classes is not None:
+        labels = _labels_of(base.dataset if isinstance(base, Subset) else base)
+        if isinstance(base.dataset if isinstance(base, Subset) else base, ImageFolderDataset):
+            raise ConfigError("model.num_classes is set but an image folder has no labels: use an .npz with "
+                              "'labels', a labelled torchvision source, or an unconditional model")
+        if labels is not None and len(labels) and int(labels.max()) >= model.num_classes:
+            where = f"data.path {str(data.path)!r}: " if data.path else ""
+            raise ConfigError(f"{where}label {int(labels.max())} is outside [0, model.num_classes={model.num_classes})")
+    held = holdout_indices(n, data.holdout, data.holdout_scheme)
+    held_set = set(held)
+    train: Dataset = Subset(base, [i for i in range(n) if i not in held_set]) if held else base
+    if data.random_flip:
+        train = RandomFlip(train)
+    return train, (Subset(base, held) if held else None)
+
+
+def dataset_images(ds: Dataset, limit: int | None = None) -> tuple[Tensor, Tensor]:
+    """``(uint8 images [N, C, H, W], labels long [N])`` of (the first ``limit`` items of) an image data set; read
+    from the arrays directly for ``.npz``/synthetic data, item by item otherwise (exact: the items are 8-bit
+    levels scaled to [-1, 1])."""
+    n = len(ds)  # type: ignore[arg-type]
+    n = n if limit is None else min(n, limit)
+    inner, index = ds, list(range(n))
+    while isinstance(inner, Subset):  # compose nested subsets down to the arrays
+        index = [int(inner.indices[i]) for i in index]
+        inner = inner.dataset
+    if isinstance(inner, NpzImageDataset):
+        idx = torch.as_tensor(index, dtype=torch.long)
+        labels = inner.labels[idx] if inner.labels is not None else torch.full((len(index),), -1, dtype=torch.long)
+        return inner.images[idx].contiguous(), labels
+    items = [inner[i] for i in index]
+    images = torch.stack([unit_to_uint8(it["image"]) for it in items])
+    return images, torch.stack([torch.as_tensor(it["label"], dtype=torch.long) for it in items])

@@ -3,7 +3,7 @@
 A diffusers model folder holds ``config.json`` (``block_out_channels``, ``layers_per_block``, ``down_block_types``
 …) and ``diffusion_pytorch_model.safetensors`` (or ``.bin``); a pipeline folder has them under ``unet/`` and the
 β schedule in ``scheduler/scheduler_config.json`` (or ``scheduler_config.json`` beside the weights). The network is
-our :class:`~diffimage.unet.UNet` with another naming of the same parameters:
+our :class:`~diffimage.model.UNet` with another naming of the same parameters:
 
 | diffusers | ours |
 | --- | --- |
@@ -18,7 +18,7 @@ our :class:`~diffimage.unet.UNet` with another naming of the same parameters:
 The published DDPM weights predate diffusers' attention rewrite and name the attention ``query, key, value,
 proj_attn``; both namings are read. ``downsample_padding: 0`` (TF's SAME padding of the paper's code) becomes
 ``downsample_padding="same"``. Only what the DDPM models use is supported: positional time embedding with
-``flip_sin_to_cos: false`` and ``freq_shift: 1`` (our :func:`~diffimage.unet.timestep_embedding`), ``DownBlock2D`` /
+``flip_sin_to_cos: false`` and ``freq_shift: 1`` (our :func:`~diffimage.model.timestep_embedding`), ``DownBlock2D`` /
 ``AttnDownBlock2D`` / ``UpBlock2D`` / ``AttnUpBlock2D``, one attention head, SiLU, GroupNorm(32), additive time
 embedding; anything else is refused by name.
 """
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from diffcore.config import ConfigError, DiffusionConfig
-from diffimage.unet import NORM_GROUPS, UNetConfig
+from diffimage.config import NORM_GROUPS, UNetConfig
 
 __all__ = [
     "DiffusersImportError",

@@ -32,7 +32,8 @@ import torch
 from diffcore.checkpoint import atomic_write, find_latest
 from diffcore.config import ConfigError
 from diffcore.train import Trainer, read_log
-from diffimage.recipe import ImageRecipe, dataset_images
+from diffimage.data import dataset_images
+from diffimage.recipe import ImageRecipe
 
 __all__ = ["QUICKSTART_RECIPE", "DEFAULT_STEPS", "PRETRAINED_MODEL", "quickstart_recipe", "sample_pretrained",
            "run_quickstart"]

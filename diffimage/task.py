@@ -25,8 +25,9 @@ from torch.utils.data import Dataset
 
 from diffcore.losses import diffusion_loss
 from diffcore.train import TrainTask, is_main_process
-from diffimage.recipe import ImageRecipe, build_datasets, dataset_images
-from diffimage.unet import UNet
+from diffimage.data import build_datasets, dataset_images
+from diffimage.model import UNet
+from diffimage.recipe import ImageRecipe
 
 __all__ = ["ImageTask", "VAL_LOSS_IMAGES"]
 
@@ -72,7 +73,7 @@ class ImageTask(TrainTask):
         return self._loss(model, batch["image"], batch.get("label"))
 
     def validate(self, ema_model: nn.Module, step: int, logger: Any) -> dict[str, float]:
-        from diffimage.api import nll_bits_per_dim
+        from diffimage.evaluate import nll_bits_per_dim
 
         held = self.heldout
         if held is None or not is_main_process():
@@ -95,7 +96,7 @@ class ImageTask(TrainTask):
         return out
 
     def sample(self, ema_model: nn.Module, step: int, logger: Any) -> None:
-        from diffimage.api import generate
+        from diffimage.sample import generate
         from diffimage.grid import make_grid
 
         if not is_main_process():

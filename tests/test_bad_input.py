@@ -383,7 +383,8 @@ def _wave_run(folder: Path) -> Path:
 
 
 def _image_run(folder: Path) -> Path:
-    from diffimage.unet import UNet, UNetConfig
+    from diffimage.config import UNetConfig
+    from diffimage.model import UNet
 
     cfg = UNetConfig.preset("tiny")
     state = {"format": 1, "step": 1, "model": UNet(cfg).state_dict(), "ema": None,

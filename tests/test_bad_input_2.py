@@ -209,8 +209,9 @@ def test_sixteen_bit_and_other_deep_grey_images_are_scaled_by_their_bit_depth(tm
     (np.array([0, 1, np.nan, 1]), r"labels\[2\] is nan"),
 ])
 def test_labels_that_are_not_class_indices_are_refused_naming_the_file_and_value(tmp_path, labels, message):
-    from diffimage.recipe import ImageDataConfig, build_datasets
-    from diffimage.unet import UNetConfig
+    from diffimage.config import UNetConfig
+    from diffimage.data import build_datasets
+    from diffimage.recipe import ImageDataConfig
 
     path = tmp_path / "data.npz"
     np.savez(path, images=np.zeros((4, 8, 8), np.uint8), labels=labels)
@@ -220,8 +221,9 @@ def test_labels_that_are_not_class_indices_are_refused_naming_the_file_and_value
 
 
 def test_labels_at_or_above_num_classes_are_refused_naming_the_file(tmp_path):
-    from diffimage.recipe import ImageDataConfig, build_datasets
-    from diffimage.unet import UNetConfig
+    from diffimage.config import UNetConfig
+    from diffimage.data import build_datasets
+    from diffimage.recipe import ImageDataConfig
 
     path = tmp_path / "data.npz"
     np.savez(path, images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 3, 1]))

@@ -15,10 +15,11 @@ from PIL import Image
 
 from diffimage.api import load, small_feature_network
 from diffimage.cli import main
+from diffimage.data import build_datasets, dataset_images
 from diffimage.fid import compute_fid
 from diffimage.grid import grid_shape, make_grid, save_grid, to_uint8
 from diffimage.quickstart import QUICKSTART_RECIPE, quickstart_recipe
-from diffimage.recipe import ImageRecipe, build_datasets, dataset_images, load_image_recipe
+from diffimage.recipe import ImageRecipe, load_image_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,11 +12,13 @@ from torch import nn
 from diffcore.config import DiffusionConfig
 from diffcore.samplers import ddim_sample
 from diffcore.train import Trainer, read_log
-from diffimage.api import ImageModel, _FirstHalf, load, nll_bits_per_dim
+from diffimage.api import ImageModel, load, nll_bits_per_dim
 from diffimage.cli import main
-from diffimage.recipe import ImageRecipe, build_datasets, dataset_images, holdout_indices
+from diffimage.data import build_datasets, dataset_images
+from diffimage.model import UNet
+from diffimage.recipe import ImageRecipe, holdout_indices
+from diffimage.sample import _FirstHalf
 from diffimage.task import ImageTask
-from diffimage.unet import UNet
 
 
 def tiny_recipe(**sections) -> ImageRecipe:

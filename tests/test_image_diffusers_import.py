@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 
 from diffimage.diffusers_ddpm import (DiffusersImportError, config_from_diffusers, diffusion_from_scheduler,
                                       load_diffusers_unet, state_dict_from_diffusers)
-from diffimage.unet import UNet, UNetConfig
+from diffimage.config import UNetConfig
+from diffimage.model import UNet
 
 # google/ddpm-cifar10-32's config.json
 CIFAR10 = {

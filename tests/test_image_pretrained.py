@@ -19,8 +19,9 @@ import diffimage.api as di
 import diffimage.quickstart as quickstart
 from diffcore.checkpoint import CheckpointError
 from diffimage.cli import main
+from diffimage.config import UNetConfig
+from diffimage.model import UNet
 from diffimage.pretrained import PRETRAINED_DIR, available_models, model_dir
-from diffimage.unet import UNet, UNetConfig
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from diffcore.config import ConfigError, DiffusionConfig
-from diffimage.unet import AttentionBlock, UNet, UNetConfig, timestep_embedding
+from diffimage.config import UNetConfig
+from diffimage.model import AttentionBlock, UNet, timestep_embedding
 
 
 def _perturb(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:

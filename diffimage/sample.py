@@ -1,0 +1,134 @@
+"""Sampling a trained U-Net: :func:`generate` draws images with one of diffcore's samplers (DDPM, DDIM, Heun),
+classifier-free guidance for a class-conditional network, and the ε half of a learned-variance network's output.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from diffcore.guidance import ClassifierFreeGuidance
+from diffcore.samplers import ddim_sample, ddpm_sample, heun_sample
+from diffcore.schedule import NoiseSchedule, evenly_spaced_indices
+from diffimage.config import UNetConfig
+from diffimage.model import UNet
+from diffimage.recipe import ImageSampleConfig, SamplerName
+
+__all__ = ["generate", "class_labels", "resolved_options", "DEFAULT_STEPS", "Classes"]
+
+#: Steps of each sampler when none are given (``None``: every step of the schedule).
+DEFAULT_STEPS: dict[str, int | None] = {"ddim": 50, "heun": 18, "ddpm": None}
+
+Classes = int | Sequence[int] | Tensor | None
+
+
+class _FirstHalf(nn.Module):
+    """The ε half of a learned-variance network's output ``[B, 2C, H, W] → [B, C, H, W]``: diffcore's samplers take
+    a prediction shaped like ``x_t`` (their variance is fixed)."""
+
+    def __init__(self, model: Callable[..., Tensor]) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        return self.model(x_t, t, cond=cond)[:, : x_t.shape[1]]
+
+
+def class_labels(config: UNetConfig, n: int, classes: Classes, device: torch.device) -> Tensor | None:
+    """Labels ``[n]`` for a conditional network: ``None`` cycles ``0, 1, …, K−1, 0, …``; an int is used for every
+    image; a sequence/tensor gives one label per image (``-1`` = the null label, i.e. unconditional)."""
+    if config.num_classes is None:
+        if classes is not None:
+            raise ValueError("this model is unconditional (num_classes is null): it takes no classes")
+        return None
+    k = config.num_classes
+    if classes is None:
+        labels = torch.arange(n) % k
+    elif isinstance(classes, int):
+        labels = torch.full((n,), classes)
+    else:
+        labels = torch.as_tensor(classes).long().reshape(-1)
+        if labels.numel() != n:
+            raise ValueError(f"got {labels.numel()} classes for {n} images")
+    if bool(((labels >= k) | (labels < -1)).any()):
+        raise ValueError(f"classes must lie in 0..{k - 1} (or -1 for no class), got {labels.unique().tolist()}")
+    return labels.long().to(device)
+
+
+@torch.no_grad()
+def generate(
+    model: UNet,
+    n: int,
+    *,
+    schedule: NoiseSchedule | None = None,
+    sampler: SamplerName = "ddim",
+    steps: int | None = None,
+    eta: float = 0.0,
+    guidance_scale: float = 1.0,
+    classes: Classes = None,
+    generator: torch.Generator | None = None,
+    clip_denoised: bool = True,
+    progress: bool = False,
+) -> Tensor:
+    """``n`` images ``[n, C, H, W]`` (float in ``[-1, 1]``, on the model's device) from a :class:`UNet`.
+
+    Samplers (diffcore): ``ddpm`` — ancestral sampling, Algorithm 2 of Ho et al. 2020 with σ_t² = β_t, over all T
+    steps or, with ``steps``, over an evenly respaced subsequence (Nichol & Dhariwal 2021 §4); ``ddim`` — Song et al.
+    2021 eq. 12 (``eta`` 0: deterministic); ``heun`` — Karras et al. 2022 Algorithm 1 (``2·steps − 1`` network
+    calls). A class-conditional network gets ``classes`` (see :func:`class_labels`) and classifier-free guidance
+    ``ε_u + s(ε_c − ε_u)`` with ``s = guidance_scale``. A learned-variance network is sampled with its ε half and
+    the sampler's fixed variance. ``generator`` (on the model's device) makes the result reproducible.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    cfg: UNetConfig = model.config
+    schedule = schedule if schedule is not None else cfg.diffusion.build()
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        cond = class_labels(cfg, n, classes, device)
+        net: Callable[..., Tensor] = model
+        if cond is not None and guidance_scale != 1.0:
+            net = ClassifierFreeGuidance(model, guidance_scale, null_cond=model.null_label,
+                                         learned_variance=cfg.learn_sigma)
+        elif cond is None and guidance_scale != 1.0 and cfg.num_classes is None:
+            raise ValueError("guidance_scale != 1 needs a class-conditional model")
+        if cfg.learn_sigma:
+            net = _FirstHalf(net)
+        shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size)
+        common: dict[str, Any] = dict(cond=cond, generator=generator, progress=progress, device=device,
+                                      dtype=torch.float32, prediction=cfg.diffusion.prediction)
+        steps = steps if steps is not None else DEFAULT_STEPS[sampler]
+        if sampler == "ddim":
+            x = ddim_sample(net, shape, schedule, steps=min(int(steps), schedule.num_steps), eta=eta,
+                            clip_denoised=clip_denoised, **common)
+        elif sampler == "ddpm":
+            sched = schedule if steps is None or steps >= schedule.num_steps else \
+                schedule.respace(evenly_spaced_indices(schedule.num_steps, int(steps)))
+            x = ddpm_sample(net, shape, sched, clip_denoised=clip_denoised, **common)
+        elif sampler == "heun":
+            x = heun_sample(net, shape, schedule, steps=int(steps), **common)
+        else:
+            raise ValueError(f"sampler must be 'ddim', 'ddpm' or 'heun', got {sampler!r}")
+    finally:
+        model.train(was_training)
+    return x.clamp(-1.0, 1.0)
+
+
+def resolved_options(
+    defaults: ImageSampleConfig, config: UNetConfig, sampler: SamplerName | None = None, steps: int | None = None,
+    eta: float | None = None, guidance_scale: float | None = None,
+) -> dict[str, Any]:
+    """The sampler, steps, η and guidance scale a run actually uses when the options left at ``None`` take the
+    stored recipe's ``defaults`` (for manifests and metrics files; ``guidance_scale`` is ``None`` for an
+    unconditional model)."""
+    sampler = sampler or defaults.sampler
+    steps = steps if steps is not None else (defaults.steps if sampler == defaults.sampler else None)
+    steps = steps if steps is not None else DEFAULT_STEPS[sampler]
+    scale = None if config.num_classes is None else (
+        guidance_scale if guidance_scale is not None else defaults.guidance_scale)
+    return {"sampler": sampler, "steps": steps if steps is not None else config.diffusion.num_steps,
+            "eta": eta if eta is not None else defaults.eta, "guidance_scale": scale}
