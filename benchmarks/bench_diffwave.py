@@ -19,7 +19,9 @@ import torch
 from benchmarks.common import Budget, Report, Row, data_root, run_variant, snr_db, sync, time_call
 from diffcore.fast import FastConfig, FastInference, autocast
 from diffcore.losses import diffusion_loss
-from diffcore.samplers import ddpm_sample, fast_sample
+from diffcore.denoiser import VPDenoiser
+from diffcore.discretization import fast_schedule
+from diffcore.samplers import ddpm_sample
 from diffwave.config import DiffWaveConfig
 from diffwave.mel import compute_mel
 from diffwave.metrics import log_mel_l1
@@ -96,7 +98,7 @@ def bench_vocode(
     (``clock="cpu"``: per CPU second of the process, which other processes on the machine barely change; with one
     thread it is the single-core speed).
 
-    ``schedule``: ``fast`` = the 6-step fast-sampling schedule (``fast_sample`` with the preset's ``inference_betas``),
+    ``schedule``: ``fast`` = the 6-step fast-sampling schedule (``fast_schedule`` of the preset's ``inference_betas``),
     ``full`` = the 50-step training schedule (``ddpm_sample``). The first variant must be the baseline: its output
     is the reference for the deviation columns. A variant is skipped when less than ``min_left_s`` of the budget is
     left (those that compile need a minute).
@@ -127,10 +129,11 @@ def bench_vocode(
             def vocode() -> torch.Tensor:
                 gen = torch.Generator(device).manual_seed(1234)
                 cond = fast.prepare_condition(mel_d)
+                den = VPDenoiser(fast, train_schedule, prediction=cfg.diffusion.prediction)
                 if schedule == "fast":
-                    return fast_sample(fast, (batch, length), train_schedule, cond=cond, generator=gen,
-                                       inference_betas=cfg.inference_betas, device=device)
-                return ddpm_sample(fast, (batch, length), train_schedule, cond=cond, generator=gen, device=device)
+                    return ddpm_sample(den, (batch, length), fast_schedule(train_schedule, cfg.inference_betas),
+                                       variance="posterior", cond=cond, generator=gen, device=device)
+                return ddpm_sample(den, (batch, length), cond=cond, generator=gen, device=device)
 
             with fast.context():
                 out = {}
@@ -197,8 +200,8 @@ def train_step_fn(
 
     def step() -> torch.Tensor:
         with autocast(variant.precision, device):
-            loss = diffusion_loss(net, schedule, audio, mel, prediction=cfg.diffusion.prediction,
-                                  norm=cfg.diffusion.loss, generator=gen).mean()
+            den = VPDenoiser(net, schedule, prediction=cfg.diffusion.prediction)
+            loss = diffusion_loss(den, audio, mel, norm=cfg.diffusion.loss, generator=gen).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -4,31 +4,29 @@ Notation of Ho et al. 2020 (see :mod:`diffcore.schedule` for the full table): β
 ᾱ_t = ∏ α_i ``alphas_cumprod``, β̃_t ``posterior_variance``. Step indices are 0-based: index 0 is the paper's t = 1.
 
 Every network diffcore drives is a callable ``model(x_t, t, cond=None)`` returning a tensor shaped like ``x_t``;
-everything here works for tensors of any rank. Losses, likelihood and samplers take an optional ``prior_std`` s for
-PriorGrad's data-dependent prior N(0, diag(s^2)) (``None`` = N(0, I)).
+everything here works for tensors of any rank. A denoiser (:mod:`diffcore.denoiser`) wraps a network with its
+parameterisation — eps, x_0 or v on a VP schedule, a learned variance, PriorGrad's data-dependent prior, or EDM's
+preconditioning — and is what losses, the likelihood and the samplers take. Samplers walk the steps they are given
+(:mod:`diffcore.discretization` makes them).
 """
 
 from diffcore.config import ConfigBase, ConfigError, DiffusionConfig, load_recipe
 from diffcore.ema import EMA
-from diffcore.guidance import ClassifierFreeGuidance
+from diffcore.denoiser import EDMDenoiser, VPDenoiser, denoiser_from_config
+from diffcore.discretization import fast_sampling_steps, fast_schedule, karras_sigmas, respaced
+from diffcore.guidance import ClassifierFreeGuidance, guided
 from diffcore.likelihood import bits_per_dim, nll, nll_terms
 from diffcore.losses import (
     UniformTimesteps,
     diffusion_loss,
+    edm_loss,
     epsilon_loss,
     hybrid_loss,
     min_snr_weights,
     v_loss,
     x0_loss,
 )
-from diffcore.samplers import (
-    ddim_sample,
-    ddpm_sample,
-    fast_sample,
-    fast_sampling_steps,
-    heun_sample,
-    karras_sigmas,
-)
+from diffcore.samplers import ddim_sample, ddpm_sample, heun_sample
 from diffcore.schedule import NoiseSchedule, validate_prior_std
 from diffcore.utils import append_dims
 
@@ -36,6 +34,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NoiseSchedule",
+    "VPDenoiser",
+    "EDMDenoiser",
+    "denoiser_from_config",
     "validate_prior_std",
     "DiffusionConfig",
     "ConfigBase",
@@ -47,6 +48,7 @@ __all__ = [
     "v_loss",
     "hybrid_loss",
     "diffusion_loss",
+    "edm_loss",
     "min_snr_weights",
     "UniformTimesteps",
     "nll",
@@ -54,10 +56,12 @@ __all__ = [
     "bits_per_dim",
     "ddpm_sample",
     "ddim_sample",
-    "fast_sample",
-    "fast_sampling_steps",
     "heun_sample",
+    "respaced",
+    "fast_schedule",
+    "fast_sampling_steps",
     "karras_sigmas",
     "ClassifierFreeGuidance",
+    "guided",
     "EMA",
 ]

@@ -20,6 +20,7 @@ import difflib
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Sequence, TypeVar, Union, get_args, get_origin
@@ -192,6 +193,8 @@ class ConfigBase:
     """Mixin for configuration dataclasses: typed ``from_dict``/``to_dict``, presets, validation."""
 
     PRESETS: ClassVar[dict[str, dict]] = {}
+    #: Old key -> field name: configs written by older versions keep loading (one ``DeprecationWarning`` each).
+    RENAMED: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def _hints(cls) -> dict[str, Any]:
@@ -206,7 +209,7 @@ class ConfigBase:
         """Build from plain data, checking every key and type (see the module docstring)."""
         if data is not None and not isinstance(data, Mapping):
             raise ConfigError(f"{_where or cls.__name__}: expected a mapping, got {data!r}")
-        data = dict(data or {})
+        data = _renamed(cls, dict(data or {}), _where)
         preset = data.pop("preset", None)
         base: dict[str, Any] = {}
         if preset is not None:
@@ -353,20 +356,68 @@ def save_config(cfg: ConfigBase | Mapping[str, Any], path: str | os.PathLike) ->
     atomic_write(path, lambda f: f.write(text))
 
 
+def _renamed(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` with the old names of :attr:`ConfigBase.RENAMED` replaced by the fields' names (a
+    ``DeprecationWarning`` names each); an old name given together with its new one is a ``ConfigError``."""
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        if old not in data:
+            continue
+        at = f"{where}." if where else ""
+        if new in data:
+            raise ConfigError(f"{at}{old} and {at}{new} are one setting ({old} is its old name): give {new} only")
+        warnings.warn(f"config key {at}{old} is now called {new}; its value is used as {new} (rename it in the "
+                      f"recipe)", DeprecationWarning, stacklevel=3)
+        data[new] = data.pop(old)
+    return data
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The diffusion process of a model
 
 
 @dataclass
-class DiffusionConfig(ConfigBase):
-    """The noise schedule, the network's prediction target and the training loss of one model.
+class EDMConfig(ConfigBase):
+    """EDM's preconditioning (Karras et al. 2022, Table 1), see :class:`diffcore.denoiser.EDMDenoiser`.
 
-    ``schedule``: ``linear`` (Ho et al. 2020: β from ``beta_start`` to ``beta_end``), ``cosine`` (Nichol &
-    Dhariwal 2021 with offset ``cosine_s``), ``sigmoid`` (Chen 2023 with ``sigmoid_start/end/tau``) or ``betas``. ``prediction``: what the network outputs (ε, x0 or v).
-    ``betas``: an explicit β list, used when ``schedule`` is ``betas`` (e.g. an imported lmnt checkpoint).
-    ``loss``: the norm of the simple loss (``l1`` is what lmnt's DiffWave trains with). ``min_snr_gamma``: optional
-    min-SNR-γ weighting (Hang et al. 2023). ``hybrid_lambda``: weight of L_vlb for a model that learns its variance.
+    ``sigma_data``: the data's standard deviation (0.5 for images in [-1, 1]); ``sigma_min``/``sigma_max``: the
+    sampling range; ``p_mean``/``p_std``: the log-normal training distribution of sigma; ``time_scale``: factor
+    on c_noise = ln(sigma) / 4 before the network's time embedding (1 = the paper's; 250 suits a DDPM U-Net whose
+    sinusoidal embedding expects steps of order 1000).
     """
+
+    sigma_data: float = 0.5
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    time_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("sigma_data", "sigma_min", "sigma_max", "p_std", "time_scale"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value > 0 and value < float("inf")):
+                raise ConfigError(f"diffusion.edm.{name} must be positive and finite, got {value}")
+        if self.sigma_min > self.sigma_max:
+            raise ConfigError(f"diffusion.edm.sigma_min ({self.sigma_min}) is above sigma_max ({self.sigma_max})")
+
+
+@dataclass
+class DiffusionConfig(ConfigBase):
+    """The diffusion process of one model: its noise schedule, parameterisation and training loss.
+
+    VP (default): ``schedule``: ``linear`` (Ho et al. 2020: β from ``beta_start`` to ``beta_end``), ``cosine``
+    (Nichol & Dhariwal 2021 with offset ``cosine_s``), ``sigmoid`` (Chen 2023 with ``sigmoid_start/end/tau``) or
+    ``betas`` (an explicit β list, e.g. an imported lmnt checkpoint). ``prediction``: what the network outputs
+    (ε, x0 or v). ``loss``: the norm of the simple loss (``l1`` is what lmnt's DiffWave trains with).
+    ``min_snr_gamma``: optional min-SNR-γ weighting (Hang et al. 2023). ``vlb_weight``: λ, the weight of L_vlb for
+    a model that learns its variance (Nichol & Dhariwal: 0.001; formerly ``hybrid_lambda``).
+
+    EDM: an ``edm`` section (:class:`EDMConfig`) selects Karras et al.'s preconditioning instead; the schedule
+    fields, ``prediction``, ``loss`` and ``min_snr_gamma`` then do not apply. ``denoiser_from_config`` builds the
+    denoiser either way.
+    """
+
+    RENAMED: ClassVar[dict[str, str]] = {"hybrid_lambda": "vlb_weight"}
 
     schedule: Literal["linear", "cosine", "sigmoid", "betas"] = "linear"
     num_steps: int = 1000
@@ -380,8 +431,9 @@ class DiffusionConfig(ConfigBase):
     prediction: Literal["eps", "x0", "v"] = "eps"
     loss: Literal["l2", "l1"] = "l2"
     min_snr_gamma: float | None = None
-    hybrid_lambda: float = 0.001
+    vlb_weight: float = 0.001
     betas: tuple[float, ...] | None = None
+    edm: EDMConfig | None = None
 
     def __post_init__(self) -> None:
         if self.num_steps < 1:
@@ -400,6 +452,9 @@ class DiffusionConfig(ConfigBase):
             raise ConfigError(f"diffusion.max_beta must be in (0, 1), got {self.max_beta}")
         if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
             raise ConfigError(f"diffusion.min_snr_gamma must be positive, got {self.min_snr_gamma}")
+        if self.edm is not None and (self.loss != "l2" or self.min_snr_gamma is not None):
+            raise ConfigError("diffusion.edm has its own loss weighting: leave diffusion.loss at l2 and "
+                              "min_snr_gamma unset")
 
     def build(self):
         """The :class:`~diffcore.schedule.NoiseSchedule` this config describes."""

@@ -1,5 +1,9 @@
 """Classifier-free guidance (Ho & Salimans 2021) as a wrapper that keeps the model contract.
 
+``guided(denoiser, scale, null_cond)`` returns the denoiser with its network wrapped; the combination of raw
+outputs is the same for every parameterisation (eps, x_0, v and EDM's F are affine in the output at a fixed x_t
+and t, with the same coefficients for both branches).
+
     eps_guided = eps_uncond + s (eps_cond - eps_uncond)
 
 | symbol            | name here                                                                  |
@@ -11,12 +15,16 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ClassifierFreeGuidance"]
+from diffcore.denoiser import EDMDenoiser, VPDenoiser, split_variance
+
+__all__ = ["ClassifierFreeGuidance", "guided"]
+
+D = TypeVar("D", VPDenoiser, EDMDenoiser)
 
 
 class ClassifierFreeGuidance(nn.Module):
@@ -85,7 +93,15 @@ class ClassifierFreeGuidance(nn.Module):
             )
             out_cond, out_uncond = both.chunk(2, dim=0)
         if self.learned_variance:
-            eps_c, v_c = out_cond.chunk(2, dim=1)
-            eps_u, _ = out_uncond.chunk(2, dim=1)
+            eps_c, v_c = split_variance(out_cond, True)
+            eps_u, _ = split_variance(out_uncond, True)
             return torch.cat([eps_u + self.scale * (eps_c - eps_u), v_c], dim=1)
         return out_uncond + self.scale * (out_cond - out_uncond)
+
+
+def guided(denoiser: D, scale: float, null_cond: Tensor | int | float | None = None) -> D:
+    """``denoiser`` with its network wrapped in :class:`ClassifierFreeGuidance` (``learned_variance`` from the
+    denoiser), so that every sampler sees the guided prediction."""
+    cfg = ClassifierFreeGuidance(denoiser.network, scale, null_cond=null_cond,
+                                 learned_variance=denoiser.learned_variance)
+    return denoiser.with_network(cfg)

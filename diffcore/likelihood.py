@@ -9,7 +9,7 @@ One Monte-Carlo sample of x_t ~ q(x_t | x_0) per step and example; the KLs betwe
 
 | symbol             | name here                                                       |
 | ------------------ | --------------------------------------------------------------- |
-| sigma_t^2          | ``variance="beta"``: beta_t; ``"posterior"``: beta~_t (clipped); ``"learned"``: exp(v log beta_t + (1 - v) log beta~_t) |
+| sigma_t^2          | ``variance="beta"``: beta_t; ``"posterior"``: beta~_t (clipped); ``None`` with a learned-variance denoiser: exp(v log beta_t + (1 - v) log beta~_t) |
 | mu_theta(x_t, t)   | posterior mean mu~_t(x0_hat, x_t) with x0_hat from the network  |
 | L_{t-1} (index t-1)| column ``t - 1`` of ``nll_terms`` (column 0 = L_0)              |
 | L_T                | last column of ``nll_terms``                                    |
@@ -22,7 +22,8 @@ invariant under x -> x / s, each KL is computed on means divided by s with the u
 
 "Clipped" beta~: beta~_1 = 0, so its log is replaced by log beta~_2 (improved-diffusion's
 ``posterior_log_variance_clipped``); this gives sigma_1^2 for the decoder under ``variance="posterior"``.
-"learned" is Nichol & Dhariwal 2021 eq. 15 with a network whose output has 2x channels along dim 1 (eps, v).
+The learned variance is Nichol & Dhariwal 2021 eq. 15 with a network whose output has 2x channels along dim 1
+(eps, v); the denoiser (``VPDenoiser(learned_variance=True)``) splits it.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from diffcore.schedule import NoiseSchedule, Prediction, validate_prior_std
-from diffcore.utils import Denoiser, clip_value, randn, sum_flat
+from diffcore.denoiser import VPDenoiser, require_vp
+from diffcore.schedule import NoiseSchedule, validate_prior_std
+from diffcore.utils import clip_value, randn, sum_flat
 
 __all__ = [
     "normal_kl",
@@ -50,7 +52,7 @@ __all__ = [
 ]
 
 Decoder = Literal["gaussian", "discretized"]
-Variance = Literal["beta", "posterior", "learned"]
+FixedVariance = Literal["beta", "posterior"]
 
 
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
@@ -100,25 +102,26 @@ def reverse_log_variance(
     schedule: NoiseSchedule,
     t: Tensor,
     like: Tensor,
-    variance: Variance,
+    variance: FixedVariance | None,
     v: Tensor | None = None,
 ) -> Tensor:
     """log sigma_t^2 of the reverse step p(x_{t-1} | x_t), broadcast to ``like``.
 
-    ``"beta"``: log beta_t; ``"posterior"``: log beta~_t clipped; ``"learned"``: v log beta_t + (1 - v) log beta~_t
-    (Nichol & Dhariwal eq. 15, ``v`` the raw network output, shaped like ``like``). Under a PriorGrad prior the
-    step's variance is this times s^2; ``vlb_term`` and the samplers apply the s^2, so this stays the schedule's.
+    ``"beta"``: log beta_t; ``"posterior"``: log beta~_t clipped; ``None``: the learned interpolation
+    v log beta_t + (1 - v) log beta~_t (Nichol & Dhariwal eq. 15, ``v`` the raw network output, shaped like
+    ``like``). Under a PriorGrad prior the step's variance is this times s^2; ``vlb_term`` and the samplers apply
+    the s^2, so this stays the schedule's.
     """
     if variance == "beta":
         return torch.log(schedule.at("betas", t, like))
     if variance == "posterior":
         return schedule.posterior_log_variance(t, like)
-    if variance == "learned":
+    if variance is None:
         if v is None:
-            raise ValueError("variance='learned' needs the network's variance output v")
+            raise ValueError("a learned variance (variance=None) needs the network's variance output v")
         log_beta = torch.log(schedule.at("betas", t, v))
         return v * log_beta + (1.0 - v) * schedule.posterior_log_variance(t, v)
-    raise ValueError(f"variance must be 'beta', 'posterior' or 'learned', got {variance!r}")
+    raise ValueError(f"variance must be 'beta', 'posterior' or None (learned), got {variance!r}")
 
 
 def prior_kl(schedule: NoiseSchedule, x0: Tensor, *, prior_std: Tensor | None = None) -> Tensor:
@@ -126,10 +129,7 @@ def prior_kl(schedule: NoiseSchedule, x0: Tensor, *, prior_std: Tensor | None = 
 
     With ``prior_std`` s (broadcastable to ``x0``): KL(N(sqrt(abar_T) x_0, (1 - abar_T) s^2) || N(0, s^2)).
     """
-    return _prior_kl(schedule, x0, validate_prior_std(prior_std, x0.shape, x0.dtype, x0.device))
-
-
-def _prior_kl(schedule: NoiseSchedule, x0: Tensor, prior_std: Tensor | None) -> Tensor:
+    prior_std = validate_prior_std(prior_std, x0.shape, x0.dtype, x0.device)
     t = torch.full((x0.shape[0],), schedule.num_steps - 1, device=x0.device, dtype=torch.long)
     mean, var = schedule.q_mean_variance(x0, t)
     zero = torch.zeros((), dtype=x0.dtype, device=x0.device)
@@ -159,19 +159,6 @@ def vlb_term(
     exp(log_variance) s^2: ``log_variance`` stays the schedule's log sigma_t^2 (``reverse_log_variance``).
     """
     prior_std = validate_prior_std(prior_std, x_t.shape, x_t.dtype, x_t.device)
-    return _vlb_term(schedule, x0, x_t, t, pred_x0, log_variance, decoder, prior_std)
-
-
-def _vlb_term(
-    schedule: NoiseSchedule,
-    x0: Tensor,
-    x_t: Tensor,
-    t: Tensor,
-    pred_x0: Tensor,
-    log_variance: Tensor,
-    decoder: Decoder,
-    prior_std: Tensor | None,
-) -> Tensor:
     true_mean, _ = schedule.q_posterior(x0, x_t, t)
     true_log_var = schedule.posterior_log_variance(t, x_t)
     model_mean, _ = schedule.q_posterior(pred_x0, x_t, t)
@@ -192,40 +179,36 @@ def _vlb_term(
     return torch.where(t == 0, -sum_flat(ll), kl)
 
 
-def _split_output(out: Tensor, variance: Variance) -> tuple[Tensor, Tensor | None]:
-    if variance != "learned":
-        return out, None
-    if out.ndim < 2 or out.shape[1] % 2:
-        raise ValueError(f"variance='learned' needs an output with an even size along dim 1, got {tuple(out.shape)}")
-    mean_out, v = out.chunk(2, dim=1)
-    return mean_out, v
-
-
 @torch.no_grad()
 def nll_terms(
-    model: Denoiser,
-    schedule: NoiseSchedule,
+    denoiser: VPDenoiser,
     x0: Tensor,
     cond: Any = None,
     decoder: Decoder = "gaussian",
-    variance: Variance = "beta",
+    variance: FixedVariance | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
-    prediction: Prediction = "eps",
     clip_denoised: bool | float | None = None,
-    *,
-    prior_std: Tensor | None = None,
 ) -> Tensor:
     """Every term of the bound, ``[B, T + 1]`` nats: column i < T is L_i at 0-based step i (column 0 = decoder
     L_0), column T is the prior term L_T.
 
+    ``denoiser``: the model (its schedule, parameterisation, learned variance and PriorGrad prior; see
+    :mod:`diffcore.denoiser`). ``variance``: sigma_t^2 of the reverse steps, ``"beta"`` or ``"posterior"``; ``None``
+    (default) = the learned interpolation for a learned-variance denoiser, else ``"beta"``.
     Noise: for step t = 0, 1, ..., T - 1 in that order one ``randn(x0.shape)`` is drawn from ``generator`` and
-    x_t = q_sample(x0, t, noise). The network is called batch-parallel at each step with
-    ``schedule.model_timesteps(t)``. ``clip_denoised`` clamps the predicted x_0 to [-c, c] (True = 1.0, images).
-    ``prior_std`` s (PriorGrad, broadcastable to ``x0``): the bound of the model with prior N(0, s^2), whose network
-    predicts the scaled eps = s * z; every variance is scaled by s^2 (module docstring).
+    x_t = q_sample(x0, t, noise). The network is called batch-parallel at each step. ``clip_denoised`` clamps the
+    predicted x_0 to [-c, c] (True = 1.0, images). Under a prior s (PriorGrad, broadcastable to ``x0``) the bound
+    is that of the model with prior N(0, s^2), whose network predicts the scaled eps = s * z; every variance is
+    scaled by s^2 (module docstring).
     """
-    prior_std = validate_prior_std(prior_std, x0.shape, x0.dtype, x0.device)
+    den = require_vp(denoiser, "nll_terms")
+    if variance not in ("beta", "posterior", None):
+        raise ValueError(f"variance must be 'beta', 'posterior' or None (learned), got {variance!r}")
+    if variance is None and not den.learned_variance:
+        variance = "beta"
+    schedule = den.schedule
+    prior_std = den.checked_prior(x0)
     batch = x0.shape[0]
     clip = clip_value(clip_denoised)
     terms = torch.empty(batch, schedule.num_steps + 1, dtype=x0.dtype, device=x0.device)
@@ -235,42 +218,36 @@ def nll_terms(
         if prior_std is not None:
             noise = noise * prior_std  # eps = s * z, as q_sample(..., prior_std=s) draws it
         x_t = schedule.q_sample(x0, t, noise)
-        out, v = _split_output(model(x_t, schedule.model_timesteps(t), cond=cond), variance)
-        _, pred_x0 = schedule.eps_x0_from_output(x_t, t, out, prediction)
+        _, pred_x0, v = den.predict(x_t, t, cond)
         if clip is not None:
             pred_x0 = pred_x0.clamp(-clip, clip)
         log_var = reverse_log_variance(schedule, t, x_t, variance, v)
-        terms[:, k] = _vlb_term(schedule, x0, x_t, t, pred_x0, log_var, decoder, prior_std)
-    terms[:, -1] = _prior_kl(schedule, x0, prior_std)
+        terms[:, k] = vlb_term(schedule, x0, x_t, t, pred_x0, log_var, decoder, prior_std=prior_std)
+    terms[:, -1] = prior_kl(schedule, x0, prior_std=prior_std)
     return terms
 
 
 @torch.no_grad()
 def nll(
-    model: Denoiser,
-    schedule: NoiseSchedule,
+    denoiser: VPDenoiser,
     x0: Tensor,
     cond: Any = None,
     decoder: Decoder = "gaussian",
-    variance: Variance = "beta",
+    variance: FixedVariance | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
-    prediction: Prediction = "eps",
     clip_denoised: bool | float | None = None,
-    *,
-    prior_std: Tensor | None = None,
 ) -> Tensor:
     """Per-example upper bound on -log p(x_0), ``[B]`` nats: L_T + sum_{t>=2} L_{t-1} + L_0 (Ho et al. eq. 5)
-    over all T steps (the sum of ``nll_terms``; same arguments).
+    over all T steps of the denoiser's schedule (the sum of ``nll_terms``; same arguments).
 
     ``decoder="discretized"`` is the 8-bit image decoder (data in [-1, 1]; the result is then a bound on the
     negative log *probability* of the quantised image); ``"gaussian"`` is a continuous decoder N(x_0_hat, sigma_1^2)
-    for audio and vectors (a bound on the negative log *density*). ``prior_std``: the PriorGrad prior, as in
-    ``nll_terms``.
+    for audio and vectors (a bound on the negative log *density*).
     """
     return nll_terms(
-        model, schedule, x0, cond, decoder=decoder, variance=variance, generator=generator, progress=progress,
-        prediction=prediction, clip_denoised=clip_denoised, prior_std=prior_std,
+        denoiser, x0, cond, decoder=decoder, variance=variance, generator=generator, progress=progress,
+        clip_denoised=clip_denoised,
     ).sum(dim=1)
 
 

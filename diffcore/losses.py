@@ -5,6 +5,12 @@
     x0-loss:                                 || x_0 - x0_theta(x_t, t) ||
     v-loss (Salimans & Ho 2022):             || v - v_theta(x_t, t) ||,  v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
     hybrid (Nichol & Dhariwal 2021 sec. 3.1): L_simple + lambda L_vlb
+    EDM (Karras et al. 2022 eq. 8):          lambda(sigma) || D(x_0 + sigma n; sigma) - x_0 ||^2, ln sigma ~ N(P_mean, P_std^2)
+
+Every loss takes a denoiser (:mod:`diffcore.denoiser`), which knows what the network outputs (eps, x_0 or v), whether
+it learns its variance and its PriorGrad prior. ``epsilon_loss``/``x0_loss``/``v_loss`` measure the error in their
+named space whatever the parameterisation (the network's output converted when it predicts another quantity);
+``diffusion_loss`` is the loss in the denoiser's own prediction space, the one the training engine calls.
 
 PriorGrad (Lee et al. 2022), ``prior_std`` s: eps = s * z with z ~ N(0, I) is both the noise of x_t and the eps
 target (v uses that eps; the x0 target is unchanged), and every distance is taken on (pred - target) / s, i.e.
@@ -32,9 +38,10 @@ from typing import Any, Callable, Literal
 import torch
 from torch import Tensor
 
-from diffcore.likelihood import Decoder, _vlb_term, reverse_log_variance
-from diffcore.schedule import NoiseSchedule, Prediction, validate_prior_std
-from diffcore.utils import Denoiser, mean_flat, randn
+from diffcore.denoiser import EDMDenoiser, VPDenoiser, require_vp
+from diffcore.likelihood import Decoder, reverse_log_variance, vlb_term
+from diffcore.schedule import NoiseSchedule, Prediction
+from diffcore.utils import append_dims, mean_flat, randn
 
 __all__ = [
     "UniformTimesteps",
@@ -45,6 +52,7 @@ __all__ = [
     "hybrid_loss",
     "hybrid_loss_terms",
     "diffusion_loss",
+    "edm_loss",
 ]
 
 Norm = Literal["l1", "l2"]
@@ -130,8 +138,7 @@ def _apply_weighting(loss: Tensor, t: Tensor, weighting: Weighting) -> Tensor:
 
 def _target_loss(
     target_kind: Prediction,
-    model: Denoiser,
-    schedule: NoiseSchedule,
+    denoiser: VPDenoiser,
     x0: Tensor,
     cond,
     norm: Norm,
@@ -139,13 +146,17 @@ def _target_loss(
     noise: Tensor | None,
     generator: torch.Generator | None,
     weighting: Weighting,
-    prior_std: Tensor | None,
 ) -> Tensor:
-    prior_std = validate_prior_std(prior_std, x0.shape, x0.dtype, x0.device)
+    den = require_vp(denoiser, f"{target_kind}-loss")
+    schedule = den.schedule
+    prior_std = den.checked_prior(x0)
     t, noise, x_t = _prepare(schedule, x0, t, noise, generator, prior_std)
-    out = model(x_t, schedule.model_timesteps(t), cond=cond)
-    if out.shape != x0.shape:
-        raise ValueError(f"model output has shape {tuple(out.shape)}, expected {tuple(x0.shape)}")
+    out, _ = den.output(x_t, t, cond)
+    if den.prediction != target_kind:
+        eps, x0_hat = schedule.eps_x0_from_output(x_t, t, out, den.prediction)
+        out = {"eps": eps, "x0": x0_hat}.get(target_kind)
+        if out is None:
+            out = schedule.v_from_eps(x_t, t, eps)
     target = {"eps": noise, "x0": x0}.get(target_kind)
     if target is None:
         target = schedule.v_target(x0, t, noise)
@@ -153,8 +164,7 @@ def _target_loss(
 
 
 def epsilon_loss(
-    model: Denoiser,
-    schedule: NoiseSchedule,
+    denoiser: VPDenoiser,
     x0: Tensor,
     cond: Any = None,
     norm: Norm = "l2",
@@ -162,27 +172,25 @@ def epsilon_loss(
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     weighting: Weighting = None,
-    *,
-    prior_std: Tensor | None = None,
 ) -> Tensor:
-    """L_simple of Ho et al. 2020 (Algorithm 1, eq. 14): w_t mean ||eps - eps_theta(x_t, t)||^p, ``[B]``.
+    """L_simple of Ho et al. 2020 (Algorithm 1, eq. 14): w_t mean ||eps - eps_hat(x_t, t)||^p, ``[B]``.
 
     Args:
+        denoiser: the model; eps_hat is its output (``prediction="eps"``) or converted from it.
         x0: data ``[B, ...]`` of any rank.
-        t: long ``[B]`` steps; drawn uniformly from ``generator`` when ``None``.
-        noise: the standard normal z ``[B, ...]`` (eps = z, or s * z with ``prior_std``); drawn from ``generator``
-            when ``None`` (after t).
+        t: long ``[B]`` steps of ``denoiser.schedule``; drawn uniformly from ``generator`` when ``None``.
+        noise: the standard normal z ``[B, ...]`` (eps = z, or s * z under the denoiser's prior); drawn from
+            ``generator`` when ``None`` (after t).
         weighting: per-example weights ``[B]``, or a callable ``t -> [B]`` (e.g. min-SNR), or ``None``.
-        prior_std: PriorGrad prior std s, broadcastable to ``x0`` (e.g. ``[B, 1, T]`` for audio ``[B, 1, T]``,
-            ``[B, 1, 1]`` for one s per example): eps = s * z and the loss is w_t mean ||(eps - eps_theta) / s||^p.
-            ``None`` = N(0, I).
+
+    Under a PriorGrad prior s (``denoiser.prior_std``, e.g. ``[B, 1, T]`` for audio ``[B, 1, T]``): eps = s * z and
+    the loss is w_t mean ||(eps - eps_hat) / s||^p.
     """
-    return _target_loss("eps", model, schedule, x0, cond, norm, t, noise, generator, weighting, prior_std)
+    return _target_loss("eps", denoiser, x0, cond, norm, t, noise, generator, weighting)
 
 
 def x0_loss(
-    model: Denoiser,
-    schedule: NoiseSchedule,
+    denoiser: VPDenoiser,
     x0: Tensor,
     cond: Any = None,
     norm: Norm = "l2",
@@ -190,17 +198,14 @@ def x0_loss(
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     weighting: Weighting = None,
-    *,
-    prior_std: Tensor | None = None,
 ) -> Tensor:
-    """w_t mean ||x_0 - x0_theta(x_t, t)||^p for a network predicting x_0, ``[B]`` (arguments as ``epsilon_loss``;
-    with ``prior_std`` s: mean ||(x_0 - x0_theta) / s||^p)."""
-    return _target_loss("x0", model, schedule, x0, cond, norm, t, noise, generator, weighting, prior_std)
+    """w_t mean ||x_0 - x0_hat(x_t, t)||^p, ``[B]`` (arguments as ``epsilon_loss``; under a prior s:
+    mean ||(x_0 - x0_hat) / s||^p)."""
+    return _target_loss("x0", denoiser, x0, cond, norm, t, noise, generator, weighting)
 
 
 def v_loss(
-    model: Denoiser,
-    schedule: NoiseSchedule,
+    denoiser: VPDenoiser,
     x0: Tensor,
     cond: Any = None,
     norm: Norm = "l2",
@@ -208,17 +213,14 @@ def v_loss(
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     weighting: Weighting = None,
-    *,
-    prior_std: Tensor | None = None,
 ) -> Tensor:
-    """w_t mean ||v - v_theta(x_t, t)||^p with v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022),
-    ``[B]`` (arguments as ``epsilon_loss``; with ``prior_std`` s, eps = s * z and mean ||(v - v_theta) / s||^p)."""
-    return _target_loss("v", model, schedule, x0, cond, norm, t, noise, generator, weighting, prior_std)
+    """w_t mean ||v - v_hat(x_t, t)||^p with v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022),
+    ``[B]`` (arguments as ``epsilon_loss``; under a prior s, eps = s * z and mean ||(v - v_hat) / s||^p)."""
+    return _target_loss("v", denoiser, x0, cond, norm, t, noise, generator, weighting)
 
 
 def hybrid_loss_terms(
-    model: Denoiser,
-    schedule: NoiseSchedule,
+    denoiser: VPDenoiser,
     x0: Tensor,
     cond: Any = None,
     norm: Norm = "l2",
@@ -228,14 +230,12 @@ def hybrid_loss_terms(
     weighting: Weighting = None,
     vlb_weight: float = 1e-3,
     decoder: Decoder = "gaussian",
-    *,
-    prior_std: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The parts of ``hybrid_loss``: dict of ``[B]`` tensors ``loss``, ``simple``, ``vlb`` and the long ``t``.
 
-    The network outputs ``[B, 2C, ...]`` for ``x0`` of ``[B, C, ...]``: eps (first half along dim 1) and the
-    variance interpolation v (second half), Sigma = exp(v log beta_t + (1 - v) log beta~_t) (Nichol & Dhariwal
-    eq. 15, raw v, beta~ clipped at t = 1).
+    The denoiser must predict eps with a learned variance: its network outputs ``[B, 2C, ...]`` for ``x0`` of
+    ``[B, C, ...]``: eps and the variance interpolation v, Sigma = exp(v log beta_t + (1 - v) log beta~_t)
+    (Nichol & Dhariwal eq. 15, raw v, beta~ clipped at t = 1).
 
     - ``simple``: L_simple on the eps half (``norm``), per dimension.
     - ``vlb``: the bound's term L_t at the sampled step (``likelihood.vlb_term``; decoder NLL at index 0), in
@@ -244,28 +244,28 @@ def hybrid_loss_terms(
     - ``loss = weighting * (simple + vlb_weight * T * vlb)``: T L_t is the one-sample estimate of the full bound
       L_vlb = sum_t L_t, so ``vlb_weight`` is the paper's lambda (0.001).
 
-    With ``prior_std`` s (PriorGrad): eps = s * z, ``simple`` is mean ||(eps - eps_theta) / s||^p and ``vlb`` uses the
+    Under a PriorGrad prior s: eps = s * z, ``simple`` is mean ||(eps - eps_hat) / s||^p and ``vlb`` uses the
     posterior and reverse variances scaled by s^2 (``vlb_term(prior_std=...)``).
     """
-    prior_std = validate_prior_std(prior_std, x0.shape, x0.dtype, x0.device)
+    den = require_vp(denoiser, "hybrid_loss")
+    if not den.learned_variance or den.prediction != "eps":
+        raise ValueError("hybrid_loss needs an eps-predicting denoiser with learned_variance=True, got "
+                         f"prediction={den.prediction!r}, learned_variance={den.learned_variance}")
+    schedule = den.schedule
+    prior_std = den.checked_prior(x0)
     t, noise, x_t = _prepare(schedule, x0, t, noise, generator, prior_std)
-    out = model(x_t, schedule.model_timesteps(t), cond=cond)
-    if out.ndim < 2 or out.shape[1] != 2 * x0.shape[1] or out.shape[2:] != x0.shape[2:]:
-        raise ValueError(f"hybrid_loss needs an output of shape [B, 2C, ...] for x0 {tuple(x0.shape)}, "
-                         f"got {tuple(out.shape)}")
-    eps, v = out.chunk(2, dim=1)
+    eps, v = den.output(x_t, t, cond)
     simple = _distance(eps, noise, norm, prior_std)
     pred_x0 = schedule.predict_x0_from_eps(x_t, t, eps.detach())
-    log_var = reverse_log_variance(schedule, t, x_t, "learned", v)
+    log_var = reverse_log_variance(schedule, t, x_t, None, v)
     dims = x0[0].numel()
-    vlb = _vlb_term(schedule, x0, x_t, t, pred_x0, log_var, decoder, prior_std) / (dims * math.log(2.0))
+    vlb = vlb_term(schedule, x0, x_t, t, pred_x0, log_var, decoder, prior_std=prior_std) / (dims * math.log(2.0))
     loss = simple + vlb_weight * schedule.num_steps * vlb
     return {"loss": _apply_weighting(loss, t, weighting), "simple": simple, "vlb": vlb, "t": t}
 
 
 def hybrid_loss(
-    model: Denoiser,
-    schedule: NoiseSchedule,
+    denoiser: VPDenoiser,
     x0: Tensor,
     cond: Any = None,
     norm: Norm = "l2",
@@ -275,52 +275,86 @@ def hybrid_loss(
     weighting: Weighting = None,
     vlb_weight: float = 1e-3,
     decoder: Decoder = "gaussian",
-    *,
-    prior_std: Tensor | None = None,
 ) -> Tensor:
-    """L_hybrid = L_simple + lambda L_vlb of Nichol & Dhariwal 2021 for a learned-variance network, ``[B]``.
+    """L_hybrid = L_simple + lambda L_vlb of Nichol & Dhariwal 2021 for a learned-variance denoiser, ``[B]``.
 
-    See ``hybrid_loss_terms`` for the output layout, units, the stop-gradient and ``prior_std``.
+    See ``hybrid_loss_terms`` for the output layout, units, the stop-gradient and the prior.
     """
-    return hybrid_loss_terms(
-        model, schedule, x0, cond, norm, t, noise, generator, weighting, vlb_weight, decoder, prior_std=prior_std
-    )["loss"]
+    return hybrid_loss_terms(denoiser, x0, cond, norm, t, noise, generator, weighting, vlb_weight, decoder)["loss"]
+
+
+def edm_loss(
+    denoiser: EDMDenoiser,
+    x0: Tensor,
+    cond: Any = None,
+    sigma: Tensor | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Karras et al. 2022 eq. 8 with Table 1's choices, per example ``[B]`` (mean over the non-batch dims):
+
+        lambda(sigma) || D(x_0 + sigma n; sigma) - x_0 ||^2,   ln sigma ~ N(P_mean, P_std^2),  n ~ N(0, I)
+
+    computed as || F(c_in x, c_noise) - (x_0 - c_skip x) / c_out ||^2, which is the same number since
+    lambda = 1 / c_out^2 (EDM's "effective training target").
+
+    Args:
+        sigma: noise levels ``[B]``; drawn from ``generator`` (log-normal, ``denoiser.p_mean/p_std``) when ``None``.
+        noise: the standard normal n ``[B, ...]``; drawn from ``generator`` when ``None`` (after sigma).
+    """
+    if not isinstance(denoiser, EDMDenoiser):
+        raise TypeError(f"edm_loss takes an EDMDenoiser, got {type(denoiser).__name__}")
+    batch = x0.shape[0]
+    if sigma is None:
+        z = randn((batch,), generator=generator, device=x0.device, dtype=torch.float64)
+        sigma = (z * denoiser.p_std + denoiser.p_mean).exp()
+    sigma = sigma.to(device=x0.device, dtype=torch.float64).reshape(batch)
+    if noise is None:
+        noise = randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    elif noise.shape != x0.shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(x0.shape)}")
+    x = x0 + append_dims(sigma, x0.ndim).to(x0.dtype) * noise
+    out, c_skip, c_out = denoiser.raw(x, sigma, cond)
+    target = (x0 - c_skip * x) / c_out
+    return mean_flat((out - target) ** 2)
 
 
 def diffusion_loss(
-    model: Denoiser,
-    schedule: NoiseSchedule,
+    denoiser: VPDenoiser | EDMDenoiser,
     x0: Tensor,
     cond: Any = None,
     *,
-    prediction: Prediction = "eps",
     norm: Norm = "l2",
     min_snr_gamma: float | None = None,
     generator: torch.Generator | None = None,
     timesteps: UniformTimesteps | None = None,
-    learned_variance: bool = False,
     vlb_weight: float = 1e-3,
     decoder: Decoder = "gaussian",
-    prior_std: Tensor | None = None,
 ) -> Tensor:
-    """The per-example training loss ``[B]`` the training engine calls, dispatching on the prediction type.
+    """The per-example training loss ``[B]`` the training engine calls, in the denoiser's own terms.
 
-    Draws t from ``timesteps`` (default uniform; its importance weights multiply the loss) and eps from
-    ``generator``; ``min_snr_gamma`` adds min-SNR-gamma weights for the prediction type; ``learned_variance``
-    selects ``hybrid_loss`` (eps prediction only). ``prior_std`` s (PriorGrad, broadcastable to ``x0``): eps = s * z
-    and the Sigma^-1-weighted distance, as in ``epsilon_loss``.
+    VP denoiser: draws t from ``timesteps`` (default uniform; its importance weights multiply the loss) and eps
+    from ``generator``, and measures the error in the space the network predicts (eps, x_0 or v);
+    ``min_snr_gamma`` adds min-SNR-gamma weights for that space; a learned-variance denoiser trains with
+    ``hybrid_loss`` (eps prediction only). Under a PriorGrad prior (``denoiser.prior_std``): eps = s * z and the
+    Sigma^-1-weighted distance, as in ``epsilon_loss``.
+
+    EDM denoiser: ``edm_loss`` (its own log-normal sigma sampling and weighting; ``norm``, ``min_snr_gamma`` and
+    ``timesteps`` do not apply and must be left at their defaults).
     """
+    if isinstance(denoiser, EDMDenoiser):
+        if norm != "l2" or min_snr_gamma is not None or timesteps is not None:
+            raise ValueError("the EDM loss has its own weighting: norm='l2', no min_snr_gamma, no timesteps")
+        return edm_loss(denoiser, x0, cond, generator=generator)
+    den = require_vp(denoiser, "diffusion_loss")
+    schedule = den.schedule
     sampler = timesteps if timesteps is not None else UniformTimesteps(schedule.num_steps)
     t, weights = sampler.sample(x0.shape[0], x0.device, generator)
     weights = weights.to(torch.float64)
     if min_snr_gamma is not None:
-        weights = weights * min_snr_weights(schedule, t, min_snr_gamma, prediction)
-    common = dict(cond=cond, norm=norm, t=t, generator=generator, weighting=weights, prior_std=prior_std)
-    if learned_variance:
-        if prediction != "eps":
-            raise ValueError("learned_variance (hybrid loss) is defined for prediction='eps' only")
-        return hybrid_loss(model, schedule, x0, vlb_weight=vlb_weight, decoder=decoder, **common)
-    loss_fn = {"eps": epsilon_loss, "x0": x0_loss, "v": v_loss}.get(prediction)
-    if loss_fn is None:
-        raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
-    return loss_fn(model, schedule, x0, **common)
+        weights = weights * min_snr_weights(schedule, t, min_snr_gamma, den.prediction)
+    if den.learned_variance:
+        if den.prediction != "eps":
+            raise ValueError("a learned variance (hybrid loss) is defined for prediction='eps' only")
+        return hybrid_loss(den, x0, cond, norm, t, None, generator, weights, vlb_weight=vlb_weight, decoder=decoder)
+    return _target_loss(den.prediction, den, x0, cond, norm, t, None, generator, weights)

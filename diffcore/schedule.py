@@ -170,7 +170,8 @@ class NoiseSchedule:
 
     Build it with ``linear``, ``cosine``, ``sigmoid`` or ``from_betas``; ``respace`` returns a new schedule over a
     subset of the steps. ``timestep_map[i]`` is the step index of the *original* schedule (the one the network was
-    trained on) that index ``i`` of this schedule stands for; samplers call the network with
+    trained on) that index ``i`` of this schedule stands for — integer after respacing, fractional for DiffWave's
+    aligned fast schedule (:func:`diffcore.discretization.fast_schedule`); denoisers call the network with
     ``model_timesteps(t)``.
     """
 
@@ -208,12 +209,13 @@ class NoiseSchedule:
             tmap = np.arange(betas.size, dtype=np.int64)
         else:
             tmap = np.asarray(self.timestep_map)
-            if tmap.shape != betas.shape or not np.issubdtype(tmap.dtype, np.integer):
-                raise ValueError(f"timestep_map must be integer with shape {betas.shape}, got {tmap.dtype} "
-                                 f"{tmap.shape}")
-            if np.any(tmap < 0) or np.any(np.diff(tmap) <= 0):
-                raise ValueError("timestep_map must be non-negative and strictly increasing")
-            tmap = tmap.astype(np.int64)
+            integer = np.issubdtype(tmap.dtype, np.integer)
+            if tmap.shape != betas.shape or not (integer or np.issubdtype(tmap.dtype, np.floating)):
+                raise ValueError(f"timestep_map must be integer (or fractional steps) with shape {betas.shape}, "
+                                 f"got {tmap.dtype} {tmap.shape}")
+            if not np.all(np.isfinite(tmap)) or np.any(tmap < 0) or np.any(np.diff(tmap) <= 0):
+                raise ValueError("timestep_map must be finite, non-negative and strictly increasing")
+            tmap = tmap.astype(np.int64 if integer else np.float64)
 
         alphas = 1.0 - betas
         abar = np.cumprod(alphas)
@@ -357,8 +359,11 @@ class NoiseSchedule:
     def model_timesteps(self, t: Tensor) -> Tensor:
         """Step indices ``[B]`` to pass to the network: ``timestep_map[t]`` (identity unless respaced).
 
-        A long ``t`` gives a long result; a float ``t`` gives the linearly interpolated (float) original step.
+        A long ``t`` gives a long result (float64 when ``timestep_map`` holds fractional steps, as DiffWave's
+        aligned fast schedule does); a float ``t`` gives the linearly interpolated (float) original step.
         """
+        if not np.issubdtype(self.timestep_map.dtype, np.integer) and not t.is_floating_point():
+            return self._at("timestep_map", t, t.to(torch.float64))
         if t.is_floating_point():
             return self._at("timestep_map", t, t.to(torch.float64)).to(t.dtype)
         return self._at("timestep_map", t, t)

@@ -47,7 +47,9 @@ from tqdm.auto import tqdm
 
 from diffcore.checkpoint import CheckpointError, atomic_write
 from diffcore.fast import FastConfig, FastInference
-from diffcore.samplers import ddpm_sample, fast_sample
+from diffcore.denoiser import VPDenoiser
+from diffcore.discretization import fast_schedule
+from diffcore.samplers import ddpm_sample
 from diffwave.audio import AUDIO_EXTENSIONS, AudioError, load_audio, save_audio
 from diffwave.config import DiffWaveConfig
 from diffwave.mel import HIFIGAN_LOG_FLOOR, MelConfig, MelError, compute_mel, load_mel_file, validate_mel
@@ -282,8 +284,9 @@ def sample_waveform(
 ) -> Tensor:
     """Run DiffWave's reverse process for a waveform of ``shape`` and clamp it to [-1, 1].
 
-    ``fast``: the model's ``inference_betas`` schedule through :func:`~diffcore.samplers.fast_sample` (Kong et al. 2021,
-    Alg. 2 at the aligned fractional steps), clamping the state to [-1, 1] after every step as lmnt's reference
+    ``fast``: the model's ``inference_betas`` schedule (:func:`~diffcore.discretization.fast_schedule`, Kong et al.
+    2021, Alg. 2 at the aligned fractional steps, σ_s² = β̃ of the inference schedule), clamping the state to
+    [-1, 1] after every step as lmnt's reference
     does. ``full``: ancestral sampling over all T training steps (:func:`~diffcore.samplers.ddpm_sample` with
     σ_t² = β̃_t, the DiffWave paper's choice), clamping after every step in the same way. ``denoiser`` replaces the model call (e.g. a
     :class:`ChunkedDenoiser`); noise comes from ``generator`` (on the model's device). ``fast``: a
@@ -295,15 +298,16 @@ def sample_waveform(
     schedule = config.diffusion.build()
     device, dtype = _model_device_dtype(model)
     net = denoiser if denoiser is not None else (fast if fast is not None else model)
-    common = dict(generator=generator, device=device, dtype=dtype, prediction=config.diffusion.prediction,
-                  callback=callback, progress=progress, prior_std=prior_std)
+    den = VPDenoiser(net, schedule, prediction=config.diffusion.prediction, prior_std=prior_std)
+    if steps == "fast":
+        walk = fast_schedule(schedule, config.inference_betas)
+    elif steps == "full":
+        walk = schedule
+    else:
+        raise ValueError(f"steps must be 'fast' or 'full', got {steps!r}")
     with fast.context() if fast is not None else torch.no_grad():
-        if steps == "fast":
-            x = fast_sample(net, tuple(shape), schedule, inference_betas=config.inference_betas, clip_sample=1.0, **common)
-        elif steps == "full":
-            x = ddpm_sample(net, tuple(shape), schedule, variance="posterior", clip_sample=1.0, **common)
-        else:
-            raise ValueError(f"steps must be 'fast' or 'full', got {steps!r}")
+        x = ddpm_sample(den, tuple(shape), walk, variance="posterior", clip_sample=1.0, generator=generator,
+                        device=device, dtype=dtype, callback=callback, progress=progress)
     return x.float().clamp(-1.0, 1.0)
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from diffcore.denoiser import VPDenoiser
 from diffcore.losses import diffusion_loss
 from diffcore.train import TrainTask
 from diffwave.audio import AudioError, load_audio
@@ -118,8 +119,8 @@ class _DiffWaveTask(TrainTask):
             seen["x_t"], seen["t"], seen["out"] = x_t, t, model(x_t, t, cond=cond)
             return seen["out"]
 
-        loss = diffusion_loss(net if weight > 0 else model, self.schedule, audio, mel, prediction=d.prediction,
-                              norm=d.loss, min_snr_gamma=d.min_snr_gamma, generator=generator, prior_std=prior_std)
+        den = VPDenoiser(net if weight > 0 else model, self.schedule, prediction=d.prediction, prior_std=prior_std)
+        loss = diffusion_loss(den, audio, mel, norm=d.loss, min_snr_gamma=d.min_snr_gamma, generator=generator)
         if weight > 0:
             if d.prediction != "eps":
                 raise ValueError("loss.stft_weight needs an eps-predicting model (model.diffusion.prediction: eps)")

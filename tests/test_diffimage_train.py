@@ -10,6 +10,8 @@ from scipy.special import log_ndtr
 from torch import nn
 
 from diffcore.config import DiffusionConfig
+from diffcore.denoiser import VPDenoiser
+from diffcore.discretization import respaced
 from diffcore.samplers import ddim_sample
 from diffcore.train import Trainer, read_log
 from diffimage.api import ImageModel, load, nll_bits_per_dim
@@ -17,7 +19,6 @@ from diffimage.cli import main
 from diffimage.data import build_datasets, dataset_images
 from diffimage.model import UNet
 from diffimage.recipe import ImageRecipe, holdout_indices
-from diffimage.sample import _FirstHalf
 from diffimage.task import ImageTask
 
 
@@ -119,13 +120,13 @@ def test_label_dropout_in_training_and_guidance_through_the_api(tmp_path, monkey
     def by_hand(x, t, cond=None):
         return (1 - s) * net(x, t, null) + s * net(x, t, cond)
 
-    ref = ddim_sample(by_hand, (4, 3, 8, 8), m.schedule, cond=torch.tensor(classes), generator=gen(0), steps=5,
-                      clip_denoised=True).clamp(-1, 1)
+    ref = ddim_sample(VPDenoiser(by_hand, m.schedule), (4, 3, 8, 8), respaced(m.schedule, 5),
+                      cond=torch.tensor(classes), generator=gen(0), clip_denoised=True).clamp(-1, 1)
     assert torch.allclose(guided, ref, atol=1e-4)
     # scale 1 is the plain conditional model; scale 0 the unconditional one (the null label, class -1)
     plain = m.sample(4, sampler="ddim", steps=5, guidance_scale=1.0, classes=classes, generator=gen(0))
-    cond_only = ddim_sample(net, (4, 3, 8, 8), m.schedule, cond=torch.tensor(classes), generator=gen(0), steps=5,
-                            clip_denoised=True).clamp(-1, 1)
+    cond_only = ddim_sample(VPDenoiser(net, m.schedule), (4, 3, 8, 8), respaced(m.schedule, 5),
+                            cond=torch.tensor(classes), generator=gen(0), clip_denoised=True).clamp(-1, 1)
     assert torch.equal(plain, cond_only)
     zero = m.sample(4, sampler="ddim", steps=5, guidance_scale=0.0, classes=classes, generator=gen(0))
     uncond = m.sample(4, sampler="ddim", steps=5, guidance_scale=1.0, classes=[-1] * 4, generator=gen(0))
@@ -189,7 +190,8 @@ def test_bits_per_dim_of_a_known_model_equals_its_closed_form(variance):
     u8[0, 0, 0, :2] = [0, 255]  # both edge bins
     x0 = torch.from_numpy(u8).double() / 127.5 - 1.0
     oracle = Oracle(x0, schedule.alphas_cumprod)
-    got = nll_bits_per_dim(oracle, schedule, x0, variance=variance, generator=torch.Generator().manual_seed(0))
+    got = nll_bits_per_dim(VPDenoiser(oracle, schedule), x0, variance=variance,
+                           generator=torch.Generator().manual_seed(0))
     expected = closed_form_bits_per_dim(u8, np.asarray(schedule.betas, dtype=np.float64), variance)
     assert got.dtype == torch.float64 and got.shape == (3,)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
@@ -225,8 +227,8 @@ def test_learned_variance_trains_with_the_hybrid_loss_and_samples(tmp_path):
     got = task.loss(model.eval(), {"image": x0, "label": y})
     torch.manual_seed(3)
     t = torch.randint(0, 20, (4,))
-    terms = hybrid_loss_terms(model, task.schedule, x0, y, t=t, vlb_weight=recipe.model.diffusion.hybrid_lambda,
-                              decoder="discretized")
+    terms = hybrid_loss_terms(VPDenoiser(model, task.schedule, learned_variance=True), x0, y, t=t,
+                              vlb_weight=recipe.model.diffusion.vlb_weight, decoder="discretized")
     assert torch.allclose(got, terms["simple"] + 1e-3 * 20 * terms["vlb"], rtol=1e-5, atol=1e-6)
 
     Trainer(task, recipe.train, tmp_path / "run").fit()
@@ -236,10 +238,10 @@ def test_learned_variance_trains_with_the_hybrid_loss_and_samples(tmp_path):
         assert x.shape == (3, 3, 8, 8) and torch.isfinite(x).all()
     images = ((x0[:2] + 1) * 127.5).round().to(torch.uint8)
     g = torch.Generator().manual_seed(0)
-    learned = nll_bits_per_dim(m.model, m.schedule, images, y[:2], variance="learned", generator=g)
+    den = VPDenoiser(m.model, m.schedule, learned_variance=True)
+    learned = nll_bits_per_dim(den, images, y[:2], generator=g)
     g = torch.Generator().manual_seed(0)
     assert torch.equal(m.bits_per_dim(images, y[:2], generator=g), learned)
     g = torch.Generator().manual_seed(0)
-    eps_only = _FirstHalf(m.model)  # the same network with σ_t² = β_t instead of its own variance
-    fixed = nll_bits_per_dim(eps_only, m.schedule, images, y[:2], variance="beta", generator=g)
+    fixed = nll_bits_per_dim(den, images, y[:2], variance="beta", generator=g)  # σ_t² = β_t, not its own
     assert not torch.allclose(learned, fixed)

@@ -10,6 +10,7 @@ import scipy.signal
 import torch
 
 from diffcore.config import ConfigError
+from diffcore.denoiser import VPDenoiser
 from diffcore.losses import diffusion_loss
 from diffcore.pretrained import ShippedModels
 from diffwave.api import Vocoder, available_models, load
@@ -130,9 +131,9 @@ def test_vocoder_task_loss_is_the_prior_weighted_diffusion_loss(tmp_path):
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     got = task._loss(model, batch["audio"], batch["mel"], generator=g1)
     s = sample_prior_std(batch["mel"], cfg.mel, cfg.prior)
-    want = diffusion_loss(model, task.schedule, batch["audio"], batch["mel"], norm=cfg.diffusion.loss, generator=g2,
-                          prior_std=s)
-    plain = diffusion_loss(model, task.schedule, batch["audio"], batch["mel"], norm=cfg.diffusion.loss,
+    den = VPDenoiser(model, task.schedule)
+    want = diffusion_loss(den.with_prior(s), batch["audio"], batch["mel"], norm=cfg.diffusion.loss, generator=g2)
+    plain = diffusion_loss(den, batch["audio"], batch["mel"], norm=cfg.diffusion.loss,
                            generator=torch.Generator().manual_seed(5))
     assert torch.equal(got, want)
     assert not torch.allclose(got, plain)  # the prior changes the loss: it is wired in

@@ -35,7 +35,9 @@ from diffcore.fast import (  # noqa: E402
     resolve_precision,
     tune_cpu_allocator,
 )
-from diffcore.samplers import fast_sample  # noqa: E402
+from diffcore.denoiser import VPDenoiser  # noqa: E402
+from diffcore.discretization import fast_schedule  # noqa: E402
+from diffcore.samplers import ddpm_sample  # noqa: E402
 from diffwave.config import DiffWaveConfig  # noqa: E402
 from diffwave.metrics import log_mel_l1  # noqa: E402
 from diffwave.model import ConditionCache, DiffWave, gated_tanh, residual_and_skip  # noqa: E402
@@ -144,8 +146,9 @@ def test_condition_cache_is_checked_against_the_input():
 def sample(model, cond, length: int = 2048, batch: int = 2):
     cfg = DiffWaveConfig.preset("tiny")
     device = cond.layers[0].device if isinstance(cond, ConditionCache) else cond.device
-    return fast_sample(model, (batch, length), cfg.diffusion.build(), cond=cond, device=device,
-                       generator=torch.Generator(device).manual_seed(7), inference_betas=cfg.inference_betas)
+    schedule = cfg.diffusion.build()
+    return ddpm_sample(VPDenoiser(model, schedule), (batch, length), fast_schedule(schedule, cfg.inference_betas),
+                       variance="posterior", cond=cond, device=device, generator=torch.Generator(device).manual_seed(7))
 
 
 def test_reference_config_is_the_eager_model_bit_for_bit():

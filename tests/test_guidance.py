@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from diffcore.guidance import ClassifierFreeGuidance
+from diffcore.denoiser import VPDenoiser
+from diffcore.discretization import respaced
 from diffcore.samplers import ddim_sample
 from diffcore.schedule import NoiseSchedule
 from gaussian_refs import torch_single_thread  # noqa: F401  (autouse fixture)
@@ -87,7 +89,8 @@ def test_guided_model_drives_a_sampler_and_moves_with_the_module():
     model = LabelModel()
     guided = ClassifierFreeGuidance(model, 2.0, null_cond=torch.tensor(NULL))
     assert any(p is model.a for p in guided.parameters())
-    sample = ddim_sample(guided, (4, 2, 5), NoiseSchedule.linear(100), cond=torch.tensor([1, 2, 3, 4]), steps=5,
+    sched = NoiseSchedule.linear(100)
+    sample = ddim_sample(VPDenoiser(guided, sched), (4, 2, 5), respaced(sched, 5), cond=torch.tensor([1, 2, 3, 4]),
                          generator=torch.Generator().manual_seed(0))
     assert sample.shape == (4, 2, 5) and torch.isfinite(sample).all()
     assert guided.to(torch.float64).null_cond.dtype == torch.int64  # integer buffers keep their dtype

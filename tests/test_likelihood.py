@@ -18,6 +18,7 @@ from diffcore.likelihood import (
     normal_kl,
     prior_kl,
 )
+from diffcore.denoiser import VPDenoiser
 from diffcore.schedule import NoiseSchedule
 from gaussian_refs import (  # noqa: F401  (torch_single_thread is an autouse fixture)
     GaussianEps,
@@ -90,7 +91,8 @@ def test_nll_of_gaussian_data_with_exact_denoiser_is_a_tight_upper_bound():
     g = torch.Generator().manual_seed(1)
     x0 = mu + s * torch.randn(shape, generator=g, dtype=F64)
     dims = 8 * 16
-    terms = nll_terms(GaussianEps(mu, s, abar_exact(sched.alphas_cumprod)), sched, x0, variance="beta", generator=g)
+    terms = nll_terms(VPDenoiser(GaussianEps(mu, s, abar_exact(sched.alphas_cumprod)), sched), x0, variance="beta",
+                      generator=g)
     bound = terms.sum(1)
     assert bound.shape == (1024,)
 
@@ -121,7 +123,8 @@ def test_nll_posterior_variance_matches_closed_form_and_is_looser():
     sched = NoiseSchedule.linear(1000, 1e-4, 0.02)
     g = torch.Generator().manual_seed(2)
     x0 = mu + s * torch.randn(shape, generator=g, dtype=F64)
-    bound = nll(GaussianEps(mu, s, abar_exact(sched.alphas_cumprod)), sched, x0, variance="posterior", generator=g)
+    bound = nll(VPDenoiser(GaussianEps(mu, s, abar_exact(sched.alphas_cumprod)), sched), x0, variance="posterior",
+                generator=g)
     expected, _ = gaussian_expected_bound(sched.betas, mu, s, 32, "posterior")
     se = bound.std().item() / math.sqrt(256)
     assert abs(bound.mean().item() - expected) < 4 * se
@@ -142,7 +145,7 @@ def test_nll_with_an_oracle_denoiser_leaves_only_decoder_and_prior():
         return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
 
     kw = dict(decoder="discretized", variance="posterior")
-    terms = nll_terms(oracle, sched, x0, generator=torch.Generator().manual_seed(4), **kw)
+    terms = nll_terms(VPDenoiser(oracle, sched), x0, generator=torch.Generator().manual_seed(4), **kw)
     assert terms.shape == (3, 41)
     assert terms[:, 1:40].abs().max().item() < 1e-9
     sigma = math.exp(0.5 * sched.posterior_log_variance_clipped[0])
@@ -153,7 +156,7 @@ def test_nll_with_an_oracle_denoiser_leaves_only_decoder_and_prior():
     np.testing.assert_allclose(terms[:, 0].numpy(), -np.log(probs).reshape(3, -1).sum(1), rtol=1e-9)
     np.testing.assert_allclose(terms[:, -1].numpy(), prior_kl(sched, x0).numpy(), rtol=1e-12)
     # the nll is the sum of the terms, with the same draws for the same seed
-    total = nll(oracle, sched, x0, generator=torch.Generator().manual_seed(4), **kw)
+    total = nll(VPDenoiser(oracle, sched), x0, generator=torch.Generator().manual_seed(4), **kw)
     torch.testing.assert_close(total, terms.sum(1), rtol=0, atol=0)
 
 
@@ -167,7 +170,7 @@ def test_nll_is_reproducible_and_model_sees_every_step():
         return torch.zeros_like(x_t)
 
     x0 = torch.zeros(2, 5, dtype=F64)
-    a = nll(model, sched, x0, generator=torch.Generator().manual_seed(0))
-    b = nll(model, sched, x0, generator=torch.Generator().manual_seed(0))
+    a = nll(VPDenoiser(model, sched), x0, generator=torch.Generator().manual_seed(0))
+    b = nll(VPDenoiser(model, sched), x0, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and a.shape == (2,)
     assert sorted(seen) == sorted(list(range(20)) * 2)

@@ -24,7 +24,9 @@ from diffcore.losses import (
     v_loss,
     x0_loss,
 )
-from diffcore.samplers import ddim_sample, ddpm_sample, fast_sample, heun_sample
+from diffcore.denoiser import VPDenoiser
+from diffcore.discretization import fast_schedule, karras_sigmas, respaced
+from diffcore.samplers import ddim_sample, ddpm_sample, heun_sample
 from diffcore.schedule import NoiseSchedule, evenly_spaced_indices, validate_prior_std
 from diffcore.utils import mean_flat
 from gaussian_refs import (  # noqa: F401  (torch_single_thread is an autouse fixture)
@@ -50,6 +52,19 @@ P = torch.tensor(DATA.p)  # [D], broadcasts to [B, D]
 LINEAR = NoiseSchedule.linear(1000, 1e-4, 0.02)
 DIFFWAVE = NoiseSchedule.linear(50, 1e-4, 0.05)
 FAST_BETAS = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5]
+
+
+def vp(model, sched, prior_std=None, prediction="eps", learned_variance=False):
+    return VPDenoiser(model, sched, prediction=prediction, learned_variance=learned_variance, prior_std=prior_std)
+
+
+def fast_sample(den, shape, steps, **kw):
+    """DiffWave's fast sampling: ancestral steps over the aligned schedule with sigma_s^2 = beta~_s."""
+    return ddpm_sample(den, shape, steps, variance="posterior", **kw)
+
+
+def heun_steps(sched, n):
+    return karras_sigmas(float(sched.sigmas[0]), float(sched.sigmas[-1]), n)
 
 
 def data(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -130,15 +145,14 @@ def test_loss_targets_and_mahalanobis_weighting_are_exact():
             torch.testing.assert_close(x_t, ab.sqrt() * x0 + (1 - ab).sqrt() * eps, rtol=1e-12, atol=1e-12)
             return targets[kind] + c * P
 
-        torch.testing.assert_close(fn(model, sched, x0, t=t, noise=z, prior_std=P), c[:, 0] ** 2,
-                                   rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(fn(model, sched, x0, t=t, noise=z, prior_std=P, norm="l1"), c[:, 0].abs(),
-                                   rtol=1e-10, atol=1e-12)
+        den = vp(model, sched, P, kind)
+        torch.testing.assert_close(fn(den, x0, t=t, noise=z), c[:, 0] ** 2, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(fn(den, x0, t=t, noise=z, norm="l1"), c[:, 0].abs(), rtol=1e-10, atol=1e-12)
 
     def hybrid_model(x_t, tt, cond=None):
         return torch.cat([(eps + c * P)[:, None], torch.zeros_like(x_t)], dim=1)
 
-    parts = hybrid_loss_terms(hybrid_model, sched, x0[:, None], t=t, noise=z[:, None], prior_std=P)
+    parts = hybrid_loss_terms(vp(hybrid_model, sched, P, learned_variance=True), x0[:, None], t=t, noise=z[:, None])
     torch.testing.assert_close(parts["simple"], c[:, 0] ** 2, rtol=1e-10, atol=1e-12)
 
 
@@ -166,7 +180,7 @@ def test_exact_predictors_minimise_the_weighted_losses(step):
     weighted_var = {"eps": a * tau2 / den, "x0": tau2 * (1 - a) / den, "v": tau2 / den}
     for kind, fn, model in (("eps", epsilon_loss, eps_model), ("x0", x0_loss, x0_model), ("v", v_loss, v_model)):
         for norm in ("l2", "l1"):
-            loss = fn(model, LINEAR, x0, t=t, norm=norm, generator=torch.Generator().manual_seed(7), prior_std=P)
+            loss = fn(vp(model, LINEAR, P, kind), x0, t=t, norm=norm, generator=torch.Generator().manual_seed(7))
             w = weighted_var[kind]
             want = w.mean() if norm == "l2" else np.sqrt(2 * w / math.pi).mean()
             # 4096 x 6 residuals: relative standard error about 1% (l2), 0.6% (l1)
@@ -177,8 +191,8 @@ def test_exact_predictors_minimise_the_weighted_losses(step):
         def shifted(x_t, tt, cond=None, model=model):
             return model(x_t, tt) + delta * P
 
-        base = fn(model, LINEAR, x0, t=t, generator=torch.Generator().manual_seed(8), prior_std=P)
-        moved = fn(shifted, LINEAR, x0, t=t, generator=torch.Generator().manual_seed(8), prior_std=P)
+        base = fn(vp(model, LINEAR, P, kind), x0, t=t, generator=torch.Generator().manual_seed(8))
+        moved = fn(vp(shifted, LINEAR, P, kind), x0, t=t, generator=torch.Generator().manual_seed(8))
         se = 2 * delta * math.sqrt(weighted_var[kind].mean() / (n * D))
         assert abs((moved - base).mean().item() - delta**2) < 4 * se + 1e-12, kind
 
@@ -187,20 +201,20 @@ def test_diffusion_and_hybrid_loss_pass_the_prior_through():
     sched = NoiseSchedule.linear(50, 1e-4, 0.05)
     x0 = data(8, torch.Generator().manual_seed(3))
     model = DATA.torch_model(abar_exact(sched.alphas_cumprod))
-    got = diffusion_loss(model, sched, x0, generator=torch.Generator().manual_seed(4), prior_std=P)
+    got = diffusion_loss(vp(model, sched, P), x0, generator=torch.Generator().manual_seed(4))
     g = torch.Generator().manual_seed(4)
     t, _ = UniformTimesteps(50).sample(8, "cpu", g)
-    want = epsilon_loss(model, sched, x0, t=t, generator=g, weighting=torch.ones(8, dtype=F64), prior_std=P)
+    want = epsilon_loss(vp(model, sched, P), x0, t=t, generator=g, weighting=torch.ones(8, dtype=F64))
     assert torch.equal(got, want)
-    assert not torch.allclose(got, diffusion_loss(model, sched, x0, generator=torch.Generator().manual_seed(4)))
+    assert not torch.allclose(got, diffusion_loss(vp(model, sched), x0, generator=torch.Generator().manual_seed(4)))
 
     def hybrid_model(x_t, tt, cond=None):
         return torch.cat([model(x_t[:, 0], tt)[:, None], torch.full_like(x_t, 0.3)], dim=1)
 
     x = x0[:, None]
-    parts = hybrid_loss_terms(hybrid_model, sched, x, generator=torch.Generator().manual_seed(5), prior_std=P)
-    assert torch.equal(parts["loss"], hybrid_loss(hybrid_model, sched, x, generator=torch.Generator().manual_seed(5),
-                                                  prior_std=P))
+    hybrid = vp(hybrid_model, sched, P, learned_variance=True)
+    parts = hybrid_loss_terms(hybrid, x, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(parts["loss"], hybrid_loss(hybrid, x, generator=torch.Generator().manual_seed(5)))
     # the vlb part is vlb_term under the prior at the same draws, in bits per dimension
     g = torch.Generator().manual_seed(5)
     t, _ = UniformTimesteps(50).sample(8, "cpu", g)
@@ -264,7 +278,7 @@ def test_nll_with_the_exact_denoiser_is_a_tight_bound_under_the_prior():
     sched = NoiseSchedule.linear(500, 1e-4, 0.04)
     g = torch.Generator().manual_seed(9)
     x0 = data(n, g)
-    terms = nll_terms(DATA.torch_model(abar_exact(sched.alphas_cumprod)), sched, x0, generator=g, prior_std=P)
+    terms = nll_terms(vp(DATA.torch_model(abar_exact(sched.alphas_cumprod)), sched, P), x0, generator=g)
     bound = terms.sum(1)
     tau = torch.tensor(DATA.s)
     exact = (0.5 * torch.log(2 * math.pi * tau**2) + (x0 - torch.tensor(DATA.m)) ** 2 / (2 * tau**2)).sum(1)
@@ -294,8 +308,8 @@ def test_ddpm_reproduces_the_data_under_the_prior():
     n = 3000
     model = DATA.torch_model(abar_exact(LINEAR.alphas_cumprod))
     for variance in ("beta", "posterior"):
-        x = ddpm_sample(model, (n, D), LINEAR, generator=torch.Generator().manual_seed(10), dtype=F64,
-                        variance=variance, prior_std=P)
+        x = ddpm_sample(vp(model, LINEAR, P), (n, D), generator=torch.Generator().manual_seed(10), dtype=F64,
+                        variance=variance)
         assert_law(x, DATA.m, DATA.s**2)
         law_mean, law_var = ancestral_law(DATA, LINEAR.betas, variance)
         assert_law(x, law_mean, law_var)
@@ -309,15 +323,15 @@ def test_ddim_is_the_reference_map_and_reproduces_its_law():
     keep = evenly_spaced_indices(1000, 50)
     model = DATA.torch_model(abar_exact(LINEAR.alphas_cumprod))
     grid = torch.linspace(-3, 3, 13, dtype=F64)[:, None].expand(13, D).contiguous()
-    out = ddim_sample(model, (13, D), LINEAR, steps=50, x_T=grid)
+    out = ddim_sample(vp(model, LINEAR), (13, D), respaced(LINEAR, 50), x_T=grid)
     np.testing.assert_allclose(out.numpy(), ddim_map(DATA, LINEAR.alphas_cumprod, keep, grid.numpy()),
                                rtol=1e-9, atol=1e-9)
     n = 4000
-    x = ddim_sample(model, (n, D), LINEAR, steps=50, generator=torch.Generator().manual_seed(11), dtype=F64,
-                    prior_std=P)
+    x = ddim_sample(vp(model, LINEAR, P), (n, D), respaced(LINEAR, 50), generator=torch.Generator().manual_seed(11),
+                    dtype=F64)
     assert_law(x, *affine_law(lambda v: ddim_map(DATA, LINEAR.alphas_cumprod, keep, v), DATA.p**2))
-    x = ddim_sample(model, (n, D), LINEAR, steps=50, eta=1.0, generator=torch.Generator().manual_seed(12),
-                    dtype=F64, prior_std=P)
+    x = ddim_sample(vp(model, LINEAR, P), (n, D), respaced(LINEAR, 50), eta=1.0,
+                    generator=torch.Generator().manual_seed(12), dtype=F64)
     assert_law(x, *ancestral_law(DATA, LINEAR.respace(keep).betas, "posterior"))
 
 
@@ -326,10 +340,10 @@ def test_heun_is_the_reference_map_and_reproduces_its_law():
     model = DATA.torch_model(abar_log_sigma_linear(LINEAR.alphas_cumprod))
     lo, hi = LINEAR.sigmas[0], LINEAR.sigmas[-1]
     grid = torch.linspace(-3, 3, 13, dtype=F64)[:, None].expand(13, D).contiguous()
-    out = heun_sample(model, (13, D), LINEAR, steps=18, x_T=grid)
+    out = heun_sample(vp(model, LINEAR), (13, D), heun_steps(LINEAR, 18), x_T=grid)
     np.testing.assert_allclose(out.numpy(), heun_map(DATA, lo, hi, 18, 7.0, grid.numpy()), rtol=1e-8, atol=1e-8)
-    x = heun_sample(model, (4000, D), LINEAR, steps=18, generator=torch.Generator().manual_seed(13), dtype=F64,
-                    prior_std=P)
+    x = heun_sample(vp(model, LINEAR, P), (4000, D), heun_steps(LINEAR, 18),
+                    generator=torch.Generator().manual_seed(13), dtype=F64)
     mean, var = affine_law(lambda v: heun_map(DATA, lo, hi, 18, 7.0, v), DATA.p**2)
     assert_law(x, mean, var)
     # Heun-18's discretisation inflates the variance by up to 15% on this data (as much as under the N(0, I) prior);
@@ -342,8 +356,8 @@ def test_heun_is_the_reference_map_and_reproduces_its_law():
 def test_fast_sampler_reproduces_its_law():
     """DiffWave's 6-step schedule from x_T = p z: Algorithm 2 on the inference betas with noise beta~_s p z."""
     model = DATA.torch_model(abar_sqrt_linear(DIFFWAVE.alphas_cumprod))
-    x = fast_sample(model, (4000, D), DIFFWAVE, inference_betas=FAST_BETAS,
-                    generator=torch.Generator().manual_seed(14), dtype=F64, prior_std=P)
+    x = fast_sample(vp(model, DIFFWAVE, P), (4000, D), fast_schedule(DIFFWAVE, FAST_BETAS),
+                    generator=torch.Generator().manual_seed(14), dtype=F64)
     assert_law(x, *ancestral_law(DATA, FAST_BETAS, "posterior"))
 
 
@@ -372,9 +386,9 @@ def test_no_prior_is_the_plain_formula_bit_for_bit():
     x_t = sched.q_sample(x0, t, z, prior_std=None)
     assert torch.equal(x_t, sa * x0 + s1a * z)
     model = Tiny()
-    assert torch.equal(epsilon_loss(model, sched, x0, t=t, noise=z), mean_flat((model(x_t, t) - z) ** 2))
+    assert torch.equal(epsilon_loss(vp(model, sched), x0, t=t, noise=z), mean_flat((model(x_t, t) - z) ** 2))
 
-    out = ddpm_sample(model, (3, 1, 8), sched, generator=torch.Generator().manual_seed(16))
+    out = ddpm_sample(vp(model, sched), (3, 1, 8), generator=torch.Generator().manual_seed(16))
     g = torch.Generator().manual_seed(16)
     x = torch.randn(3, 1, 8, generator=g, dtype=F64)
     for k in range(19, -1, -1):
@@ -403,22 +417,29 @@ def test_unit_prior_gives_the_same_numbers_as_no_prior():
         both(lambda **kw: sched.posterior_log_variance(t, x0, **kw).expand_as(x0)),
         both(lambda **kw: prior_kl(sched, x0, **kw)),
     ]
-    for fn in (epsilon_loss, x0_loss, v_loss):
+    for kind, fn in (("eps", epsilon_loss), ("x0", x0_loss), ("v", v_loss)):
         for norm in ("l1", "l2"):
-            checks.append(both(lambda fn=fn, norm=norm, **kw: fn(Tiny(), sched, x0, norm=norm, generator=gen(), **kw)))
+            checks.append(both(lambda fn=fn, k=kind, norm=norm, prior_std=None: fn(vp(Tiny(), sched, prior_std, k), x0,
+                                                                                  norm=norm, generator=gen())))
     for prediction in ("eps", "x0", "v"):
-        checks.append(both(lambda p=prediction, **kw: diffusion_loss(Tiny(), sched, x0, prediction=p, generator=gen(),
-                                                                    min_snr_gamma=5.0, **kw)))
-    checks.append(both(lambda **kw: hybrid_loss(Tiny(2), sched, x0, generator=gen(), decoder="discretized", **kw)))
+        checks.append(both(lambda p=prediction, prior_std=None: diffusion_loss(vp(Tiny(), sched, prior_std, p), x0,
+                                                                              generator=gen(), min_snr_gamma=5.0)))
+    checks.append(both(lambda prior_std=None: hybrid_loss(vp(Tiny(2), sched, prior_std, learned_variance=True), x0,
+                                                          generator=gen(), decoder="discretized")))
     for variance, decoder in (("beta", "gaussian"), ("posterior", "discretized")):
-        checks.append(both(lambda v=variance, d=decoder, **kw: nll_terms(Tiny(), sched, x0, variance=v, decoder=d,
-                                                                        generator=gen(), **kw)))
-    checks.append(both(lambda **kw: nll(Tiny(2), sched, x0, variance="learned", generator=gen(), **kw)))
+        checks.append(both(lambda v=variance, d=decoder, prior_std=None: nll_terms(vp(Tiny(), sched, prior_std), x0,
+                                                                                  variance=v, decoder=d,
+                                                                                  generator=gen())))
+    checks.append(both(lambda prior_std=None: nll(vp(Tiny(2), sched, prior_std, learned_variance=True), x0,
+                                                  generator=gen())))
     shape = (3, 1, 8)
-    for sampler, extra in ((ddpm_sample, {}), (ddpm_sample, dict(variance="posterior")), (ddim_sample, dict(steps=5)),
-                           (ddim_sample, dict(steps=5, eta=0.5)), (heun_sample, dict(steps=4)),
-                           (fast_sample, dict(inference_betas=[1e-4, 0.05, 0.3]))):
-        checks.append(both(lambda s=sampler, e=extra, **kw: s(Tiny(), shape, sched, generator=gen(), **e, **kw)))
+    for sampler, steps, extra in ((ddpm_sample, None, {}), (ddpm_sample, None, dict(variance="posterior")),
+                                  (ddim_sample, respaced(sched, 5), {}),
+                                  (ddim_sample, respaced(sched, 5), dict(eta=0.5)),
+                                  (heun_sample, heun_steps(sched, 4), {}),
+                                  (fast_sample, fast_schedule(sched, [1e-4, 0.05, 0.3]), {})):
+        checks.append(both(lambda s=sampler, st=steps, e=extra, prior_std=None: s(vp(Tiny(), sched, prior_std), shape,
+                                                                                 st, generator=gen(), **e)))
     for plain, unit in checks:
         assert torch.isfinite(plain).all()
         torch.testing.assert_close(unit, plain, rtol=1e-12, atol=1e-12)
@@ -435,17 +456,17 @@ def test_prior_shapes_broadcast_for_any_rank():
     )
     for shape, prior in cases:
         model = Tiny().float()
-        for sampler in (ddpm_sample, ddim_sample, heun_sample, fast_sample):
-            kw = {fast_sample: dict(inference_betas=[1e-4, 0.1, 0.3]), ddim_sample: dict(steps=5)}.get(sampler, {})
-            out = sampler(model, shape, sched, generator=torch.Generator().manual_seed(0), prior_std=prior, **kw)
+        for sampler, steps in ((ddpm_sample, None), (ddim_sample, respaced(sched, 5)), (heun_sample, heun_steps(sched, 18)),
+                               (fast_sample, fast_schedule(sched, [1e-4, 0.1, 0.3]))):
+            out = sampler(vp(model, sched, prior), shape, steps, generator=torch.Generator().manual_seed(0))
             assert out.shape == shape and out.dtype == torch.float32 and torch.isfinite(out).all()
         x0 = torch.randn(shape)
-        assert epsilon_loss(model, sched, x0, prior_std=prior).shape == (2,)
-        assert nll(model, sched, x0, prior_std=prior).shape == (2,)
+        assert epsilon_loss(vp(model, sched, prior), x0).shape == (2,)
+        assert nll(vp(model, sched, prior), x0).shape == (2,)
     # the starting noise is p z: a tiny per-example prior gives a tiny x_T, seen through the callback of step 0
     seen = []
-    ddim_sample(lambda x, t, cond=None: torch.zeros_like(x), (2, 1, 64), sched, steps=3,
-                prior_std=torch.tensor([1e-3, 1.0])[:, None, None], callback=lambda i, x: seen.append(x.clone()),
+    ddim_sample(vp(lambda x, t, cond=None: torch.zeros_like(x), sched, torch.tensor([1e-3, 1.0])[:, None, None]),
+                (2, 1, 64), respaced(sched, 3), callback=lambda i, x: seen.append(x.clone()),
                 generator=torch.Generator().manual_seed(1))
     ratio = seen[0][0].std() / seen[0][1].std()
     assert 1e-4 < ratio.item() < 1e-2
@@ -476,16 +497,16 @@ def test_bad_prior_std_is_a_value_error_naming_it(name):
         lambda: sched.q_mean_variance(x0, t, prior_std=bad),
         lambda: sched.q_posterior(x0, x0, t, prior_std=bad),
         lambda: sched.posterior_log_variance(t, x0, prior_std=bad),
-        lambda: epsilon_loss(model, sched, x0, prior_std=bad),
-        lambda: diffusion_loss(model, sched, x0, prediction="v", prior_std=bad),
-        lambda: hybrid_loss(Tiny(2), sched, x0, prior_std=bad),
+        lambda: epsilon_loss(vp(model, sched, bad), x0),
+        lambda: diffusion_loss(vp(model, sched, bad, "v"), x0),
+        lambda: hybrid_loss(vp(Tiny(2), sched, bad, learned_variance=True), x0),
         lambda: prior_kl(sched, x0, prior_std=bad),
         lambda: vlb_term(sched, x0, x0, t, x0, torch.zeros_like(x0), prior_std=bad),
-        lambda: nll(model, sched, x0, prior_std=bad),
-        lambda: ddpm_sample(model, (2, D), sched, prior_std=bad),
-        lambda: ddim_sample(model, (2, D), sched, steps=3, prior_std=bad),
-        lambda: heun_sample(model, (2, D), sched, steps=3, prior_std=bad),
-        lambda: fast_sample(model, (2, D), sched, inference_betas=[1e-4, 0.2], prior_std=bad),
+        lambda: nll(vp(model, sched, bad), x0),
+        lambda: ddpm_sample(vp(model, sched, bad), (2, D)),
+        lambda: ddim_sample(vp(model, sched, bad), (2, D), respaced(sched, 3)),
+        lambda: heun_sample(vp(model, sched, bad), (2, D), heun_steps(sched, 3)),
+        lambda: fast_sample(vp(model, sched, bad), (2, D), fast_schedule(sched, [1e-4, 0.2])),
     ]
     for call in calls:
         with pytest.raises(ValueError, match="prior_std"):

@@ -6,7 +6,8 @@ import diffcore
 
 
 def test_public_names_exist():
-    for name in ["NoiseSchedule", "epsilon_loss", "nll", "ddpm_sample", "ddim_sample", "fast_sample", "heun_sample"]:
+    for name in ["NoiseSchedule", "VPDenoiser", "EDMDenoiser", "epsilon_loss", "edm_loss", "nll", "ddpm_sample",
+                 "ddim_sample", "heun_sample", "respaced", "fast_schedule", "karras_sigmas"]:
         assert callable(getattr(diffcore, name)), name
     s = diffcore.NoiseSchedule.linear(10, 1e-4, 0.02)
     assert s.num_steps == 10 and len(s.betas) == len(s.alphas) == len(s.alphas_cumprod) == 10
@@ -29,9 +30,10 @@ def test_end_to_end_on_vectors_with_the_exact_denoiser():
         return torch.sqrt(1 - ab) * x
 
     g = torch.Generator().manual_seed(0)
-    x = diffcore.ddim_sample(model, (4000, 3), s, steps=20, generator=g, dtype=torch.float64)
+    den = diffcore.VPDenoiser(model, s)
+    x = diffcore.ddim_sample(den, (4000, 3), diffcore.respaced(s, 20), generator=g, dtype=torch.float64)
     assert abs(x.var().item() - 1) < 0.08
     x0 = torch.randn(4000, 3, generator=g, dtype=torch.float64)
-    loss = diffcore.epsilon_loss(model, s, x0, generator=g)
+    loss = diffcore.epsilon_loss(den, x0, generator=g)
     assert loss.shape == (4000,)
     assert abs(loss.mean().item() - abar.mean().item()) < 0.03

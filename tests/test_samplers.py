@@ -8,14 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffcore.samplers import (
-    ddim_sample,
-    ddpm_sample,
-    fast_sample,
-    fast_sampling_steps,
-    heun_sample,
-    karras_sigmas,
-)
+from diffcore.denoiser import VPDenoiser
+from diffcore.discretization import fast_sampling_steps, fast_schedule, karras_sigmas, respaced
+from diffcore.samplers import ddim_sample, ddpm_sample, heun_sample
 from diffcore.schedule import NoiseSchedule, evenly_spaced_indices
 from gaussian_refs import (  # noqa: F401  (torch_single_thread is an autouse fixture)
     Mixture1D,
@@ -35,7 +30,27 @@ MIX = Mixture1D(weights=(0.3, 0.7), means=(-2.0, 1.5), stds=(0.5, 0.3))
 LINEAR = NoiseSchedule.linear(1000, 1e-4, 0.02)
 DIFFWAVE = NoiseSchedule.linear(50, 1e-4, 0.05)  # DiffWave base training schedule
 FAST_BETAS = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5]  # DiffWave base inference schedule
+
+
+def fast_sample(den, shape, steps, **kw):
+    """DiffWave's fast sampling: ancestral steps over the aligned schedule with sigma_s^2 = beta~_s."""
+    return ddpm_sample(den, shape, steps, variance="posterior", **kw)
+
+
+def vp(model, schedule, prediction="eps"):
+    return VPDenoiser(model, schedule, prediction=prediction)
+
+
+def heun_steps(schedule, n, sigma_min=None, sigma_max=None):
+    """The Karras levels over the schedule's trained sigma range (the old heun_sample default)."""
+    lo = float(schedule.sigmas[0]) if sigma_min is None else sigma_min
+    hi = float(schedule.sigmas[-1]) if sigma_max is None else sigma_max
+    return karras_sigmas(lo, hi, n)
+
+
 SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "heun": heun_sample, "fast": fast_sample}
+STEPS = {"ddpm": lambda s: None, "ddim": lambda s: respaced(s, 50), "heun": lambda s: heun_steps(s, 18),
+         "fast": lambda s: fast_schedule(s, FAST_BETAS)}
 
 
 def exact_model(kind: str):
@@ -47,10 +62,9 @@ def exact_model(kind: str):
     return MIX.torch_model(abar_exact(LINEAR.alphas_cumprod))
 
 
-def run(kind: str, model, shape, **kw):
-    extra = {"ddim": dict(steps=50), "heun": dict(steps=18), "fast": dict(inference_betas=FAST_BETAS)}.get(kind, {})
+def run(kind: str, model, shape, prediction="eps", **kw):
     schedule = DIFFWAVE if kind == "fast" else LINEAR
-    return SAMPLERS[kind](model, shape, schedule, **{**extra, **kw})
+    return SAMPLERS[kind](vp(model, schedule, prediction), shape, STEPS[kind](schedule), **kw)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -62,7 +76,8 @@ def test_ddpm_is_algorithm_2(variance):
     """x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sigma_t z, replaying the same noise."""
     sched = DIFFWAVE
     model = MIX.torch_model(abar_exact(sched.alphas_cumprod))
-    out = ddpm_sample(model, (64, 1), sched, generator=torch.Generator().manual_seed(0), dtype=F64, variance=variance)
+    out = ddpm_sample(vp(model, sched), (64, 1), generator=torch.Generator().manual_seed(0), dtype=F64,
+                      variance=variance)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 1, generator=g, dtype=F64)
     b, a, ab = sched.betas, sched.alphas, sched.alphas_cumprod
@@ -79,8 +94,8 @@ def test_fast_sample_is_diffwave_fast_sampling():
     """Kong et al. Alg. 2 on the inference schedule with the network at the aligned steps, replaying the noise.
     The reference evaluates eps at the inference noise level directly, so this also checks the alignment."""
     model = exact_model("fast")
-    out = fast_sample(model, (64, 1), DIFFWAVE, inference_betas=FAST_BETAS, generator=torch.Generator().manual_seed(1),
-                      dtype=F64)
+    out = fast_sample(vp(model, DIFFWAVE), (64, 1), fast_schedule(DIFFWAVE, FAST_BETAS),
+                      generator=torch.Generator().manual_seed(1), dtype=F64)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 1, generator=g, dtype=F64).numpy()[:, 0]
     gammas = np.array(FAST_BETAS)
@@ -94,10 +109,10 @@ def test_ddim_and_heun_are_the_reference_maps():
     """Deterministic samplers are maps x_T -> x_0; compare them on a grid with numpy re-implementations."""
     z = np.linspace(-4, 4, 401)
     x_T = torch.tensor(z)[:, None]
-    ddim = ddim_sample(exact_model("ddim"), (401, 1), LINEAR, x_T=x_T, steps=50)[:, 0].numpy()
+    ddim = ddim_sample(vp(exact_model("ddim"), LINEAR), (401, 1), respaced(LINEAR, 50), x_T=x_T)[:, 0].numpy()
     np.testing.assert_allclose(ddim, ddim_map(MIX, LINEAR.alphas_cumprod, evenly_spaced_indices(1000, 50), z),
                                rtol=1e-9, atol=1e-9)
-    heun = heun_sample(exact_model("heun"), (401, 1), LINEAR, x_T=x_T, steps=18)[:, 0].numpy()
+    heun = heun_sample(vp(exact_model("heun"), LINEAR), (401, 1), heun_steps(LINEAR, 18), x_T=x_T)[:, 0].numpy()
     np.testing.assert_allclose(heun, heun_map(MIX, LINEAR.sigmas[0], LINEAR.sigmas[-1], 18, 7.0, z),
                                rtol=1e-9, atol=1e-9)
 
@@ -256,11 +271,12 @@ def test_no_nan_or_inf_with_beta_near_one(schedule_name):
     sched = {"cosine": NoiseSchedule.cosine(100), "sigmoid": NoiseSchedule.sigmoid(100),
              "linear_short": NoiseSchedule.linear(10, 1e-4, 0.9)}[schedule_name]
     model = TinyModel()
-    for fn, kw in ((ddpm_sample, {}), (ddpm_sample, dict(variance="posterior")), (ddim_sample, dict(steps=10)),
-                   (ddim_sample, dict(steps=10, eta=1.0)), (heun_sample, dict(steps=6)),
-                   (fast_sample, dict(inference_betas=[float(sched.betas[0]), 0.3, 0.6]))):
+    for fn, steps, kw in ((ddpm_sample, None, {}), (ddpm_sample, None, dict(variance="posterior")),
+                          (ddim_sample, respaced(sched, 10), {}), (ddim_sample, respaced(sched, 10), dict(eta=1.0)),
+                          (heun_sample, heun_steps(sched, 6), {}),
+                          (fast_sample, fast_schedule(sched, [float(sched.betas[0]), 0.3, 0.6]), {})):
         for prediction in ("eps", "x0", "v"):
-            out = fn(model, (4, 3), sched, generator=torch.Generator().manual_seed(0), prediction=prediction, **kw)
+            out = fn(vp(model, sched, prediction), (4, 3), steps, generator=torch.Generator().manual_seed(0), **kw)
             assert torch.isfinite(out).all(), (schedule_name, fn.__name__, kw, prediction)
 
 
@@ -288,44 +304,47 @@ def test_x0_and_v_predicting_models_give_the_same_samples(kind):
 
 def test_respaced_schedules_call_the_network_with_original_steps():
     model = TinyModel()
-    ddpm_sample(model, (2, 3), LINEAR.respace([0, 10, 500, 999]), generator=torch.Generator().manual_seed(0))
+    ddpm_sample(vp(model, LINEAR), (2, 3), LINEAR.respace([0, 10, 500, 999]), generator=torch.Generator().manual_seed(0))
     assert [int(t[0]) for t in model.steps] == [999, 500, 10, 0]
     model.steps.clear()
-    ddim_sample(model, (2, 3), LINEAR, steps=5, generator=torch.Generator().manual_seed(0))
+    ddim_sample(vp(model, LINEAR), (2, 3), respaced(LINEAR, 5), generator=torch.Generator().manual_seed(0))
     assert [int(t[0]) for t in model.steps] == [999, 749, 500, 250, 0]
     model.steps.clear()
-    fast_sample(model, (2, 3), DIFFWAVE, inference_betas=FAST_BETAS, generator=torch.Generator().manual_seed(0))
+    fast_sample(vp(model, DIFFWAVE), (2, 3), fast_schedule(DIFFWAVE, FAST_BETAS),
+                generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose([float(t[0]) for t in model.steps], fast_sampling_steps(DIFFWAVE, FAST_BETAS).flip(0),
                                rtol=1e-6)
 
 
 def test_callback_progress_and_clipping(capsys):
     seen = []
-    out = ddim_sample(TinyModel(), (2, 4), LINEAR, steps=7, callback=lambda i, x: seen.append((i, x.clone())),
+    out = ddim_sample(vp(TinyModel(), LINEAR), (2, 4), respaced(LINEAR, 7),
+                      callback=lambda i, x: seen.append((i, x.clone())),
                       progress=True, generator=torch.Generator().manual_seed(0))
     assert [i for i, _ in seen] == list(range(7)) and torch.equal(seen[-1][1], out)
     assert "ddim" in capsys.readouterr().err  # tqdm bar
     heun_calls = []
-    heun_sample(TinyModel(), (2, 4), LINEAR, steps=5, callback=lambda i, x: heun_calls.append(i))
+    heun_sample(vp(TinyModel(), LINEAR), (2, 4), heun_steps(LINEAR, 5), callback=lambda i, x: heun_calls.append(i))
     assert heun_calls == list(range(5))
 
     def wild(x_t, t, cond=None):  # predicts x0 far outside [-1, 1]
         return -10 * torch.ones_like(x_t)
 
-    clipped = ddpm_sample(wild, (3, 4), DIFFWAVE, clip_denoised=True, generator=torch.Generator().manual_seed(0))
+    clipped = ddpm_sample(vp(wild, DIFFWAVE), (3, 4), clip_denoised=True, generator=torch.Generator().manual_seed(0))
     assert clipped.abs().max() <= 1.0
-    free = ddpm_sample(wild, (3, 4), DIFFWAVE, generator=torch.Generator().manual_seed(0))
+    free = ddpm_sample(vp(wild, DIFFWAVE), (3, 4), generator=torch.Generator().manual_seed(0))
     assert free.abs().max() > 1.0
     with pytest.raises(ValueError, match="sigma range"):
-        heun_sample(TinyModel(), (1, 2), LINEAR, sigma_max=1e4)
+        heun_sample(vp(TinyModel(), LINEAR), (1, 2), heun_steps(LINEAR, 18, sigma_max=1e4))
     with pytest.raises(ValueError, match="x_T"):
-        ddpm_sample(TinyModel(), (1, 2), LINEAR, x_T=torch.zeros(2, 2))
+        ddpm_sample(vp(TinyModel(), LINEAR), (1, 2), x_T=torch.zeros(2, 2))
 
 
 def test_ddpm_clip_sample_clamps_every_state():
     """``clip_sample`` bounds every intermediate state, and without it the states leave the interval."""
     import torch
 
+    from diffcore.denoiser import VPDenoiser
     from diffcore.samplers import ddpm_sample
     from diffcore.schedule import NoiseSchedule
 
@@ -336,9 +355,10 @@ def test_ddpm_clip_sample_clamps_every_state():
 
     seen = []
     g = torch.Generator().manual_seed(0)
-    ddpm_sample(model, (64, 8), schedule, generator=g, clip_sample=1.0, callback=lambda i, x: seen.append(x.abs().max()))
+    ddpm_sample(VPDenoiser(model, schedule), (64, 8), generator=g, clip_sample=1.0,
+                callback=lambda i, x: seen.append(x.abs().max()))
     assert len(seen) == 20 and max(float(v) for v in seen) <= 1.0
     seen.clear()
     g = torch.Generator().manual_seed(0)
-    ddpm_sample(model, (64, 8), schedule, generator=g, callback=lambda i, x: seen.append(x.abs().max()))
+    ddpm_sample(VPDenoiser(model, schedule), (64, 8), generator=g, callback=lambda i, x: seen.append(x.abs().max()))
     assert max(float(v) for v in seen) > 1.0

@@ -243,13 +243,16 @@ def test_vocode_files_refuses_to_overwrite_an_input(tmp_path):
 
 def test_fast_off_is_the_eager_float32_sampler_exactly():
     """``fast="off"`` makes the same network calls as diffcore's sampler on the bare model."""
-    from diffcore.samplers import fast_sample
+    from diffcore.denoiser import VPDenoiser
+    from diffcore.discretization import fast_schedule
+    from diffcore.samplers import ddpm_sample
 
     model = small_model(1)
     mel = torch.rand(model.config.n_mels, 12)
     wav = vocode_mels(model, [mel], "fast", generator=gen(3), fast="off", max_frames=None)[0]
-    ref = fast_sample(model, (1, 12 * HOP), model.config.diffusion.build(), cond=mel[None],
-                      inference_betas=model.config.inference_betas, clip_sample=1.0, generator=gen(3))[0].clamp(-1, 1)
+    schedule = model.config.diffusion.build()
+    ref = ddpm_sample(VPDenoiser(model, schedule), (1, 12 * HOP), fast_schedule(schedule, model.config.inference_betas),
+                      variance="posterior", cond=mel[None], clip_sample=1.0, generator=gen(3))[0].clamp(-1, 1)
     torch.testing.assert_close(wav, ref, rtol=0, atol=1e-6)
 
 

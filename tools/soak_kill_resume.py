@@ -89,6 +89,7 @@ def _make_task(model: str, step_sleep: float):
     import torch
     from torch.utils.data import TensorDataset
 
+    from diffcore.denoiser import VPDenoiser
     from diffcore.losses import diffusion_loss
     from diffcore.train.task import TrainTask
     from diffwave.config import DiffWaveConfig
@@ -116,7 +117,7 @@ def _make_task(model: str, step_sleep: float):
 
         def loss(self, m, batch):
             time.sleep(step_sleep)
-            return diffusion_loss(m, self.schedule, batch[0], None, prediction="eps", norm="l1")
+            return diffusion_loss(VPDenoiser(m, self.schedule), batch[0], None, norm="l1")
 
     return SoakDiffWaveTask()
 
