@@ -33,7 +33,7 @@ from diffimage.evaluate import (
 )
 from diffimage.model import UNet
 from diffimage.recipe import ImageSampleConfig, SamplerName
-from diffimage.sample import DEFAULT_STEPS, Classes, class_labels, generate
+from diffimage.sample import DEFAULT_STEPS, Classes, class_labels, denoiser_of, generate
 
 __all__ = [
     "ImageModel",
@@ -62,7 +62,8 @@ class ImageModel:
     def __init__(self, model: UNet, source: str = "<memory>", info: Mapping[str, Any] | None = None) -> None:
         self.model = model.eval()
         self.config: UNetConfig = model.config
-        self.schedule = self.config.diffusion.build()
+        #: the discrete schedule of a VP model (``None`` for an EDM model, which has none)
+        self.schedule = self.config.diffusion.build() if self.config.diffusion.edm is None else None
         self.source = source
         self.info = dict(info or {})
         stored = self.info.get("sample")
@@ -203,9 +204,8 @@ class ImageModel:
             labels = torch.full((images.shape[0],), -1, dtype=torch.long)
         if labels is not None and self.num_classes is None:
             labels = None
-        variance = "learned" if self.config.learn_sigma else "beta"
-        return nll_bits_per_dim(self.model, self.schedule, images, labels, prediction=self.config.diffusion.prediction,
-                                variance=variance, generator=generator, batch_size=batch_size, progress=progress)
+        return nll_bits_per_dim(denoiser_of(self.model, self.schedule), images, labels, generator=generator,
+                                batch_size=batch_size, progress=progress)
 
 
 def available_models() -> list[str]:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from diffcore.checkpoint import atomic_write
 from diffcore.config import ConfigError
+from diffcore.denoiser import VPDenoiser
 from diffcore.likelihood import bits_per_dim as nats_to_bits_per_dim
 from diffcore.likelihood import nll
 from diffcore.schedule import NoiseSchedule
@@ -50,13 +51,11 @@ def default_cache_dir() -> Path:
 
 @torch.no_grad()
 def nll_bits_per_dim(
-    model: nn.Module,
-    schedule: NoiseSchedule,
+    denoiser: VPDenoiser,
     images: Tensor,
     labels: Tensor | None = None,
     *,
-    prediction: Literal["eps", "x0", "v"] = "eps",
-    variance: Literal["beta", "posterior", "learned"] = "beta",
+    variance: Literal["beta", "posterior"] | None = None,
     clip_denoised: bool = True,
     generator: torch.Generator | None = None,
     batch_size: int = 64,
@@ -69,10 +68,15 @@ def nll_bits_per_dim(
     ``D · ln 2`` with ``D = C·H·W``. Cost: T network evaluations per batch of ``batch_size`` images.
 
     ``images``: uint8 ``[N, C, H, W]`` or float in ``[-1, 1]`` on 8-bit levels (kept in its float dtype).
-    ``labels``: classes of a conditional model (``-1`` = null label); ``variance``: σ_t² of the reverse steps
-    (``learned`` for a ``learn_sigma`` network); ``clip_denoised`` clamps the predicted x_0 to [-1, 1] as the
+    ``denoiser``: the model (:func:`diffimage.sample.denoiser_of`). ``labels``: classes of a conditional model
+    (``-1`` = null label); ``variance``: σ_t² of the reverse steps (``None``: the learned one of a learned-variance
+    network, else β_t); ``clip_denoised`` clamps the predicted x_0 to [-1, 1] as the
     reference implementations do for images.
     """
+    if not isinstance(denoiser, VPDenoiser):
+        raise ValueError("the likelihood bound is computed for VP models (a discrete schedule); this model is "
+                         f"{type(denoiser).__name__}")
+    model = denoiser.network
     device = next(model.parameters()).device
     x_all = images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images
     if not x_all.dtype.is_floating_point:
@@ -84,8 +88,8 @@ def nll_bits_per_dim(
         for i in range(0, x_all.shape[0], batch_size):
             x0 = x_all[i:i + batch_size].to(device)
             cond = None if labels is None else labels[i:i + batch_size].to(device)
-            nats = nll(model, schedule, x0, cond, decoder="discretized", variance=variance, generator=generator,
-                       progress=progress, prediction=prediction, clip_denoised=clip_denoised)
+            nats = nll(denoiser, x0, cond, decoder="discretized", variance=variance, generator=generator,
+                       progress=progress, clip_denoised=clip_denoised)
             out.append(nats_to_bits_per_dim(nats.double().cpu(), x0.shape))
     finally:
         model.train(was_training)

@@ -1,22 +1,25 @@
-"""Sampling a trained U-Net: :func:`generate` draws images with one of diffcore's samplers (DDPM, DDIM, Heun),
-classifier-free guidance for a class-conditional network, and the ε half of a learned-variance network's output.
+"""Sampling a trained U-Net: :func:`denoiser_of` wraps the network in its diffcore denoiser (VP with ε/x0/v and an
+optional learned variance, or EDM), and :func:`generate` draws images with one of diffcore's samplers (DDPM, DDIM,
+Heun) over its discretisation, with classifier-free guidance for a class-conditional network.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from diffcore.guidance import ClassifierFreeGuidance
+from diffcore.denoiser import Denoiser, EDMDenoiser, denoiser_from_config
+from diffcore.discretization import karras_sigmas, respaced
+from diffcore.guidance import guided
 from diffcore.samplers import ddim_sample, ddpm_sample, heun_sample
-from diffcore.schedule import NoiseSchedule, evenly_spaced_indices
+from diffcore.schedule import NoiseSchedule
 from diffimage.config import UNetConfig
 from diffimage.model import UNet
 from diffimage.recipe import ImageSampleConfig, SamplerName
 
-__all__ = ["generate", "class_labels", "resolved_options", "DEFAULT_STEPS", "Classes"]
+__all__ = ["generate", "denoiser_of", "class_labels", "resolved_options", "DEFAULT_STEPS", "Classes"]
 
 #: Steps of each sampler when none are given (``None``: every step of the schedule).
 DEFAULT_STEPS: dict[str, int | None] = {"ddim": 50, "heun": 18, "ddpm": None}
@@ -24,16 +27,17 @@ DEFAULT_STEPS: dict[str, int | None] = {"ddim": 50, "heun": 18, "ddpm": None}
 Classes = int | Sequence[int] | Tensor | None
 
 
-class _FirstHalf(nn.Module):
-    """The ε half of a learned-variance network's output ``[B, 2C, H, W] → [B, C, H, W]``: diffcore's samplers take
-    a prediction shaped like ``x_t`` (their variance is fixed)."""
-
-    def __init__(self, model: Callable[..., Tensor]) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        return self.model(x_t, t, cond=cond)[:, : x_t.shape[1]]
+def denoiser_of(model: nn.Module, schedule: NoiseSchedule | None = None) -> Denoiser:
+    """The diffcore denoiser of a :class:`UNet` (or any network with a ``config`` like :class:`UNetConfig`): its
+    ``diffusion`` parameterisation and learned variance around ``model``; ``schedule`` replaces the configured
+    one (VP only)."""
+    cfg = model.config
+    den = denoiser_from_config(cfg.diffusion, model, learned_variance=cfg.learn_sigma)
+    if schedule is not None:
+        if isinstance(den, EDMDenoiser):
+            raise ValueError("an EDM model has no discrete schedule to replace")
+        den = den.with_schedule(schedule)
+    return den
 
 
 def class_labels(config: UNetConfig, n: int, classes: Classes, device: torch.device) -> Tensor | None:
@@ -77,40 +81,38 @@ def generate(
     Samplers (diffcore): ``ddpm`` — ancestral sampling, Algorithm 2 of Ho et al. 2020 with σ_t² = β_t, over all T
     steps or, with ``steps``, over an evenly respaced subsequence (Nichol & Dhariwal 2021 §4); ``ddim`` — Song et al.
     2021 eq. 12 (``eta`` 0: deterministic); ``heun`` — Karras et al. 2022 Algorithm 1 (``2·steps − 1`` network
-    calls). A class-conditional network gets ``classes`` (see :func:`class_labels`) and classifier-free guidance
-    ``ε_u + s(ε_c − ε_u)`` with ``s = guidance_scale``. A learned-variance network is sampled with its ε half and
-    the sampler's fixed variance. ``generator`` (on the model's device) makes the result reproducible.
+    calls over ``karras_sigmas``; the only sampler of an EDM model). A class-conditional network gets ``classes``
+    (see :func:`class_labels`) and classifier-free guidance ``ε_u + s(ε_c − ε_u)`` with ``s = guidance_scale``. A
+    learned-variance network is sampled with its ε half and the sampler's fixed variance σ_t² = β_t. ``generator``
+    (on the model's device) makes the result reproducible.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     cfg: UNetConfig = model.config
-    schedule = schedule if schedule is not None else cfg.diffusion.build()
+    den = denoiser_of(model, schedule)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         cond = class_labels(cfg, n, classes, device)
-        net: Callable[..., Tensor] = model
         if cond is not None and guidance_scale != 1.0:
-            net = ClassifierFreeGuidance(model, guidance_scale, null_cond=model.null_label,
-                                         learned_variance=cfg.learn_sigma)
+            den = guided(den, guidance_scale, null_cond=model.null_label)
         elif cond is None and guidance_scale != 1.0 and cfg.num_classes is None:
             raise ValueError("guidance_scale != 1 needs a class-conditional model")
-        if cfg.learn_sigma:
-            net = _FirstHalf(net)
         shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size)
         common: dict[str, Any] = dict(cond=cond, generator=generator, progress=progress, device=device,
-                                      dtype=torch.float32, prediction=cfg.diffusion.prediction)
+                                      dtype=torch.float32)
         steps = steps if steps is not None else DEFAULT_STEPS[sampler]
+        if isinstance(den, EDMDenoiser) and sampler != "heun":
+            raise ValueError(f"an EDM model is sampled with sampler 'heun', got {sampler!r}")
         if sampler == "ddim":
-            x = ddim_sample(net, shape, schedule, steps=min(int(steps), schedule.num_steps), eta=eta,
+            x = ddim_sample(den, shape, respaced(den.schedule, min(int(steps), den.schedule.num_steps)), eta=eta,
                             clip_denoised=clip_denoised, **common)
         elif sampler == "ddpm":
-            sched = schedule if steps is None or steps >= schedule.num_steps else \
-                schedule.respace(evenly_spaced_indices(schedule.num_steps, int(steps)))
-            x = ddpm_sample(net, shape, sched, clip_denoised=clip_denoised, **common)
+            walk = None if steps is None or steps >= den.schedule.num_steps else respaced(den.schedule, int(steps))
+            x = ddpm_sample(den, shape, walk, variance="beta", clip_denoised=clip_denoised, **common)
         elif sampler == "heun":
-            x = heun_sample(net, shape, schedule, steps=int(steps), **common)
+            x = heun_sample(den, shape, karras_sigmas(den.sigma_min, den.sigma_max, int(steps)), **common)
         else:
             raise ValueError(f"sampler must be 'ddim', 'ddpm' or 'heun', got {sampler!r}")
     finally:

@@ -3,7 +3,8 @@
 Loss (per example, ``[B]``): diffcore's :func:`~diffcore.losses.diffusion_loss` with the model config's diffusion
 settings — the simple loss of Ho et al. 2020 (eq. 14, Algorithm 1) on ε, x_0 or v, optionally min-SNR-γ weighted,
 or, for a ``learn_sigma`` network, the hybrid loss L_simple + λ L_vlb of Nichol & Dhariwal 2021 (§3.1) with the
-8-bit discretised decoder for L_0. A class-conditional network receives the labels; it drops them itself with
+8-bit discretised decoder for L_0; with ``diffusion.edm``, EDM's preconditioned loss (Karras et al. 2022, eq. 8 with
+log-normal σ). The network is wrapped in its denoiser (:func:`diffimage.sample.denoiser_of`). A class-conditional network receives the labels; it drops them itself with
 probability ``model.class_dropout`` (the null label), which is what classifier-free guidance needs.
 
 Hooks (EMA weights, rank 0 only — they use no collective operation, so the other ranks skip them):
@@ -28,6 +29,7 @@ from diffcore.train import TrainTask, is_main_process
 from diffimage.data import build_datasets, dataset_images
 from diffimage.model import UNet
 from diffimage.recipe import ImageRecipe
+from diffimage.sample import denoiser_of
 
 __all__ = ["ImageTask", "VAL_LOSS_IMAGES"]
 
@@ -41,7 +43,8 @@ class ImageTask(TrainTask):
     def __init__(self, recipe: ImageRecipe) -> None:
         self.recipe = recipe
         self.config = recipe.to_dict()
-        self.schedule = recipe.model.diffusion.build()
+        #: the discrete schedule of a VP model (``None`` with ``diffusion.edm``)
+        self.schedule = recipe.model.diffusion.build() if recipe.model.diffusion.edm is None else None
         self._datasets: tuple[Dataset, Dataset | None] | None = None
 
     def _data(self) -> tuple[Dataset, Dataset | None]:
@@ -65,9 +68,8 @@ class ImageTask(TrainTask):
         m = self.recipe.model
         d = m.diffusion
         cond = labels if m.num_classes is not None else None
-        return diffusion_loss(model, self.schedule, images, cond, prediction=d.prediction, norm=d.loss,
-                              min_snr_gamma=d.min_snr_gamma, generator=generator, learned_variance=m.learn_sigma,
-                              vlb_weight=d.hybrid_lambda, decoder="discretized")
+        return diffusion_loss(denoiser_of(model), images, cond, norm=d.loss, min_snr_gamma=d.min_snr_gamma,
+                              generator=generator, vlb_weight=d.vlb_weight, decoder="discretized")
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._loss(model, batch["image"], batch.get("label"))
@@ -87,10 +89,8 @@ class ImageTask(TrainTask):
         k = min(VAL_LOSS_IMAGES, x0.shape[0])
         out = {"loss": float(self._loss(ema_model, x0[:k], None if y is None else y[:k], generator=g).mean())}
         k = min(self.recipe.sample.nll_images, x0.shape[0])
-        if k > 0:
-            m = self.recipe.model
-            bpd = nll_bits_per_dim(ema_model, self.schedule, x0[:k], None if y is None else y[:k],
-                                   prediction=m.diffusion.prediction, variance="learned" if m.learn_sigma else "beta",
+        if k > 0 and self.recipe.model.diffusion.edm is None:  # the bound is defined for the VP models
+            bpd = nll_bits_per_dim(denoiser_of(ema_model), x0[:k], None if y is None else y[:k],
                                    generator=torch.Generator(device=device).manual_seed(4321))
             out["bits_per_dim"] = float(bpd.mean())
         return out
@@ -105,7 +105,7 @@ class ImageTask(TrainTask):
         device = next(ema_model.parameters()).device
         g = torch.Generator(device=device).manual_seed(s.seed)
         conditional = self.recipe.model.num_classes is not None
-        images = generate(ema_model, s.num_images, schedule=self.schedule, sampler=s.sampler, steps=s.steps,
+        images = generate(ema_model, s.num_images, sampler=s.sampler, steps=s.steps,
                           eta=s.eta, guidance_scale=s.guidance_scale if conditional else 1.0, generator=g,
                           clip_denoised=s.clip_denoised)
         nrow = self.recipe.model.num_classes if conditional and s.num_images >= 2 * self.recipe.model.num_classes \
