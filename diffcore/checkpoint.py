@@ -45,6 +45,7 @@ __all__ = [
     "remove_stale_temp_files",
     "load_for_inference",
     "export",
+    "write_export",
     "checkpoint_name",
     "load_error_detail",
     "is_run_folder",
@@ -266,29 +267,40 @@ def load_for_inference(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
     return dict(state["config"]), weights
 
 
-def export(checkpoint_or_run: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write ``out_dir/config.json`` + ``out_dir/model.safetensors`` (EMA weights preferred) from a checkpoint
-    or a run folder. The safetensors metadata records ``step``, ``source`` (``ema``/``model``) and the format."""
+def write_export(out_dir: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any], *,
+                 dtype: torch.dtype | None = None, metadata: Mapping[str, str] | None = None) -> Path:
+    """The one writer of the export format: ``out_dir/model.safetensors`` (``state_dict`` on the CPU, floating
+    tensors cast to ``dtype`` when given; safetensors metadata ``format`` then ``metadata``) and
+    ``out_dir/config.json`` (``config`` as indented JSON), each atomically. Raises ``TypeError`` before writing
+    anything when ``config`` is not JSON-able."""
     from safetensors.torch import save
 
+    text = json.dumps(dict(config) if isinstance(config, Mapping) else config, indent=2, sort_keys=False)
+    # safetensors wants contiguous tensors that share no storage (tied weights are written twice).
+    tensors = {k: v.detach().to("cpu", dtype=dtype if dtype is not None and v.is_floating_point() else v.dtype)
+               .contiguous().clone() for k, v in state_dict.items()}
+    blob = save(tensors, metadata={"format": f"diffstack-export-{FORMAT_VERSION}", **dict(metadata or {})})
+    out = Path(out_dir)
+    atomic_write(out / EXPORT_WEIGHTS, lambda f: f.write(blob))
+    atomic_write(out / EXPORT_CONFIG, lambda f: f.write((text + "\n").encode()))
+    return out
+
+
+def export(checkpoint_or_run: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write ``out_dir/config.json`` + ``out_dir/model.safetensors`` (EMA weights preferred) from a checkpoint
+    or a run folder (:func:`write_export`). The safetensors metadata records ``step``, ``source`` (``ema``/``model``)
+    and the format."""
     kind, where = _resolve(Path(checkpoint_or_run))
     if kind == "export":
         raise CheckpointError(f"{where}: already an export folder")
     check_export_target(out_dir)
     state = load_checkpoint(where)
     weights, source = _weights_of(state)
-    # safetensors wants contiguous tensors that share no storage (tied weights are written twice).
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
-    meta = {"format": f"diffstack-export-{FORMAT_VERSION}", "step": str(int(state["step"])), "source": source}
-    out = Path(out_dir)
+    meta = {"step": str(int(state["step"])), "source": source}
     try:
-        text = json.dumps(state["config"], indent=2, sort_keys=False)
+        return write_export(out_dir, weights, state["config"], metadata=meta)
     except TypeError as e:
         raise CheckpointError(f"{where}: its config is not JSON-able ({e})") from None
-    blob = save(tensors, metadata=meta)
-    atomic_write(out / EXPORT_WEIGHTS, lambda f: f.write(blob))
-    atomic_write(out / EXPORT_CONFIG, lambda f: f.write((text + "\n").encode()))
-    return out
 
 
 def check_export_target(out_dir: str | os.PathLike) -> None:

@@ -12,7 +12,6 @@ defaults, so a model trained with a ``hifigan`` mel or 16 kHz audio vocodes with
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -22,14 +21,12 @@ import torch
 from torch import Tensor
 
 from diffcore.checkpoint import (
-    EXPORT_CONFIG,
-    EXPORT_WEIGHTS,
     CheckpointError,
-    atomic_write,
     check_export_target,
     export,
     load_for_inference,
     rebuild_model,
+    write_export,
 )
 from diffcore.utils import resolve_device
 from diffwave.config import DiffWaveConfig
@@ -211,21 +208,14 @@ class Vocoder:
 
 def save_export(model: DiffWave, config: Mapping[str, Any], out_dir: str | os.PathLike,
                 metadata: Mapping[str, str] | None = None, dtype: torch.dtype | None = None) -> Path:
-    """Write ``out_dir/config.json`` (``config``, which holds a ``model`` section) and ``out_dir/model.safetensors``
-    (``model``'s weights, cast to ``dtype`` when given), each atomically, in the layout of
-    :func:`diffcore.checkpoint.export`."""
-    from safetensors.torch import save
-
+    """Write ``model`` as an export folder with :func:`diffcore.checkpoint.write_export`: ``out_dir/config.json``
+    (``config``, given a ``model`` section from ``model.config`` when it has none) and ``out_dir/model.safetensors``
+    (``model``'s weights, cast to ``dtype`` when given; metadata ``source: model`` unless ``metadata`` says
+    otherwise)."""
     if "model" not in config:
         config = {**config, "model": model.config.to_dict()}
-    tensors = {k: v.detach().to("cpu", dtype=dtype if dtype is not None and v.is_floating_point() else v.dtype)
-               .contiguous().clone() for k, v in model.state_dict().items()}
-    meta = {"format": "diffstack-export-1", "source": "model", **dict(metadata or {})}
-    out = Path(out_dir)
-    blob = save(tensors, metadata=meta)
-    atomic_write(out / EXPORT_WEIGHTS, lambda f: f.write(blob))
-    atomic_write(out / EXPORT_CONFIG, lambda f: f.write((json.dumps(dict(config), indent=2) + "\n").encode()))
-    return out
+    return write_export(out_dir, model.state_dict(), config, dtype=dtype,
+                        metadata={"source": "model", **dict(metadata or {})})
 
 
 def export_run(source: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Vocoder, Path]:

@@ -1,4 +1,4 @@
-"""Chunked, batched vocoding (diffwave/vocode.py) and the Python API (diffwave/api.py)."""
+"""Chunked, batched vocoding (diffwave/sample.py) and the Python API (diffwave/api.py)."""
 
 from __future__ import annotations
 
@@ -196,6 +196,33 @@ def test_export_round_trip_rebuilds_the_stored_config(tmp_path):
     assert back.config == model.config  # not the defaults: the hifigan preset and the small sizes come back
     x, t, mel = torch.randn(2, 4 * HOP), torch.tensor([1, 30]), torch.log(torch.rand(2, 80, 4) + 1e-3)
     torch.testing.assert_close(back.model(x, t, mel), model(x, t, mel), rtol=0, atol=0)
+
+
+def test_save_export_and_a_run_export_write_the_same_format(tmp_path):
+    """One writer (diffcore.checkpoint.write_export): a model saved from the API and the same weights exported
+    from a checkpoint give the same config.json bytes, tensors and metadata (but the step, which only a run has)."""
+    import json
+    import struct
+
+    from diffcore.checkpoint import export, save_checkpoint
+
+    model = small_model(3)
+    config = {"model": model.config.to_dict(), "data": {"path": "x"}}
+    save_export(model, config, tmp_path / "api")
+    save_checkpoint({"format": 1, "step": 9, "model": model.state_dict(), "ema": None, "config": config},
+                    tmp_path / "run" / "checkpoints", 9)
+    export(tmp_path / "run", tmp_path / "run_export")
+
+    def parts(folder):
+        blob = (folder / "model.safetensors").read_bytes()
+        n = struct.unpack("<Q", blob[:8])[0]  # safetensors: header length, JSON header, tensor bytes
+        return (folder / "config.json").read_bytes(), json.loads(blob[8 : 8 + n]), blob[8 + n :]
+
+    api_config, api_header, api_data = parts(tmp_path / "api")
+    run_config, run_header, run_data = parts(tmp_path / "run_export")
+    assert api_config == run_config and api_data == run_data
+    assert run_header.pop("__metadata__") == {**api_header.pop("__metadata__"), "step": "9"}
+    assert api_header == run_header
 
 
 # ------------------------------------------------------------------------------------------------ files
