@@ -25,8 +25,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from diffcore.checkpoint import CheckpointError
-from diffcore.config import ConfigError
+from diffcore.errors import CheckpointError, ConfigError, TrainingError
 
 __all__ = ["UsageError", "recipe_parser", "parse_args", "run_cli", "debug_enabled", "run_subcommands",
            "setup_logging", "check_number", "check_output_file", "check_output_dir", "os_error_message"]
@@ -175,8 +174,6 @@ def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
     ``ConfigError``, ``CheckpointError``, ``UsageError``, ``FileNotFoundError`` → status 2; ``TrainingError`` →
     status 1; Ctrl-C → 130. Anything else (a bug) propagates with its traceback. With ``--debug`` or
     ``DIFFSTACK_DEBUG=1`` every error propagates."""
-    from diffcore.train.engine import TrainingError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_enabled(argv)
     try:

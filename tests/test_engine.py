@@ -390,3 +390,49 @@ def test_the_engine_and_the_commands_resolve_devices_with_the_one_function(tmp_p
     with pytest.raises(ConfigError, match=r"unknown device 'tpu' \(valid: auto, cpu, cuda, cuda:N, mps\)"):
         diffcore.device.resolve_device("tpu")
     assert diffcore.device.resolve_device("auto") == torch.device("cpu")
+
+
+# ------------------------------------------------------------------------------------------------ structure, run-time switches
+
+
+class RuntimeToy(ToyTask):
+    """The toy model with the optional ``set_runtime`` of the model contract; records every call."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.runtime_calls = []
+
+    def build_model(self):
+        model = super().build_model()
+        calls = self.runtime_calls
+
+        def set_runtime(*, channels_last=None, gradient_checkpointing=None):
+            calls.append({"channels_last": channels_last, "gradient_checkpointing": gradient_checkpointing})
+
+        model.set_runtime = set_runtime
+        return model
+
+
+def test_every_attribute_of_the_trainer_is_set_in_init(tmp_path):
+    trainer = Trainer(ToyTask(), cfg(max_steps=2), tmp_path)
+    before = set(vars(trainer))
+    trainer.fit()
+    assert set(vars(trainer)) == before
+    assert trainer.model is trainer.update.model and trainer.ema is trainer.update.ema
+    assert trainer.data.position() == {"epoch": 0, "samples": 16}  # 2 steps of a global batch of 8
+
+
+def test_run_time_switches_reach_the_model_and_may_change_on_resume(tmp_path):
+    task = RuntimeToy()
+    Trainer(task, cfg(max_steps=2), tmp_path).fit()
+    assert task.runtime_calls == [{"channels_last": None, "gradient_checkpointing": False}]  # None: model default
+    task = RuntimeToy()
+    summary = Trainer(task, cfg(max_steps=4, channels_last=True, gradient_checkpointing=True), tmp_path).fit()
+    assert summary["resumed_from"].endswith("step_00000002.pt") and summary["step"] == 4
+    assert task.runtime_calls == [{"channels_last": True, "gradient_checkpointing": True}]
+    changed = {e["key"] for e in read_log(tmp_path, "config_changed")}
+    assert {"train.channels_last", "train.gradient_checkpointing"} <= changed
+    # a model without set_runtime cannot honour a switch that is on: refused, not silently ignored
+    with pytest.raises(ConfigError, match=r"train.channels_last is on but ToyDenoiser has no set_runtime"):
+        Trainer(ToyTask(), cfg(max_steps=2, channels_last=True), tmp_path / "other").fit()
+    assert TrainConfig.from_dict(cfg(channels_last=False).to_dict()).channels_last is False

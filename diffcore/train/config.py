@@ -22,8 +22,14 @@ class TrainConfig(ConfigBase):
     gradient norm to this value (``None``: no clipping; the norm is logged either way). ``optimizer``: ``adam``
     (L2 ``weight_decay``) or ``adamw`` (decoupled). ``fused_optimizer``: ``None`` = fused kernels on CUDA.
 
-    Precision: ``auto`` is bf16 autocast on CUDA GPUs that support it and fp32 elsewhere (CPU, older GPUs);
-    ``fp16`` adds dynamic loss scaling. Parameters, optimizer state and EMA stay float32.
+    Precision: ``auto`` is bf16 autocast on CUDA GPUs that support it and fp32 elsewhere (CPU, older GPUs; the
+    rule and why training differs from inference on CPUs with native bf16: :mod:`diffcore.precision`); ``fp16``
+    adds dynamic loss scaling. Parameters, optimizer state and EMA stay float32.
+
+    Run-time switches of the model, applied through its optional ``set_runtime(...)`` (a model without it refuses
+    a switch that is on): ``channels_last`` (``None`` = the model's default) and ``gradient_checkpointing``
+    (recompute activations in the backward pass: less memory, more time). They change how the model computes, not
+    what it is, so unlike the ``model`` section they may change when a run is resumed.
 
     Schedule of side jobs (in optimizer steps; 0 = never): ``log_every`` (scalars, JSONL, progress bar),
     ``ckpt_every`` (a checkpoint is also written at the end, on SIGTERM/SIGINT and on a NaN stop),
@@ -48,6 +54,8 @@ class TrainConfig(ConfigBase):
     ema_decay: float = 0.9999
     ema_warmup: bool = True
     compile: bool = False
+    channels_last: bool | None = None
+    gradient_checkpointing: bool = False
     fused_optimizer: bool | None = None
     seed: int = 0
     num_workers: int = 4

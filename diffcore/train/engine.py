@@ -1,17 +1,16 @@
 """The one training engine: ``Trainer(task, train_config, run_dir).fit()``.
 
-One optimizer step (``A = grad_accum`` micro-batches of ``batch_size / (world_size · A)`` examples per process)::
+Three parts, each set up complete in its constructor:
 
-    zero grads
-    for each micro-batch:       (DDP gradient sync only on the last one)
-        with autocast:  per_example = task.loss(model, batch)                  # [b]
-        backward(mean(per_example) / A)                                        # × loss scale in fp16
-    unscale (fp16); grad_norm = clip_grad_norm_(params, grad_clip)             # or just the norm
-    all-reduce [loss, grad_norm, stop flag] across processes                   # one sync per step
-    non-finite loss (or gradient norm outside fp16)?  → skip: no update, no EMA, count it;
-                                                       max_nonfinite in a row → checkpoint + TrainingError
-    else: lr ← lr_at(step); optimizer step; EMA update; step += 1
-    then, on rank 0 by schedule: log scalars; on all ranks: validate/sample hooks (EMA model); checkpoint
+- :class:`~diffcore.train.step.OptimStep`: the model, EMA, optimizer and loss scaler, and one update (forward and
+  backward over ``grad_accum`` micro-batches, clipping, one all-reduce of ``[loss, grad_norm, stop]``, optimizer
+  step, EMA update; a non-finite loss, or gradient norm outside fp16, skips the update: no update, no EMA, counted;
+  ``max_nonfinite`` in a row → checkpoint + TrainingError);
+- :class:`~diffcore.train.after_step.AfterStep`: the work after an update (scalars and progress bar, the task's
+  validation/sample hooks with the EMA model, periodic checkpoints);
+- :class:`~diffcore.train.loader.TrainLoader`: the data loader, its position ``(epoch, samples)`` and its failures.
+
+:class:`Trainer` ties them together: run folder, lock, processes, resume, checkpoints, signals.
 
 The step counter counts optimizer updates; skipped steps consume data but do not advance it.
 
@@ -45,11 +44,10 @@ Signals: SIGTERM and SIGINT finish the current step on every rank, write a check
 checkpoint stays valid thanks to atomic writes).
 """
 
+
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import random
 import signal
 import sys
@@ -62,7 +60,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
 
 from diffcore.checkpoint import (
     CKPT_DIR,
@@ -77,50 +74,22 @@ from diffcore.checkpoint import (
 from diffcore.config import ConfigError, save_config
 from diffcore.device import resolve_device
 from diffcore.ema import EMA
+from diffcore.errors import TrainingError
+from diffcore.precision import Precision, resolve_precision
+from diffcore.train.after_step import AfterStep
 from diffcore.train.config import TrainConfig
-from diffcore.train.data import ResumableSampler, epoch_seed, move_to_device
+from diffcore.train.data import epoch_seed
 from diffcore.train.distributed import DistInfo, all_gather_object, barrier, dist_env, init_distributed
+from diffcore.train.loader import DataFailure, TrainLoader, sigchld_ignored, worker_died
 from diffcore.train.lock import RunLock
 from diffcore.train.logger import NullLogger, RunLogger
-from diffcore.train.optim import build_optimizer, lr_at
-from diffcore.train.precision import autocast, make_grad_scaler, resolve_precision
+from diffcore.train.optim import lr_at
+from diffcore.train.step import OptimStep
 from diffcore.train.task import TrainTask
 
-__all__ = ["Trainer", "TrainingError"]
+__all__ = ["Trainer", "TrainingError", "config_changes", "apply_runtime"]
 
 log = logging.getLogger("diffcore.train")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. too many non-finite losses in a row); the message names the step."""
-
-
-def _worker_died(e: BaseException) -> bool:
-    """Whether ``e`` is the DataLoader's report of a worker process that exited (raised by torch's SIGCHLD
-    handler wherever the main process happens to be, or by the iterator's liveness check)."""
-    return isinstance(e, RuntimeError) and "DataLoader worker" in str(e) and "exited unexpectedly" in str(e)
-
-
-@contextlib.contextmanager
-def _sigchld_ignored():
-    """Hold off torch's SIGCHLD handler, which raises in the main thread wherever it is when a loader worker
-    exits, while the engine is already handling that failure (and writing a checkpoint)."""
-    if not hasattr(signal, "SIGCHLD") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGCHLD, old if old is not None else signal.SIG_DFL)
-
-
-class _DataFailure(Exception):
-    """Fetching a batch failed (wraps the loader's exception until the loop turns it into a TrainingError)."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -174,11 +143,6 @@ def _check_plain(obj: Any, where: str = "config") -> None:
     raise ConfigError(f"{where}: {type(obj).__name__} is not plain data (use ConfigBase.to_dict())")
 
 
-def _worker_init(worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group; the main process handles it and shuts the workers down.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(data, Mapping):
         out: dict[str, Any] = {}
@@ -194,11 +158,30 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str =
     return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+def apply_runtime(model: nn.Module, cfg: TrainConfig) -> None:
+    """Apply the run-time switches of ``cfg`` (``channels_last``, ``gradient_checkpointing``) through the model's
+    optional ``set_runtime(*, channels_last=None, gradient_checkpointing=None)``; ``channels_last=None`` leaves
+    the model's default. They change how the model computes, not what, so a resume may change them. A model
+    without ``set_runtime`` cannot honour a switch that is turned on: that is a :class:`ConfigError`."""
+    set_runtime = getattr(model, "set_runtime", None)
+    if callable(set_runtime):
+        switches: dict[str, bool] = {"gradient_checkpointing": cfg.gradient_checkpointing}
+        if cfg.channels_last is not None:
+            switches["channels_last"] = cfg.channels_last
+        set_runtime(**switches)
+        return
+    asked = [name for name in ("channels_last", "gradient_checkpointing") if getattr(cfg, name)]
+    if asked:
+        raise ConfigError(f"train.{asked[0]} is on but {type(model).__name__} has no set_runtime() to apply it "
+                          f"(turn it off or null)")
+
+
 class Trainer:
     """Train ``task`` with ``config`` in the run folder ``run_dir`` (created if needed; resumed if it holds a
     checkpoint). Construction is cheap; :meth:`fit` sets up devices, processes, model and data, and trains.
 
-    After ``fit``: ``trainer.model`` (the plain module), ``trainer.ema``, ``trainer.optimizer``, ``trainer.step``.
+    After ``fit``: ``trainer.model`` (the plain module), ``trainer.ema``, ``trainer.optimizer``, ``trainer.scaler``
+    (the parts of ``trainer.update``, an :class:`~diffcore.train.step.OptimStep`), ``trainer.step``.
     """
 
     def __init__(self, task: TrainTask, config: TrainConfig | Mapping[str, Any], run_dir: str | Path) -> None:
@@ -209,11 +192,40 @@ class Trainer:
         if not isinstance(getattr(task, "config", None), dict):
             raise ConfigError(f"{type(task).__name__}.config must be the resolved recipe as a dict (recipe.to_dict())")
         _check_plain(task.config, "task.config")
+        # Everything below is (re)built by fit(); None until then.
         self.step = 0
-        self.model: nn.Module | None = None
-        self.ema: EMA | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.device: torch.device | None = None
+        self.info: DistInfo = DistInfo()
+        self.precision: Precision | None = None
+        self.update: OptimStep | None = None
+        self.data: TrainLoader | None = None
+        self.after: AfterStep | None = None
+        self.logger: RunLogger | NullLogger = NullLogger()
+        self.resumed_from: Path | None = None
+        self.last_checkpoint: Path | None = None
+        self._resumed_step: int | None = None
+        self._lock: RunLock | None = None
+        self._owns_pg = False
         self._signal: int | None = None
+        self._old_handlers: dict[int, Any] = {}
+        self._in_update = False  # parameters, optimizer and EMA are changing together: not a state to save
+
+    # the parts of the update, under the names users know
+    @property
+    def model(self) -> nn.Module | None:
+        return self.update.model if self.update is not None else None
+
+    @property
+    def ema(self) -> EMA | None:
+        return self.update.ema if self.update is not None else None
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        return self.update.optimizer if self.update is not None else None
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return self.update.scaler if self.update is not None else None
 
     # ------------------------------------------------------------------------------------------------ setup
 
@@ -230,48 +242,25 @@ class Trainer:
                 f"train.grad_accum ({cfg.grad_accum}) = {per_step}"
             )
         self.info, self._owns_pg = init_distributed(device.type)
-        info: DistInfo = self.info
+        info = self.info
         if device.type == "cuda":
             device = torch.device("cuda", info.local_rank)
         self.device = device
-        self.micro_batch = cfg.batch_size // per_step
-        self.precision = resolve_precision(cfg.precision, device)
+        self.precision = resolve_precision(cfg.precision, device, purpose="train")
         if self.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("train.precision is 'bf16' but this GPU does not support bfloat16 (use fp16 or fp32)")
         if device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for the fp32 parts
 
         _seed_everything(cfg.seed)  # identical initial weights on every rank
-        raw = task.build_model().to(device)
-        raw.train()
-        self.model = raw
-        self.ema = EMA(raw, cfg.ema_decay, cfg.ema_warmup)
-        self.optimizer = build_optimizer(raw.parameters(), cfg, device)
-        self.scaler = make_grad_scaler(self.precision, device)
-
-        dataset = task.train_dataset()
-        n = len(dataset)  # type: ignore[arg-type]
-        if n < cfg.batch_size:
-            raise ConfigError(f"the training set has {n} examples, fewer than one global batch ({cfg.batch_size})")
-        self.sampler = ResumableSampler(n, cfg.batch_size, info.rank, world, seed=cfg.seed)
-        self._loader_gen = torch.Generator()
-        self.loader = DataLoader(
-            dataset,
-            batch_size=self.micro_batch,
-            sampler=self.sampler,
-            num_workers=cfg.num_workers,
-            pin_memory=cfg.pin_memory and device.type == "cuda",
-            drop_last=True,
-            collate_fn=task.collate_fn,
-            generator=self._loader_gen,
-            persistent_workers=cfg.num_workers > 0,
-            worker_init_fn=_worker_init if cfg.num_workers > 0 else None,
-        )
+        model = task.build_model().to(device)
+        model.train()
+        apply_runtime(model, cfg)
+        self.update = OptimStep(model, cfg, device, self.precision, info.world_size)
+        self.data = TrainLoader(task.train_dataset(), cfg, info, device, task.collate_fn)
 
         self.step = 0
-        self._epoch, self._samples = 0, 0
-        self.resumed_from: Path | None = None
-        self._resumed_step: int | None = None
+        self.resumed_from, self._resumed_step = None, None
         latest = all_gather_object(str(find_latest(self.run_dir) or "") if info.is_main else "")[0]
         state = load_checkpoint(latest) if latest else None
         changes: list[tuple[str, Any, Any]] = []
@@ -284,26 +273,23 @@ class Trainer:
             remove_stale_temp_files(self.ckpt_dir)
             save_config(task.config, self.run_dir / "config.yaml")
         if state is not None:
-            self._restore(Path(latest), state)
+            position = self._restore(Path(latest), state)
             for key, old, new in changes:
                 log.warning("%s: %s changed on resume: %r -> %r (the new value applies from step %d)",
                             self.run_dir, key, old, new, self.step)
                 self.logger.event("config_changed", self.step, key=key, old=str(old), new=str(new))
         else:
             _seed_everything(epoch_seed(cfg.seed, info.rank, 0xD1FF))  # independent noise on every rank
-        self._start_epoch(self._epoch, self._samples)
-
-        model: nn.Module = raw
-        if cfg.compile:
-            model = torch.compile(model)
-        if world > 1:
-            ids = [device.index] if device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        self.wrapped = model
+            position = (0, 0)
+        self.data.seek(*position)
+        self.update.wrap()
+        self.after = AfterStep(cfg, task, self.logger, self.update.ema, self.save,
+                               progress=info.is_main and cfg.progress)
 
     def _check_resume(self, path: Path, state: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
         """Refuse a resume whose model differs from the checkpoint's; return the other settings that changed
-        (``(key, old, new)``, warned about once the run starts)."""
+        (``(key, old, new)``, warned about once the run starts). The ``train`` section, run-time switches such
+        as ``train.channels_last`` included, may change."""
         stored = state["config"] if isinstance(state["config"], Mapping) else {}
         old_model, new_model = stored.get("model"), self.task.config.get("model")
         if old_model is not None and new_model is not None and old_model != new_model:
@@ -319,24 +305,14 @@ class Trainer:
             changes += [c for c in config_changes(state["train"], self.cfg.to_dict(), "train.") if c[0] not in seen]
         return changes
 
-    def _restore(self, path: Path, state: Mapping[str, Any] | None = None) -> None:
-        if state is None:
-            state = load_checkpoint(path)
-            self._check_resume(path, state)
+    def _restore(self, path: Path, state: Mapping[str, Any]) -> tuple[int, int]:
+        """Load a checkpoint's training state and RNG states; returns the data position ``(epoch, samples)``."""
         try:
-            self.model.load_state_dict(state["model"])
-            if state.get("ema") is not None:
-                self.ema.load_state_dict(state["ema"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.update.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointError(f"{path}: does not match the model/optimizer built from the recipe: {e}") from None
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         data = state.get("data") or {}
-        self._epoch, self._samples = int(data.get("epoch", 0)), int(data.get("samples", 0))
-        if self._samples % self.cfg.batch_size:
-            self._samples -= self._samples % self.cfg.batch_size  # a changed global batch: restart that batch
         ranks = (state.get("rng") or {}).get("ranks") or []
         if len(ranks) == self.info.world_size:
             _set_rng_state(ranks[self.info.rank], self.device)
@@ -346,38 +322,21 @@ class Trainer:
         self.resumed_from = path
         self._resumed_step = self.step
         self.logger.resumed_at(self.step, path=str(path))
-
-    def _start_epoch(self, epoch: int, samples: int) -> None:
-        self._epoch, self._samples = epoch, samples
-        self.sampler.set_epoch(epoch, samples)
-        self._loader_gen.manual_seed(epoch_seed(self.cfg.seed, self.info.rank, epoch, 0x10AD))
-        self._iter = iter(self.loader)
-
-    def _next_batch(self) -> Any:
-        for _ in range(2):
-            try:
-                batch = next(self._iter)
-            except StopIteration:
-                self._start_epoch(self._epoch + 1, 0)
-                continue
-            except Exception as e:  # the dataset raised, or a loader worker died (RuntimeError from the DataLoader)
-                raise _DataFailure(e) from e
-            self._samples += self.micro_batch * self.info.world_size
-            return move_to_device(batch, self.device)
-        raise TrainingError(f"the data loader yielded no batch for a whole epoch (epoch {self._epoch})")
+        return int(data.get("epoch", 0)), int(data.get("samples", 0))
 
     # ------------------------------------------------------------------------------------------------ checkpoints
 
     def _state(self, rng_all: list[dict[str, Any]]) -> dict[str, Any]:
+        parts = self.update.state_dict()
         return {
             "format": FORMAT_VERSION,
             "step": self.step,
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "model": parts["model"],
+            "ema": parts["ema"],
+            "optimizer": parts["optimizer"],
+            "scaler": parts["scaler"],
             "rng": {"world_size": self.info.world_size, "ranks": rng_all},
-            "data": {"epoch": self._epoch, "samples": self._samples},
+            "data": self.data.position(),
             "config": self.task.config,
             "train": self.cfg.to_dict(),
             "world_size": self.info.world_size,
@@ -405,8 +364,11 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ signals
 
+    def _stop_requested(self) -> bool:
+        return self._signal is not None
+
     def _install_signals(self) -> None:
-        self._old_handlers: dict[int, Any] = {}
+        self._old_handlers = {}
         if threading.current_thread() is not threading.main_thread():
             return
 
@@ -419,46 +381,11 @@ class Trainer:
             self._old_handlers[sig] = signal.signal(sig, handler)
 
     def _restore_signals(self) -> None:
-        for sig, old in getattr(self, "_old_handlers", {}).items():
+        for sig, old in self._old_handlers.items():
             signal.signal(sig, old)
         self._old_handlers = {}
 
     # ------------------------------------------------------------------------------------------------ training
-
-    def _train_step(self) -> tuple[float, float, bool]:
-        """Forward/backward over ``grad_accum`` micro-batches; returns the global ``(loss, grad_norm, stop)``."""
-        cfg = self.cfg
-        self.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.device)
-        ddp = isinstance(self.wrapped, nn.parallel.DistributedDataParallel)
-        for i in range(cfg.grad_accum):
-            batch = self._next_batch()
-            sync = contextlib.nullcontext() if (not ddp or i == cfg.grad_accum - 1) else self.wrapped.no_sync()
-            with sync:
-                with autocast(self.precision, self.device):
-                    per_example = self.task.loss(self.wrapped, batch)
-                if not isinstance(per_example, torch.Tensor) or per_example.ndim != 1:
-                    shape = tuple(per_example.shape) if isinstance(per_example, torch.Tensor) else type(per_example)
-                    raise TrainingError(f"TrainTask.loss must return a per-example loss of shape [B], got {shape}")
-                loss = per_example.float().mean()
-                scaled = loss / cfg.grad_accum
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            total += loss.detach()
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if cfg.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        stop = 1.0 if self._signal is not None else 0.0
-        stats = torch.stack([total / cfg.grad_accum, norm.float().to(self.device),
-                             torch.tensor(stop, device=self.device)])
-        if self.info.world_size > 1:
-            dist.all_reduce(stats)
-            stats /= self.info.world_size
-        loss_v, norm_v, stop_v = stats.tolist()
-        return loss_v, norm_v, stop_v > 0
 
     def fit(self, until: int | None = None) -> dict[str, Any]:
         """Train to ``max_steps`` (or stop after step ``until`` without changing the LR schedule's horizon),
@@ -466,24 +393,24 @@ class Trainer:
         last logging window), ``checkpoint``, ``nonfinite_count``, ``resumed_from``, ``run_dir``, ``device``,
         ``precision``, ``world_size``."""
         self._signal = None
-        self.last_checkpoint: Path | None = None
-        self._install_signals()
+        self.last_checkpoint = None
         self._in_update = False
+        self._install_signals()
         try:
             self._setup()
             try:
                 summary = self._loop(until)
             except Exception as e:
-                failure = e.error if isinstance(e, _DataFailure) else e if _worker_died(e) else None
+                failure = e.error if isinstance(e, DataFailure) else e if worker_died(e) else None
                 if failure is None:
                     raise
                 for _ in range(3):
                     try:
-                        with _sigchld_ignored():
+                        with sigchld_ignored():
                             error = self._data_failure(failure)
                         break
                     except Exception as late:  # torch's report of the dead worker arrived in between
-                        if not _worker_died(late):
+                        if not worker_died(late):
                             raise
                         failure = late
                 else:
@@ -495,32 +422,18 @@ class Trainer:
             self._teardown()
 
     def _loop(self, until: int | None) -> dict[str, Any]:
-        cfg, log = self.cfg, self.logger
+        cfg, logger, update, data, after = self.cfg, self.logger, self.update, self.data, self.after
         target = cfg.max_steps if until is None else min(cfg.max_steps, until)
-        pbar = None
-        if self.info.is_main and cfg.progress and self.step < target:
-            from tqdm.auto import tqdm
-
-            # a terminal gets a live bar; a log file (batch jobs) a line every 30 s
-            pbar = tqdm(total=target, initial=self.step, dynamic_ncols=True, desc="train", file=sys.stderr,
-                        mininterval=0.5 if sys.stderr.isatty() else 30.0)
-        self._pbar = pbar
+        after.start(self.step, target)
         nonfinite_run, nonfinite_total = 0, 0
-        win_losses: list[float] = []
-        win_norms: list[float] = []
-        win_steps, win_time = 0, 0.0
-        last_loss = float("nan")
         while self.step < target:
             t0 = time.perf_counter()
-            loss_v, norm_v, stop = self._train_step()
-            bad = not math.isfinite(loss_v) or (self.scaler is None and not math.isfinite(norm_v))
-            if bad:
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.scaler is not None:
-                    self.scaler.update()  # closes the unscale_ of this step (and lowers the scale)
+            loss, norm, stop = update.forward_backward(self.task.loss, data.next_batch, self._stop_requested)
+            if update.nonfinite(loss, norm):
+                update.skip()
                 nonfinite_run += 1
                 nonfinite_total += 1
-                log.event("nonfinite", self.step, loss=str(loss_v), grad_norm=str(norm_v), in_a_row=nonfinite_run)
+                logger.event("nonfinite", self.step, loss=str(loss), grad_norm=str(norm), in_a_row=nonfinite_run)
                 if nonfinite_run >= cfg.max_nonfinite:
                     try:
                         path = self.save("nonfinite")
@@ -534,63 +447,37 @@ class Trainer:
                     )
             else:
                 nonfinite_run = 0
-                self._in_update = True  # parameters, optimizer and EMA change together: not a state to save
+                self._in_update = True
                 lr = lr_at(self.step, cfg)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self.ema.update(self.model)
+                update.apply(lr)
                 self.step += 1
                 self._in_update = False
-                win_losses.append(loss_v)
-                win_norms.append(norm_v)
-                win_steps += 1
-                win_time += time.perf_counter() - t0
-                if pbar is not None:
-                    pbar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == target:
-                    last_loss = sum(win_losses) / len(win_losses)
-                    rate = win_steps / max(win_time, 1e-9)
-                    values = {
-                        "loss": last_loss,
-                        "grad_norm": sum(win_norms) / len(win_norms),
-                        "lr": lr,
-                        "steps_per_s": rate,
-                        "samples_per_s": rate * cfg.batch_size,
-                        "nonfinite_count": nonfinite_total,
-                        "epoch": self._epoch,
-                    }
-                    if self.scaler is not None:
-                        values["loss_scale"] = self.scaler.get_scale()
-                    log.scalars(values, self.step)
-                    if pbar is not None:
-                        pbar.set_postfix(loss=f"{last_loss:.4g}", samples_s=f"{rate * cfg.batch_size:.1f}")
-                    win_losses, win_norms, win_steps, win_time = [], [], 0, 0.0
-                self._hooks()
-                # The checkpoint of the last step is written after the loop (a failure there is an error).
-                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < target and not stop:
-                    self.save("periodic")
+
+                def extra(total: int = nonfinite_total) -> dict[str, Any]:
+                    values: dict[str, Any] = {"nonfinite_count": total, "epoch": data.epoch}
+                    if update.scaler is not None:
+                        values["loss_scale"] = update.scaler.get_scale()
+                    return values
+
+                after(self.step, target, loss=loss, grad_norm=norm, lr=lr, seconds=time.perf_counter() - t0,
+                      stop=stop, extra=extra)
             if stop:
                 signum = self._signal or signal.SIGTERM
                 self.save("signal")
                 barrier()
-                log.event("stopped", self.step, signal=signal.Signals(signum).name)
-                log.flush()
+                logger.event("stopped", self.step, signal=signal.Signals(signum).name)
+                logger.flush()
                 if signum == signal.SIGINT:
                     raise KeyboardInterrupt
                 raise SystemExit(128 + int(signum))
         # A resumed run already at its target has nothing new to write: its checkpoint holds this very state.
         if not (self.resumed_from is not None and self._resumed_step == self.step):
             self.save("final" if self.step >= cfg.max_steps else "until")
-        log.flush()
+        logger.flush()
         return {
             "step": self.step,
             "completed": self.step >= cfg.max_steps,
-            "loss": last_loss,
+            "loss": after.last_loss,
             "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "nonfinite_count": nonfinite_total,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
@@ -603,16 +490,7 @@ class Trainer:
     def _data_failure(self, error: BaseException) -> TrainingError:
         """A batch could not be fetched (a dataset exception, a data-loader worker that died): save the state of
         the last completed step (nothing of the failed step was applied) and return the error to raise."""
-        first = f"{type(error).__name__}: " + (str(error).strip().splitlines() or ["(no message)"])[0]
-        # A dead worker surfaces as the loader's RuntimeError or as a broken pipe/queue error: name the cause.
-        workers = getattr(self._iter, "_workers", None) or []
-        dead = [w for w in workers if not w.is_alive()]
-        deadline = time.monotonic() + 1.0
-        while workers and not dead and time.monotonic() < deadline:  # a dying worker closes its pipes first
-            time.sleep(0.01)
-            dead = [w for w in workers if not w.is_alive()]
-        if dead:
-            first = f"a data-loader worker process died (exit code {dead[0].exitcode}); {first}"
+        first = self.data.describe_failure(error)
         if self._in_update:  # torch reports a dead worker from its SIGCHLD handler, at any point of the step
             where = f"the last checkpoint is {find_latest(self.run_dir)} (the failure interrupted an update)"
         elif (saved := next((c for c in (self.last_checkpoint, self.resumed_from)
@@ -620,7 +498,7 @@ class Trainer:
             # this step is saved already, with the RNG state of the step boundary (exact resume): keep that one
             where = f"the state after step {self.step} is saved in {saved}"
         elif self.info.world_size == 1:  # with several ranks the others would wait in the checkpoint's all-gather
-            self.optimizer.zero_grad(set_to_none=True)
+            self.update.optimizer.zero_grad(set_to_none=True)
             try:
                 where = f"the state after step {self.step} is saved in {self.save('data_error')}"
             except CheckpointError as e:
@@ -634,36 +512,16 @@ class Trainer:
             "Fix the data (train.num_workers=0 shows the full error), then run the same command to resume"
         )
 
-    def _hooks(self) -> None:
-        cfg, step = self.cfg, self.step
-        run_val = cfg.val_every and step % cfg.val_every == 0
-        run_sample = cfg.sample_every and step % cfg.sample_every == 0
-        if not (run_val or run_sample):
-            return
-        with torch.no_grad():
-            if run_val:
-                metrics = self.task.validate(self.ema.module, step, self.logger) or {}
-                self.logger.scalars({f"val/{k}": v for k, v in metrics.items()}, step)
-            if run_sample:
-                self.task.sample(self.ema.module, step, self.logger)
-
     def _teardown(self) -> None:
         self._restore_signals()
-        pbar = getattr(self, "_pbar", None)
-        if pbar is not None:
-            pbar.close()
-            self._pbar = None
-        logger = getattr(self, "logger", None)
-        if logger is not None:
-            logger.close()
-        it = getattr(self, "_iter", None)
-        if it is not None and hasattr(it, "_shutdown_workers"):
-            it._shutdown_workers()
-        self._iter = None
-        if getattr(self, "_owns_pg", False) and dist.is_initialized():
+        if self.after is not None:
+            self.after.close()
+        self.logger.close()
+        if self.data is not None:
+            self.data.close()
+        if self._owns_pg and dist.is_initialized():
             dist.destroy_process_group()
             self._owns_pg = False
-        lock = getattr(self, "_lock", None)
-        if lock is not None:
-            lock.release()
+        if self._lock is not None:
+            self._lock.release()
             self._lock = None
