@@ -1,6 +1,6 @@
 """Configuration of a DiffWave model: the network, its diffusion process, its inference noise schedule (the fast
 sampling schedule) and its mel front end (everything inference needs, so a checkpoint's ``config["model"]`` rebuilds
-the model). Keys that older versions wrote are mapped in one place, :data:`LEGACY_KEYS`.
+the model). Keys that older versions wrote are mapped in one place, :attr:`DiffWaveConfig.RENAMED`.
 
 Presets (Kong et al., "DiffWave: A Versatile Diffusion Model for Audio Synthesis", ICLR 2021, experiments; and
 lmnt-com/diffwave's ``params.py``):
@@ -24,7 +24,6 @@ does.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -34,12 +33,7 @@ from diffcore.config import ConfigBase, ConfigError, DiffusionConfig
 from diffwave.mel import MelConfig
 from diffwave.prior import PriorConfig
 
-__all__ = ["DiffWaveConfig", "LEGACY_KEYS", "suggest_upsample_strides", "training_betas"]
-
-#: Keys that earlier versions of this package wrote into a model config → the field that holds them now. Old
-#: recipes, run folders, checkpoints and exports keep loading (with a ``DeprecationWarning``); new ones are written
-#: with the new names.
-LEGACY_KEYS: dict[str, str] = {"fast_betas": "inference_betas"}
+__all__ = ["DiffWaveConfig", "suggest_upsample_strides", "training_betas"]
 
 _INFER_BASE = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5]
 _INFER_LARGE = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.7]
@@ -62,21 +56,6 @@ _CONDITIONAL = {
     "sample_rate": 22050,
     "audio_length": 22050,
 }
-
-
-def _upgrade_legacy_keys(data: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """``data`` with each key of :data:`LEGACY_KEYS` renamed to its field (a ``DeprecationWarning`` names it);
-    a legacy key given together with its new name is a ``ConfigError``."""
-    for old, new in LEGACY_KEYS.items():
-        if old not in data:
-            continue
-        at = f"{where}." if where else ""
-        if new in data:
-            raise ConfigError(f"{at}{old} and {at}{new} are one setting ({old} is its old name): give {new} only")
-        warnings.warn(f"model config key {at}{old} is now called {new}; the value is used as {new} "
-                      f"(rename it in the recipe)", DeprecationWarning, stacklevel=4)
-        data[new] = data.pop(old)
-    return data
 
 
 def suggest_upsample_strides(hop_length: int, stages: int = 2) -> tuple[int, ...]:
@@ -147,6 +126,10 @@ class DiffWaveConfig(ConfigBase):
     audio_length: int = 22050
     prior: PriorConfig | None = None
 
+    #: Keys that earlier versions wrote → today's field (:meth:`ConfigBase.from_dict` maps them, with a
+    #: ``DeprecationWarning``): old recipes, run folders, checkpoints and exports keep loading.
+    RENAMED: ClassVar[dict[str, str]] = {"fast_betas": "inference_betas"}
+
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "base": _CONDITIONAL,
         "large": {**_CONDITIONAL, "residual_channels": 128, "diffusion": _T200, "inference_betas": _INFER_LARGE},
@@ -173,7 +156,7 @@ class DiffWaveConfig(ConfigBase):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None = None, *, _where: str = "") -> "DiffWaveConfig":
-        data = _upgrade_legacy_keys(dict(data or {}), _where)
+        data = dict(data or {})
         data.setdefault("preset", "base")
         return super().from_dict(data, _where=_where)
 
