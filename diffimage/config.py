@@ -1,17 +1,47 @@
 """The image model's configuration: :class:`UNetConfig`, everything inference needs to rebuild a DDPM U-Net
 (:class:`diffimage.model.UNet`) and its diffusion process, with the presets of the papers' networks.
+
+How the network runs (channels-last memory, gradient checkpointing) is not part of it: those are run-time switches,
+``UNet.set_runtime`` (``train.channels_last`` / ``train.gradient_checkpointing`` for training). Older configs that
+still hold them load: :func:`split_runtime_keys` is the one place that reads them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+import warnings
+from typing import Any, ClassVar, Literal, Mapping
 
 from diffcore.config import ConfigBase, ConfigError, DiffusionConfig
 
-__all__ = ["UNetConfig", "NORM_GROUPS"]
+__all__ = ["UNetConfig", "NORM_GROUPS", "RUNTIME_KEYS", "split_runtime_keys"]
 
 NORM_GROUPS = 32  # GroupNorm(32) throughout, as in the paper
+
+#: Keys that model configs written before the run-time switches left them still hold: old key -> (the ``train``
+#: field that holds the switch now, the value every such config had unless someone changed it).
+RUNTIME_KEYS: dict[str, tuple[str, bool]] = {
+    "channels_last": ("channels_last", True),
+    "use_checkpoint": ("gradient_checkpointing", False),
+}
+
+
+def split_runtime_keys(model: Mapping[str, Any], where: str = "model") -> tuple[dict[str, Any], dict[str, bool]]:
+    """An older model config without its run-time keys (:data:`RUNTIME_KEYS`), and the switches it asked for that
+    differ from the old defaults, as ``{train field: value}``. The old defaults (channels-last on, no gradient
+    checkpointing) are what the network does anyway, so they are dropped silently; any other value gets a
+    ``DeprecationWarning`` that names the ``train`` field to use instead."""
+    data = dict(model)
+    switches: dict[str, bool] = {}
+    for old, (new, default) in RUNTIME_KEYS.items():
+        if old not in data:
+            continue
+        value = data.pop(old)
+        if value is not None and bool(value) != default:
+            switches[new] = bool(value)
+            warnings.warn(f"config key {where}.{old} is a run-time switch now, not part of the model: set "
+                          f"train.{new}: {str(bool(value)).lower()} instead", DeprecationWarning, stacklevel=3)
+    return data, switches
 
 
 @dataclass
@@ -19,7 +49,8 @@ class UNetConfig(ConfigBase):
     """Everything needed to rebuild a DDPM U-Net for inference: the network and its diffusion process.
 
     ``out_channels`` is derived: ``in_channels`` (ε, x0 or v prediction) or ``2 * in_channels`` when
-    ``learn_sigma`` is set (the prediction and the variance interpolation weight, concatenated on channels).
+    ``learned_variance`` is set (Nichol & Dhariwal 2021's learned Σ; formerly ``learn_sigma``, which older configs
+    may still say): the prediction and the variance interpolation weight, concatenated on channels.
     ``num_classes``: None for an unconditional model; otherwise labels ``0 .. num_classes - 1`` plus the null label
     ``num_classes`` (what ``cond=None`` or a negative label means), which ``class_dropout`` substitutes at random
     while training so that one network gives both terms of classifier-free guidance.
@@ -43,7 +74,7 @@ class UNetConfig(ConfigBase):
 
     image_size: int = 32
     in_channels: int = 3
-    learn_sigma: bool = False
+    learned_variance: bool = False
     base_channels: int = 128
     channel_mult: tuple[int, ...] = (1, 2, 2, 2)
     num_res_blocks: int = 2
@@ -56,9 +87,9 @@ class UNetConfig(ConfigBase):
     scale_shift_norm: bool = False
     num_classes: int | None = None
     class_dropout: float = 0.0
-    use_checkpoint: bool = False
-    channels_last: bool = True
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    RENAMED: ClassVar[dict[str, str]] = {"learn_sigma": "learned_variance"}
 
     PRESETS: ClassVar[dict[str, dict]] = {
         "cifar10": dict(
@@ -82,10 +113,18 @@ class UNetConfig(ConfigBase):
         ),
     }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None = None, *, _where: str = "") -> "UNetConfig":
+        """:meth:`ConfigBase.from_dict`, reading an older config's run-time keys with :func:`split_runtime_keys`
+        (their values are not applied here: they are how a network runs, set by ``UNet.set_runtime``)."""
+        if isinstance(data, Mapping):
+            data = split_runtime_keys(data, _where or "model")[0]
+        return super().from_dict(data, _where=_where)
+
     @property
     def out_channels(self) -> int:
-        """Channels of the network output: ``in_channels``, doubled when ``learn_sigma``."""
-        return self.in_channels * (2 if self.learn_sigma else 1)
+        """Channels of the network output: ``in_channels``, doubled when ``learned_variance``."""
+        return self.in_channels * (2 if self.learned_variance else 1)
 
     @property
     def resolutions(self) -> tuple[int, ...]:
@@ -142,9 +181,8 @@ class UNetConfig(ConfigBase):
             raise ConfigError(f"num_classes must be null or at least 1, got {self.num_classes}")
         if not 0.0 <= self.class_dropout < 1.0:
             raise ConfigError(f"class_dropout must be in [0, 1), got {self.class_dropout}")
-        if self.learn_sigma and self.diffusion.prediction != "eps":
-            raise ConfigError(
-                f"learn_sigma (the hybrid loss) needs diffusion.prediction = 'eps', got {self.diffusion.prediction!r}"
-            )
+        if self.learned_variance and self.diffusion.prediction != "eps":
+            raise ConfigError(f"learned_variance (the hybrid loss) needs diffusion.prediction = 'eps', got "
+                              f"{self.diffusion.prediction!r}")
         if self.class_dropout > 0 and self.num_classes is None:
             raise ConfigError("class_dropout > 0 needs num_classes (an unconditional model has no label to drop)")

@@ -20,10 +20,12 @@ Notation (the paper's TF code → this module):
 
 Improvements that are off by default so that the ``cifar10`` preset is the paper's network exactly (35.7M
 parameters): ``scale_shift_norm`` (adaptive group norm, Nichol & Dhariwal 2021 / Dhariwal & Nichol 2021),
-multi-head attention (``num_heads`` / ``num_head_channels``), ``learn_sigma`` (2× output channels: ε and the
+multi-head attention (``num_heads`` / ``num_head_channels``), ``learned_variance`` (2× output channels: ε and the
 interpolation weight v of Σ for the hybrid loss, Eq. 15 of Nichol & Dhariwal 2021), class conditioning with a
-reserved null label for classifier-free guidance (Ho & Salimans 2022), activation checkpointing and
-channels-last memory layout.
+reserved null label for classifier-free guidance (Ho & Salimans 2022).
+
+Run-time switches (:meth:`UNet.set_runtime`; how the network runs, not what it computes, so they are neither in the
+config nor in the state dict): channels-last memory layout (on by default) and gradient checkpointing (off).
 """
 
 from __future__ import annotations
@@ -87,13 +89,11 @@ class ResBlock(nn.Module):
     Shapes: ``x [B, in_ch, H, W]``, ``emb [B, emb_dim]`` → ``[B, out_ch, H, W]``.
     """
 
-    def __init__(
-        self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, scale_shift_norm: bool = False,
-        use_checkpoint: bool = False,
-    ) -> None:
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, scale_shift_norm: bool = False) -> None:
         super().__init__()
         self.scale_shift_norm = scale_shift_norm
-        self.use_checkpoint = use_checkpoint
+        #: Recompute this block in the backward pass (set by :meth:`UNet.set_runtime`).
+        self.gradient_checkpointing = False
         self.norm1 = _norm(in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if scale_shift_norm else out_ch)
@@ -103,7 +103,7 @@ class ResBlock(nn.Module):
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        if self.use_checkpoint and torch.is_grad_enabled():
+        if self.gradient_checkpointing and torch.is_grad_enabled():
             return checkpoint(self._forward, x, emb, use_reentrant=False)
         return self._forward(x, emb)
 
@@ -130,18 +130,19 @@ class AttentionBlock(nn.Module):
     Shapes: ``x [B, C, H, W]`` → ``[B, C, H, W]``.
     """
 
-    def __init__(self, channels: int, num_heads: int = 1, use_checkpoint: bool = False) -> None:
+    def __init__(self, channels: int, num_heads: int = 1) -> None:
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"{channels} channels cannot be split into {num_heads} heads")
         self.num_heads = num_heads
-        self.use_checkpoint = use_checkpoint
+        #: Recompute this block in the backward pass (set by :meth:`UNet.set_runtime`).
+        self.gradient_checkpointing = False
         self.norm = _norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
-        if self.use_checkpoint and torch.is_grad_enabled():
+        if self.gradient_checkpointing and torch.is_grad_enabled():
             return checkpoint(self._forward, x, use_reentrant=False)
         return self._forward(x)
 
@@ -207,7 +208,7 @@ class UNet(nn.Module):
     means the null label (unconditional branch of classifier-free guidance). In training mode each label is
     replaced by the null label with probability ``config.class_dropout``.
     H and W may differ from ``config.image_size`` (the network is fully convolutional) if divisible by
-    ``2**(len(channel_mult) - 1)``.
+    ``2**(len(channel_mult) - 1)``. How it runs is switched by :meth:`set_runtime` (channels-last on by default).
     """
 
     def __init__(self, config: UNetConfig) -> None:
@@ -216,14 +217,13 @@ class UNet(nn.Module):
         cfg = config
         ch = cfg.base_channels
         emb_dim = 4 * ch
-        ckpt = cfg.use_checkpoint
         with_conv = cfg.resample == "conv"
 
         def res(cin: int, cout: int) -> ResBlock:
-            return ResBlock(cin, cout, emb_dim, cfg.dropout, cfg.scale_shift_norm, ckpt)
+            return ResBlock(cin, cout, emb_dim, cfg.dropout, cfg.scale_shift_norm)
 
         def attn(c: int) -> AttentionBlock:
-            return AttentionBlock(c, cfg.heads_at(c), ckpt)
+            return AttentionBlock(c, cfg.heads_at(c))
 
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes is not None else None
@@ -260,8 +260,25 @@ class UNet(nn.Module):
 
         self.norm_out = _norm(cur)
         self.conv_out = _zero(nn.Conv2d(cur, cfg.out_channels, 3, padding=1))
-        if cfg.channels_last:
-            self.to(memory_format=torch.channels_last)
+        #: Run-time switches (module docstring), set by :meth:`set_runtime`; not in the state dict or the config.
+        self.channels_last = False
+        self.gradient_checkpointing = False
+        self.set_runtime(channels_last=True)
+
+    def set_runtime(self, *, channels_last: bool | None = None, gradient_checkpointing: bool | None = None) -> None:
+        """Switch how the network runs (``None`` leaves a switch as it is): ``channels_last``, the channels-last
+        memory format of the weights and of the input (NHWC, what cuDNN and oneDNN convolve fastest; on by
+        default); ``gradient_checkpointing``, recomputing each residual and attention block in the backward pass
+        instead of keeping its activations (less memory, one more forward pass; only while gradients are
+        recorded). Neither changes the function, the weights or the config."""
+        if channels_last is not None:
+            self.channels_last = bool(channels_last)
+            self.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        if gradient_checkpointing is not None:
+            self.gradient_checkpointing = bool(gradient_checkpointing)
+            for block in self.modules():
+                if isinstance(block, (ResBlock, AttentionBlock)):
+                    block.gradient_checkpointing = self.gradient_checkpointing
 
     @property
     def null_label(self) -> int | None:
@@ -308,7 +325,7 @@ class UNet(nn.Module):
         elif cond is not None:
             raise ValueError("this model is unconditional (num_classes is null) but cond was given")
 
-        if cfg.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         h = self.conv_in(x)
         skips = [h]

@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from diffcore.config import ConfigBase, ConfigError, load_recipe
 from diffcore.split import HoldoutScheme
 from diffcore.split import holdout_indices as _holdout_indices
 from diffcore.train import TrainConfig
-from diffimage.config import UNetConfig
+from diffimage.config import UNetConfig, split_runtime_keys
 
 __all__ = [
     "ImageDataConfig",
@@ -121,6 +121,18 @@ class ImageRecipe(ConfigBase):
     data: ImageDataConfig = field(default_factory=ImageDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: ImageSampleConfig = field(default_factory=ImageSampleConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None = None, *, _where: str = "") -> "ImageRecipe":
+        """:meth:`ConfigBase.from_dict`; a recipe whose ``model`` section still holds the run-time switches of older
+        versions has the ones it changed moved to its ``train`` section (:func:`~diffimage.config.split_runtime_keys`;
+        ``model.use_checkpoint`` becomes ``train.gradient_checkpointing``), so a resumed run keeps them."""
+        if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
+            model, switches = split_runtime_keys(data["model"], "model")
+            data = {**data, "model": model}
+            if switches and (data.get("train") is None or isinstance(data["train"], Mapping)):
+                data["train"] = {**switches, **(data.get("train") or {})}
+        return super().from_dict(data, _where=_where)
 
     def __post_init__(self) -> None:
         if self.sample.guidance_scale != 1.0 and self.model.num_classes is None:

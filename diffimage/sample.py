@@ -32,7 +32,7 @@ def denoiser_of(model: nn.Module, schedule: NoiseSchedule | None = None) -> Deno
     ``diffusion`` parameterisation and learned variance around ``model``; ``schedule`` replaces the configured
     one (VP only)."""
     cfg = model.config
-    den = denoiser_from_config(cfg.diffusion, model, learned_variance=cfg.learn_sigma)
+    den = denoiser_from_config(cfg.diffusion, model, learned_variance=cfg.learned_variance)
     if schedule is not None:
         if isinstance(den, EDMDenoiser):
             raise ValueError("an EDM model has no discrete schedule to replace")

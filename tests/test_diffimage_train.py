@@ -213,11 +213,11 @@ def test_validation_hook_reports_the_api_bits_per_dim(tmp_path):
 
 
 def test_learned_variance_trains_with_the_hybrid_loss_and_samples(tmp_path):
-    """A learn_sigma network: the task's loss is L_simple + λ T L_vlb with the discretised decoder (Nichol &
+    """A learned-variance network: the task's loss is L_simple + λ T L_vlb with the discretised decoder (Nichol &
     Dhariwal 2021), its bits/dim uses the learned variance, and every sampler takes its ε half."""
     from diffcore.losses import hybrid_loss_terms
 
-    recipe = tiny_recipe(model={"learn_sigma": True, "num_classes": 4, "class_dropout": 0.2},
+    recipe = tiny_recipe(model={"learned_variance": True, "num_classes": 4, "class_dropout": 0.2},
                          train={"max_steps": 2})
     task = ImageTask(recipe)
     model = task.build_model()

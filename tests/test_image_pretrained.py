@@ -7,6 +7,7 @@ import fnmatch
 import json
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,12 @@ else:  # pragma: no cover
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "mnist-small"
+
+
+def test_the_shipped_model_loads_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. a DeprecationWarning for a renamed config key
+        di.load(NAME, "cpu")
 
 
 def test_the_shipped_model_is_listed_and_loads_by_name_offline():

@@ -82,23 +82,23 @@ def test_every_preset_maps_images_to_same_shape(name):
 
 def test_parameter_count_matches_layer_by_layer_count_for_other_shapes():
     cfg = UNetConfig(image_size=16, in_channels=1, base_channels=64, channel_mult=(1, 3), num_res_blocks=3,
-                     attention_resolutions=(16, 8), learn_sigma=True)
+                     attention_resolutions=(16, 8), learned_variance=True)
     n = sum(p.numel() for p in UNet(cfg).parameters())
     assert n == _ddpm_param_count(64, (1, 3), 3, (16, 8), 16, 1, 2)
 
 
-def test_learn_sigma_doubles_output_channels_and_variants_keep_shapes():
+def test_learned_variance_doubles_output_channels_and_variants_keep_shapes():
     x = torch.randn(2, 3, 16, 16)
     t = torch.tensor([3, 7])
     for cfg in [
-        _tiny(learn_sigma=True),
+        _tiny(learned_variance=True),
         _tiny(resample="resample"),
         _tiny(scale_shift_norm=True),
         _tiny(num_head_channels=32, channel_mult=(1, 2, 4), image_size=16, attention_resolutions=(8, 4)),
     ]:
         y = _perturb(UNet(cfg)).eval()(x, t)
         assert y.shape == (2, cfg.out_channels, 16, 16)
-    assert _tiny(learn_sigma=True).out_channels == 6
+    assert _tiny(learned_variance=True).out_channels == 6
     # non-square inputs other than image_size work too (fully convolutional)
     y = _perturb(UNet(_tiny())).eval()(torch.randn(1, 3, 8, 24), torch.tensor([1]))
     assert y.shape == (1, 3, 8, 24)
@@ -187,8 +187,10 @@ def test_batch_elements_are_independent():
 
 
 def test_channels_last_does_not_change_the_function():
-    ref = _perturb(UNet(_tiny(channels_last=False))).eval()
-    cl = UNet(_tiny(channels_last=True)).eval()
+    ref = _perturb(UNet(_tiny())).eval()
+    ref.set_runtime(channels_last=False)
+    cl = UNet(_tiny()).eval()
+    cl.set_runtime(channels_last=True)
     cl.load_state_dict(ref.state_dict())
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([0, 3])
     with torch.no_grad():
@@ -196,8 +198,10 @@ def test_channels_last_does_not_change_the_function():
 
 
 def test_activation_checkpointing_gives_the_same_gradients():
-    plain = _perturb(UNet(_tiny(channels_last=False)))
-    ckpt = UNet(_tiny(channels_last=False, use_checkpoint=True))
+    plain = _perturb(UNet(_tiny()))
+    plain.set_runtime(channels_last=False)
+    ckpt = UNet(_tiny())
+    ckpt.set_runtime(channels_last=False, gradient_checkpointing=True)
     ckpt.load_state_dict(plain.state_dict())
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([2, 8])
     grads = []
@@ -231,21 +235,22 @@ def test_class_conditioning_and_null_label():
         model(x, t, torch.tensor([1.0, 2.0]))
 
 
-@pytest.mark.parametrize("learn_sigma", [False, True])
-def test_classifier_free_guidance_with_the_null_label(learn_sigma):
+@pytest.mark.parametrize("learned_variance", [False, True])
+def test_classifier_free_guidance_with_the_null_label(learned_variance):
     from diffcore.guidance import ClassifierFreeGuidance
 
-    model = _perturb(UNet(_tiny(num_classes=4, class_dropout=0.1, learn_sigma=learn_sigma))).eval()
+    model = _perturb(UNet(_tiny(num_classes=4, class_dropout=0.1, learned_variance=learned_variance))).eval()
     x, t, y = torch.randn(3, 3, 16, 16), torch.tensor([1, 10, 100]), torch.tensor([0, 2, 3])
     with torch.no_grad():
         cond, uncond = model(x, t, y), model(x, t)
-        batched = ClassifierFreeGuidance(model, 2.5, null_cond=model.null_label, learned_variance=learn_sigma)(x, t, y)
-        two_pass = ClassifierFreeGuidance(model, 2.5, null_cond=None, learned_variance=learn_sigma)(x, t, y)
+        lv = learned_variance
+        batched = ClassifierFreeGuidance(model, 2.5, null_cond=model.null_label, learned_variance=lv)(x, t, y)
+        two_pass = ClassifierFreeGuidance(model, 2.5, null_cond=None, learned_variance=lv)(x, t, y)
     assert batched.shape == (3, model.config.out_channels, 16, 16)
     eps = uncond[:, :3] + 2.5 * (cond[:, :3] - uncond[:, :3])
     torch.testing.assert_close(batched[:, :3], eps, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(two_pass, batched, rtol=1e-4, atol=1e-5)
-    if learn_sigma:  # the variance half comes from the conditional branch
+    if learned_variance:  # the variance half comes from the conditional branch
         torch.testing.assert_close(batched[:, 3:], cond[:, 3:], rtol=1e-4, atol=1e-5)
 
 
@@ -293,7 +298,7 @@ def test_wrong_input_shapes_are_reported():
         (dict(num_res_blocks=0), "num_res_blocks"),
         (dict(channel_mult=()), "at least one level"),
         (dict(resample="pixelshuffle"), "resample"),
-        (dict(learn_sigma=True, diffusion={"prediction": "v"}), "learn_sigma.*'eps'"),
+        (dict(learned_variance=True, diffusion={"prediction": "v"}), "learned_variance.*'eps'"),
     ],
 )
 def test_config_rejects_inconsistent_fields(overrides, msg):
@@ -302,7 +307,7 @@ def test_config_rejects_inconsistent_fields(overrides, msg):
 
 
 def test_config_round_trip_and_diffusion_default():
-    cfg = UNetConfig.preset("cifar10", num_classes=10, class_dropout=0.1, learn_sigma=True)
+    cfg = UNetConfig.preset("cifar10", num_classes=10, class_dropout=0.1, learned_variance=True)
     d = cfg.to_dict()
     assert d["channel_mult"] == [1, 2, 2, 2] and d["diffusion"]["num_steps"] == 1000
     assert UNetConfig.from_dict(d) == cfg
@@ -314,3 +319,36 @@ def test_config_round_trip_and_diffusion_default():
     a = UNet(cfg)
     b = UNet(UNetConfig.from_dict(d))
     assert [(k, v.shape) for k, v in a.state_dict().items()] == [(k, v.shape) for k, v in b.state_dict().items()]
+
+
+def test_set_runtime_switches_layout_and_checkpointing_without_touching_the_config():
+    model = UNet(_tiny())
+    conv = model.conv_in.weight
+    assert model.channels_last and not model.gradient_checkpointing  # the defaults
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    model.set_runtime(channels_last=False)
+    assert not model.channels_last and model.conv_in.weight.is_contiguous()
+    model.set_runtime(gradient_checkpointing=True)  # None: channels_last unchanged
+    assert not model.channels_last and model.gradient_checkpointing
+    blocks = [m for m in model.modules() if hasattr(m, "gradient_checkpointing") and m is not model]
+    assert blocks and all(b.gradient_checkpointing for b in blocks)
+    model.set_runtime(gradient_checkpointing=False)
+    assert not any(b.gradient_checkpointing for b in blocks)
+    d = model.config.to_dict()
+    assert not {"channels_last", "use_checkpoint", "gradient_checkpointing", "learn_sigma"} & set(d)
+
+
+def test_older_configs_load_with_their_old_keys(recwarn):
+    old = _tiny(learned_variance=True).to_dict()
+    old["learn_sigma"] = old.pop("learned_variance")
+    old.update(channels_last=True, use_checkpoint=False)  # what every older config stored
+    with pytest.warns(DeprecationWarning, match="learn_sigma is now called learned_variance"):
+        cfg = UNetConfig.from_dict(old)
+    assert cfg == _tiny(learned_variance=True)
+    assert not [w for w in recwarn if "run-time switch" in str(w.message)]  # the old defaults say nothing
+    for key, value, field in (("use_checkpoint", True, "gradient_checkpointing"), ("channels_last", False,
+                                                                                      "channels_last")):
+        with pytest.warns(DeprecationWarning, match=rf"model\.{key} is a run-time switch now.*train\.{field}"):
+            assert UNetConfig.from_dict({**_tiny().to_dict(), key: value}) == _tiny()
+    with pytest.raises(ConfigError, match="give learned_variance only"):
+        UNetConfig.from_dict({"learn_sigma": True, "learned_variance": True})
