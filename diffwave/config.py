@@ -33,7 +33,7 @@ from diffcore.config import ConfigBase, ConfigError, DiffusionConfig
 from diffwave.mel import MelConfig
 from diffwave.prior import PriorConfig
 
-__all__ = ["DiffWaveConfig", "suggest_upsample_strides", "training_betas"]
+__all__ = ["DiffWaveConfig", "suggest_upsample_strides"]
 
 _INFER_BASE = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5]
 _INFER_LARGE = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.7]
@@ -78,16 +78,6 @@ def suggest_upsample_strides(hop_length: int, stages: int = 2) -> tuple[int, ...
         rest //= d
     strides.append(rest)
     return tuple(sorted(strides))
-
-
-def training_betas(diffusion: DiffusionConfig) -> np.ndarray:
-    """β_1 … β_T of a training schedule in float64 [T] (closed form for ``linear``; otherwise the schedule module)."""
-    if diffusion.schedule == "linear":
-        return np.linspace(diffusion.beta_start, diffusion.beta_end, diffusion.num_steps, dtype=np.float64)
-    explicit = getattr(diffusion, "betas", None)
-    if explicit is not None:
-        return np.asarray(explicit, dtype=np.float64)
-    return np.asarray(diffusion.build().betas, dtype=np.float64)
 
 
 @dataclass
@@ -207,7 +197,7 @@ class DiffWaveConfig(ConfigBase):
             raise ConfigError(f"inference_betas must be a non-empty list of values in (0, 1), "
                               f"got {list(self.inference_betas)}")
         gamma_bar = np.cumprod(1.0 - eta)
-        alpha_bar = np.cumprod(1.0 - training_betas(self.diffusion))
+        alpha_bar = self.diffusion.build().alphas_cumprod
         tol = 1e-12
         bad = [i for i, g in enumerate(gamma_bar) if not alpha_bar[-1] - tol <= g <= alpha_bar[0] + tol]
         if bad:

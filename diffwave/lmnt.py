@@ -24,7 +24,7 @@ from torch import Tensor
 
 from diffcore.checkpoint import expected_state, first_shape_mismatch, load_error_detail
 from diffcore.config import ConfigError, DiffusionConfig
-from diffwave.config import DiffWaveConfig, training_betas
+from diffwave.config import DiffWaveConfig
 from diffwave.model import DiffWave, step_embedding_table
 
 __all__ = [
@@ -288,7 +288,7 @@ def _check_lmnt_compatible(config: DiffWaveConfig) -> None:
 def lmnt_params(config: DiffWaveConfig) -> dict[str, Any]:
     """lmnt hyper-parameters (its ``params.py`` keys) for ``config``; raises ValueError if lmnt cannot express it."""
     _check_lmnt_compatible(config)
-    betas = training_betas(config.diffusion)
+    betas = config.diffusion.build().betas
     mel = config.mel
     return {
         "batch_size": 16,
