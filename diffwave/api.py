@@ -1,4 +1,6 @@
-"""Python API: load a trained DiffWave (run folder, checkpoint, export folder or lmnt checkpoint) and use it.
+"""Python API: load a trained DiffWave (run folder, checkpoint, export folder or lmnt checkpoint) and use it;
+write exports (:func:`save_export`, :func:`export_run`, :func:`import_lmnt`); the evaluation functions of
+:mod:`diffwave.evaluate` are re-exported here.
 
     import diffwave.api as dw
     voc = dw.load("runs/ljspeech")                  # the latest checkpoint's EMA weights, on the GPU if there is one
@@ -30,11 +32,11 @@ from diffcore.checkpoint import (
 )
 from diffcore.utils import resolve_device
 from diffwave.config import DiffWaveConfig
+from diffwave.evaluate import evaluate_generation, evaluate_resynthesis_files
 from diffwave.mel import compute_mel, validate_mel
 from diffwave.model import DiffWave
-from diffwave.evaluate import evaluate_generation, evaluate_resynthesis_files
 from diffwave.pretrained import SHIPPED, available_models
-from diffwave.sample import DEFAULT_MAX_FRAMES, Fast, Steps, generate_audio, vocode_mels
+from diffwave.sample import DEFAULT_MAX_FRAMES, Inference, Steps, generate_audio, vocode_mels
 
 __all__ = ["Vocoder", "available_models", "load", "save_export", "export_run", "import_lmnt", "resolve_device",
            "evaluate_resynthesis_files", "evaluate_generation"]
@@ -122,7 +124,7 @@ class Vocoder:
         max_frames: int | None = DEFAULT_MAX_FRAMES,
         batch_size: int = 16,
         progress: bool = False,
-        fast: Fast = None,
+        inference: Inference = None,
         numpy: bool | None = None,
     ) -> Any:
         """Waveforms for mels, in the shapes TTS front ends hand over:
@@ -139,8 +141,8 @@ class Vocoder:
         paper's presets) or ``full`` (all T training steps). ``generator``: the noise source, on the model's device
         (default: the global RNG). Mels longer than ``max_frames`` are vocoded in exact overlapping chunks (see
         :mod:`diffwave.sample`). Raises :class:`~diffwave.mel.MelError` naming the preset the model expects when a
-        mel does not fit it, and ``ValueError`` for inconsistent shapes or lengths. ``fast``: the inference fast
-        paths (:mod:`diffwave.sample`; default on, ``"off"`` = eager float32). ``numpy``: return numpy arrays
+        mel does not fit it, and ``ValueError`` for inconsistent shapes or lengths. ``inference``: the inference
+        speed-ups (:mod:`diffwave.sample`; default on, ``"eager"`` = eager float32). ``numpy``: return numpy arrays
         (default: numpy when the input was numpy). Returns float32 audio in [-1, 1] on the CPU.
         """
         if not self.conditional:
@@ -152,13 +154,13 @@ class Vocoder:
                 return []
             as_np = all(isinstance(m, np.ndarray) for m in mel) if numpy is None else numpy
             items = [self._checked_mel(m, f"mel[{i}]", 2) for i, m in enumerate(mel)]
-            wavs = self._vocode_list(items, steps, generator, max_frames, batch_size, progress, fast)
+            wavs = self._vocode_list(items, steps, generator, max_frames, batch_size, progress, inference)
             return [w.numpy() for w in wavs] if as_np else wavs
         as_np = isinstance(mel, np.ndarray) if numpy is None else numpy
         if lengths is None:
             mel_t = self._checked_mel(mel, "mel", None)
             batch = list(mel_t) if mel_t.ndim == 3 else [mel_t]
-            out = torch.stack(self._vocode_list(batch, steps, generator, max_frames, batch_size, progress, fast))
+            out = torch.stack(self._vocode_list(batch, steps, generator, max_frames, batch_size, progress, inference))
             out = out if mel_t.ndim == 3 else out[0]
             return out.numpy() if as_np else out
         mel_t = self._checked_mel(mel, "mel", 3)
@@ -170,7 +172,7 @@ class Vocoder:
             raise ValueError(f"lengths must lie in [1, {mel_t.shape[-1]}] (the padded batch's frames), "
                              f"got {frames.tolist()}")
         wavs = self._vocode_list([m[:, : int(f)] for m, f in zip(mel_t, frames)], steps, generator, max_frames,
-                                 batch_size, progress, fast)
+                                 batch_size, progress, inference)
         hop = self.hop_length
         out = torch.zeros(mel_t.shape[0], mel_t.shape[-1] * hop)
         for i, w in enumerate(wavs):
@@ -186,19 +188,20 @@ class Vocoder:
         validate_mel(mel_t, self.config.mel, source=source)
         return mel_t.float()
 
-    def _vocode_list(self, mels: list[Tensor], steps, generator, max_frames, batch_size, progress, fast) -> list[Tensor]:
+    def _vocode_list(self, mels: list[Tensor], steps, generator, max_frames, batch_size, progress,
+                     inference) -> list[Tensor]:
         wavs = vocode_mels(self.model, mels, steps, generator=generator, max_frames=max_frames,
-                           batch_size=batch_size, progress=progress, fast=fast)
+                           batch_size=batch_size, progress=progress, inference=inference)
         return [w.float().cpu() for w in wavs]
 
     def generate(
         self, n: int, generator: torch.Generator | None = None, steps: Steps = "fast", *, length: int | None = None,
-        progress: bool = False, fast: Fast = None,
+        progress: bool = False, inference: Inference = None,
     ) -> Tensor:
         """``n`` clips ``[n, length]`` (default ``config.audio_length``) from an unconditional model, on the CPU
-        (``fast``: as in :meth:`vocode`)."""
+        (``inference``: as in :meth:`vocode`)."""
         return generate_audio(self.model, n, steps, generator=generator, length=length, progress=progress,
-                              fast=fast).cpu()
+                              inference=inference).cpu()
 
     def save(self, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write this model as an export folder (``config.json`` + ``model.safetensors``) that :func:`load` reads;
