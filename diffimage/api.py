@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 from torch import Tensor
 
-from diffcore.checkpoint import atomic_write, load_for_inference, rebuild_model
+from diffcore.checkpoint import check_export_target, export, load_for_inference, rebuild_model, write_export
 from diffcore.config import ConfigError
 from diffcore.utils import resolve_device
 from diffimage.config import UNetConfig
@@ -39,6 +39,7 @@ __all__ = [
     "ImageModel",
     "available_models",
     "load",
+    "export_run",
     "resolve_device",
     "UNet",
     "UNetConfig",
@@ -171,24 +172,11 @@ class ImageModel:
         ``load(out_dir)`` gives a model whose samples equal this one's for the same generator (exactly for float32;
         within float16 rounding otherwise).
         """
-        import json
-
-        from safetensors.torch import save as save_safetensors
-
-        from diffcore.checkpoint import EXPORT_CONFIG, EXPORT_WEIGHTS, FORMAT_VERSION
-
         info = dict(self.info)
         info["model"] = self.config.to_dict()  # the network these weights belong to, whatever info said
-        text = json.dumps(info, indent=2) + "\n"
-        tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-                   .clone() for k, v in self.model.state_dict().items()}
-        meta = {"format": f"diffstack-export-{FORMAT_VERSION}", "source": "ImageModel.save",
-                "dtype": str(dtype or "unchanged").replace("torch.", ""), **dict(metadata or {})}
-        blob = save_safetensors(tensors, metadata=meta)
-        out = Path(out_dir)
-        atomic_write(out / EXPORT_WEIGHTS, lambda f: f.write(blob))
-        atomic_write(out / EXPORT_CONFIG, lambda f: f.write(text.encode()))
-        return out
+        meta = {"source": "ImageModel.save", "dtype": str(dtype or "unchanged").replace("torch.", ""),
+                **dict(metadata or {})}
+        return write_export(out_dir, self.model.state_dict(), info, dtype=dtype, metadata=meta)
 
     def bits_per_dim(
         self,
@@ -206,6 +194,27 @@ class ImageModel:
             labels = None
         return nll_bits_per_dim(denoiser_of(self.model, self.schedule), images, labels, generator=generator,
                                 batch_size=batch_size, progress=progress)
+
+
+def export_run(source: str | os.PathLike, out_dir: str | os.PathLike,
+               dtype: Literal["fp32", "fp16"] = "fp32") -> tuple[ImageModel, Path]:
+    """Export a run folder's (latest) or a checkpoint's EMA weights, after checking that ``source`` holds an image
+    model, then load the export back as a check. ``fp32``: the stored weights as they are
+    (:func:`diffcore.checkpoint.export`); ``fp16``: cast to float16 (half the file; :func:`load` widens them back),
+    with the checkpoint's step in the metadata. Returns ``(the model loaded from source, the export folder)``."""
+    model = load(source, "cpu")  # an image model, before anything is written
+    if dtype == "fp16":
+        from diffcore.checkpoint import find_latest, load_checkpoint
+
+        check_export_target(out_dir)
+        src = Path(source)
+        ckpt = src if src.is_file() else find_latest(src)
+        step = str(int(load_checkpoint(ckpt)["step"])) if ckpt is not None else "unknown"
+        out = model.save(out_dir, dtype=torch.float16, metadata={"step": step, "source": "ema"})
+    else:
+        out = export(source, out_dir)
+    load(out, "cpu")
+    return model, out
 
 
 def available_models() -> list[str]:

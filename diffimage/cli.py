@@ -254,8 +254,7 @@ def cmd_evaluate(argv: list[str]) -> int:
 
 
 def cmd_export(argv: list[str]) -> int:
-    from diffcore.checkpoint import export
-    from diffimage.api import load
+    from diffimage.api import export_run
 
     p = _parser("export", "Export a run's EMA weights as config.json + model.safetensors.")
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run folder (its latest checkpoint) or a .pt file")
@@ -263,20 +262,7 @@ def cmd_export(argv: list[str]) -> int:
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
                    help="weights as stored (fp32, default) or cast to float16 (half the file; loaded as float32)")
     args = p.parse_args(argv)
-    model = load(args.source, "cpu")  # checks that it is an image model before writing anything
-    if args.dtype == "fp16":
-        import torch
-
-        from diffcore.checkpoint import check_export_target, find_latest, load_checkpoint
-
-        check_export_target(args.out)
-        src = Path(args.source)
-        ckpt = src if src.is_file() else find_latest(src)
-        step = str(int(load_checkpoint(ckpt)["step"])) if ckpt is not None else "unknown"
-        out = model.save(args.out, dtype=torch.float16, metadata={"step": step, "source": "ema"})
-    else:
-        out = export(args.source, args.out)
-    load(out, "cpu")
+    model, out = export_run(args.source, args.out, args.dtype)
     print(f"exported {model!r} -> {out}")
     return 0
 

@@ -218,3 +218,19 @@ def test_recipes_load_and_the_quickstart_yaml_is_the_quickstart(shared_data):
     mnist = load_image_recipe(REPO / "recipes" / "mnist.yaml", ["data.limit=200"], data=mnist_npz)
     train, held = build_datasets(mnist.data, mnist.model)
     assert len(train) == 200 - 64 and len(held) == 64 and train[0]["image"].shape == (1, 28, 28)
+
+
+def test_a_recipe_from_before_the_run_time_switches_left_the_model_keeps_them_in_train():
+    from diffimage.config import UNetConfig
+
+    old = {"model": {"preset": "tiny", "learn_sigma": True, "use_checkpoint": True, "channels_last": False}}
+    with pytest.warns(DeprecationWarning, match="use_checkpoint is a run-time switch"):
+        recipe = ImageRecipe.from_dict(old)
+    assert recipe.model == UNetConfig.preset("tiny", learned_variance=True)
+    assert recipe.train.gradient_checkpointing is True and recipe.train.channels_last is False
+    # what the train section says itself wins; the old defaults (channels-last, no checkpointing) say nothing
+    old["train"] = {"gradient_checkpointing": False}
+    with pytest.warns(DeprecationWarning):
+        assert ImageRecipe.from_dict(old).train.gradient_checkpointing is False
+    plain = ImageRecipe.from_dict({"model": {"preset": "tiny", "use_checkpoint": False, "channels_last": True}})
+    assert plain.train == ImageRecipe().train
