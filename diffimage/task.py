@@ -4,8 +4,9 @@ Loss (per example, ``[B]``): diffcore's :func:`~diffcore.losses.diffusion_loss` 
 settings — the simple loss of Ho et al. 2020 (eq. 14, Algorithm 1) on ε, x_0 or v, optionally min-SNR-γ weighted,
 or, for a ``learned_variance`` network, the hybrid loss L_simple + λ L_vlb of Nichol & Dhariwal 2021 (§3.1) with the
 8-bit discretised decoder for L_0; with ``diffusion.edm``, EDM's preconditioned loss (Karras et al. 2022, eq. 8 with
-log-normal σ). The network is wrapped in its denoiser (:func:`diffimage.sample.denoiser_of`). A class-conditional network receives the labels; it drops them itself with
-probability ``model.class_dropout`` (the null label), which is what classifier-free guidance needs.
+log-normal σ). The network is wrapped in its denoiser (:func:`diffimage.sample.denoiser_of`). A class-conditional
+network receives the labels; it drops them itself with probability ``model.class_dropout`` (the null label), which
+is what classifier-free guidance needs.
 
 Hooks (EMA weights, rank 0 only — they use no collective operation, so the other ranks skip them):
 
