@@ -1,7 +1,7 @@
-"""DiffWave benchmarks: vocoding speed (× real time) and training speed (steps/s), eager fp32 vs the fast paths.
+"""DiffWave benchmarks: vocoding speed (× real time) and training speed (steps/s), eager fp32 vs the inference speed-ups.
 
 The network is untrained (speed does not depend on the weights) except that its last layer gets He-normal weights
-instead of zeros, so that its output is not identically zero and the deviation of a fast path from the float32
+instead of zeros, so that its output is not identically zero and the deviation of a speed-up from the float32
 output (log-mel L1 and SNR of the waveform) is a real measurement. The mels are those of LJSpeech clips from the
 shared data folder when it is there (else a smooth random mel), and the same generator seed drives every variant,
 so two variants differ only by their arithmetic.
@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import Budget, Report, Row, data_root, run_variant, snr_db, sync, time_call
-from diffcore.fast import FastConfig, FastInference, autocast
+from diffcore.inference import InferenceConfig, InferenceRunner
+from diffcore.precision import autocast
 from diffcore.losses import diffusion_loss
 from diffcore.denoiser import VPDenoiser
 from diffcore.discretization import fast_schedule
@@ -70,10 +71,10 @@ def speech(cfg: DiffWaveConfig, batch: int, frames: int, seed: int = 0) -> tuple
 
 @dataclass
 class VocodeVariant:
-    """A named FastConfig; ``baseline`` marks the eager fp32 reference."""
+    """A named InferenceConfig; ``baseline`` marks the eager fp32 reference."""
 
     name: str
-    config: FastConfig
+    config: InferenceConfig
     baseline: bool = False
 
 
@@ -122,20 +123,20 @@ def bench_vocode(
             continue
 
         def run(variant: VocodeVariant = variant, row: Row = row) -> None:
-            fast = FastInference(model, device, variant.config)
-            row.settings.update(fast.describe())
+            runner = InferenceRunner(model, device, variant.config)
+            row.settings.update(runner.describe())
             mel_d = mel.to(device)
 
             def vocode() -> torch.Tensor:
                 gen = torch.Generator(device).manual_seed(1234)
-                cond = fast.prepare_condition(mel_d)
-                den = VPDenoiser(fast, train_schedule, prediction=cfg.diffusion.prediction)
+                cond = runner.prepare_condition(mel_d)
+                den = VPDenoiser(runner, train_schedule, prediction=cfg.diffusion.prediction)
                 if schedule == "fast":
                     return ddpm_sample(den, (batch, length), fast_schedule(train_schedule, cfg.inference_betas),
                                        variance="posterior", cond=cond, generator=gen, device=device)
                 return ddpm_sample(den, (batch, length), cond=cond, generator=gen, device=device)
 
-            with fast.context():
+            with runner.context():
                 out = {}
 
                 def timed() -> None:
@@ -143,7 +144,7 @@ def bench_vocode(
 
                 cpu_times: list[float] = []
                 # eager CPU runs need no warm-up (no compilation, no autotuning) and each takes seconds
-                n_warm = warmup if device.type == "cuda" or fast.compiled else 0
+                n_warm = warmup if device.type == "cuda" or runner.compiled else 0
                 times = time_call(timed, device, warmup=n_warm, repeats=repeats, budget=budget, cpu_times=cpu_times)
                 y = out["y"][0].float().cpu()
             row.seconds = times

@@ -17,7 +17,7 @@ import torch
 
 from benchmarks.bench_diffwave import TrainVariant, bench_train, train_trial
 from benchmarks.common import Budget, Report, Row, data_root, run_variant, time_call
-from diffcore.fast import FastConfig, FastInference
+from diffcore.inference import InferenceConfig, InferenceRunner
 from diffimage.config import UNetConfig
 from diffimage.model import UNet
 
@@ -85,7 +85,7 @@ def bench_unet_train(
 @dataclass
 class ForwardVariant:
     name: str
-    config: FastConfig
+    config: InferenceConfig
     baseline: bool = False
 
 
@@ -121,12 +121,12 @@ def bench_unet_forward(
             # the output convolution starts at zero; give it weights so the deviation below measures something
             torch.manual_seed(1)
             torch.nn.init.normal_(model.conv_out.weight, std=0.02)
-            fast = FastInference(model, device, variant.config)
-            row.settings.update(fast.describe())
+            runner = InferenceRunner(model, device, variant.config)
+            row.settings.update(runner.describe())
             out: dict[str, torch.Tensor] = {}
-            with fast.context():
+            with runner.context():
                 def call() -> None:
-                    out["y"] = fast(x, t)
+                    out["y"] = runner(x, t)
 
                 row.seconds = time_call(call, device, warmup=warmup, repeats=repeats, budget=budget)
             y = out["y"].float().cpu()

@@ -134,7 +134,7 @@ def prior_noise_row(data: str, out: Path, eval_seconds: float, with_dnsmos: bool
         ref, _ = load_audio(f, recipe.model.sample_rate)
         ref = ref.clamp(-1, 1)[: int(eval_seconds * recipe.model.sample_rate)]
         mel = compute_mel(ref, recipe.model.mel)
-        est = vocode_mels(Zero(recipe.model), [mel], generator=torch.Generator().manual_seed(k), fast="off")[0]
+        est = vocode_mels(Zero(recipe.model), [mel], generator=torch.Generator().manual_seed(k), inference="eager")[0]
         pairs.append((ref, est[: ref.shape[-1]]))
     table = evaluate_resynthesis(pairs, recipe.model.sample_rate, system="prior noise", with_dnsmos=with_dnsmos)
     means = table.to_dict()["means"]["prior noise"]

@@ -15,7 +15,7 @@ Two measurements of the vocoder:
    depends on other processes, so these ratios are the machine's own; with linear scaling, all cores give
    ``cores ×`` these speeds.
 
-The eager fp32 reference runs first, before the allocator tuning (process-wide) of the fast variants. Each fast
+The eager fp32 reference runs first, before the allocator tuning (process-wide) of the speed-up variants. Each speed-up
 variant's output is compared with the reference output for the same noise: log-mel L1 and SNR in dB.
 Writes ``benchmarks/results/cpu_<cpu>_<date>.json`` and prints a table with the targets of the issue.
 """

@@ -1,6 +1,6 @@
 """The variant lists and section order of the two suites (run_gpu.py, run_cpu.py), and their common flags.
 
-Each fast path has a ``--no-…`` flag that removes every variant using it; the eager fp32 baseline always runs.
+Each inference speed-up has a ``--no-…`` flag that removes every variant using it; the eager fp32 baseline always runs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.bench_diffwave import TrainVariant, VocodeVariant  # noqa: E402
 from benchmarks.bench_unet import ForwardVariant  # noqa: E402
-from diffcore.fast import FastConfig  # noqa: E402
+from diffcore.inference import InferenceConfig  # noqa: E402
 
 __all__ = ["flags", "vocode_variants", "train_variants", "forward_variants", "configure_torch"]
 
@@ -63,16 +63,16 @@ def _keep(args: argparse.Namespace, *, bf16=False, cl=False, compile=False, grap
                 or (alloc and args.no_allocator))
 
 
-def _fc(precision: str, cl: bool, compile: bool, graphs: bool, cache: bool, allocator: bool) -> FastConfig:
-    return FastConfig(precision=precision, channels_last=cl, compile="on" if compile else "off", cuda_graphs=graphs,
-                      condition_cache="on" if cache else "off", tune_allocator=allocator)
+def _fc(precision: str, cl: bool, compile: bool, graphs: bool, cache: bool, allocator: bool) -> InferenceConfig:
+    return InferenceConfig(precision=precision, channels_last=cl, compile="on" if compile else "off",
+                           cuda_graphs=graphs, condition_cache="on" if cache else "off", tune_allocator=allocator)
 
 
 def vocode_variants(args: argparse.Namespace, which: str = "all", cpu: bool = False) -> list[VocodeVariant]:
     """``which``: ``all`` (every lever alone and stacked), ``best`` (the baseline, the fastest without compiling and
     the fastest). On CPU the stack adds the allocator and the conditioner cache; on GPU, CUDA graphs."""
     alloc = cpu and not args.no_allocator
-    out = [VocodeVariant("eager fp32 (reference)", FastConfig.reference(), baseline=True)]
+    out = [VocodeVariant("eager fp32 (reference)", InferenceConfig.reference(), baseline=True)]
     specs: list[tuple[str, dict, dict]] = []
     if cpu:
         # the fastest first, so that a tight budget never skips it; the rest take the levers apart
@@ -144,7 +144,7 @@ def train_variants(args: argparse.Namespace, kind: str = "diffwave") -> list[Tra
 
 def forward_variants(args: argparse.Namespace, cpu: bool = False) -> list[ForwardVariant]:
     specs = [
-        ForwardVariant("eager fp32 NCHW (reference)", FastConfig.reference(), baseline=True),
+        ForwardVariant("eager fp32 NCHW (reference)", InferenceConfig.reference(), baseline=True),
         ForwardVariant("bf16 + channels-last", _fc("bf16", True, False, False, False, cpu and not args.no_allocator)),
     ]
     if not cpu:

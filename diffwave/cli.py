@@ -57,6 +57,17 @@ def _parser(command: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+class _DeprecatedNoFast(argparse.Action):
+    """``--no-fast``, the old spelling of ``--eager`` (hidden; says so once on stderr)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print("diffwave: --no-fast is deprecated, use --eager (same effect)", file=sys.stderr)
+        setattr(namespace, self.dest, True)
+
+
 def _add_model_args(p: argparse.ArgumentParser, steps: bool = True) -> None:
     p.add_argument("--model", "-m", required=True, metavar="PATH",
                    help="run folder, checkpoint (.pt), export folder or lmnt checkpoint")
@@ -64,9 +75,10 @@ def _add_model_args(p: argparse.ArgumentParser, steps: bool = True) -> None:
     if steps:
         p.add_argument("--steps", choices=("fast", "full"), default="fast",
                        help="fast: the model's short inference_betas schedule; full: all T training steps (default: fast)")
-        p.add_argument("--no-fast", dest="fast", action="store_const", const="off", default=None,
+        p.add_argument("--eager", action="store_true",
                        help="eager float32 network calls, as the reference implementation makes them (default: bf16 "
                             "autocast where the hardware has it, channels-last, the conditioner cache on the CPU)")
+        p.add_argument("--no-fast", dest="eager", action=_DeprecatedNoFast, help=argparse.SUPPRESS)
         p.add_argument("--compile", action="store_true",
                        help="also torch.compile the network (about a minute per input shape; pays off on long jobs)")
 
@@ -89,16 +101,16 @@ def _from_stored_config(error: BaseException, stored: Path) -> UsageError:
                       "override such as data.path=... to change it)")
 
 
-def _fast_option(args: argparse.Namespace):
-    """The ``fast=`` argument of the sampling functions from ``--no-fast`` / ``--compile``."""
-    if args.fast == "off":
+def _inference_option(args: argparse.Namespace):
+    """The ``inference=`` argument of the sampling functions from ``--eager`` / ``--compile``."""
+    if args.eager:
         if args.compile:
-            raise UsageError("--compile and --no-fast exclude each other")
-        return "off"
+            raise UsageError("--compile and --eager exclude each other")
+        return "eager"
     if args.compile:
-        from diffcore.fast import FastConfig
+        from diffcore.inference import InferenceConfig
 
-        return FastConfig(compile="on")
+        return InferenceConfig(compile="on")
     return None
 
 
@@ -225,7 +237,7 @@ def cmd_vocode(argv: list[str]) -> int:
                          "the context frames each chunk carries on both sides)")
     written, failed = vocode_files(voc.model, inputs, args.out, args.steps, seed=args.seed,
                                    batch_size=args.batch_size, max_frames=args.max_frames, strict=args.strict,
-                                   single_output=single, fast=_fast_option(args))
+                                   single_output=single, inference=_inference_option(args))
     where = single or args.out
     print(f"vocoded {len(written)} file(s) with {args.steps} sampling at {voc.sample_rate} Hz -> {where}")
     if failed:
@@ -274,7 +286,7 @@ def cmd_generate(argv: list[str]) -> int:
         raise UsageError(f"{args.model} is a mel-conditioned vocoder: use `diffwave vocode`")
     length = int(round(args.seconds * voc.sample_rate)) if args.seconds else None
     generate_files(voc.model, args.n, args.out, args.steps, seed=args.seed, batch_size=args.batch_size,
-                   length=length, source=voc.source, fast=_fast_option(args))
+                   length=length, source=voc.source, inference=_inference_option(args))
     print(f"generated {args.n} clip(s) at {voc.sample_rate} Hz -> {Path(args.out)}")
     return 0
 
@@ -323,14 +335,14 @@ def cmd_evaluate(argv: list[str]) -> int:
             raise UsageError("give --data PATH: the model's recipe holds no reachable held-out clips (data.holdout)")
     if voc.conditional:
         files = files[: args.n if args.n is not None else 8]
-        result = evaluate_resynthesis_files(voc, files, args.out, args.steps, seed=args.seed, fast=_fast_option(args),
-                                            max_seconds=args.max_seconds, with_dnsmos=not args.no_dnsmos,
+        result = evaluate_resynthesis_files(voc, files, args.out, args.steps, seed=args.seed,
+                                            inference=_inference_option(args), max_seconds=args.max_seconds, with_dnsmos=not args.no_dnsmos,
                                             gl_iters=args.gl_iters)
         print(result["table"].markdown())
     else:
         result = evaluate_generation(voc, files, args.out, args.n if args.n is not None else 64, args.steps,
                                      seed=args.seed,
-                                     fast=_fast_option(args),
+                                     inference=_inference_option(args),
                                      batch_size=args.batch_size, classifier=args.classifier,
                                      classifier_epochs=args.classifier_epochs)
         print(result["paths"]["markdown"].read_text())

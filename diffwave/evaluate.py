@@ -18,7 +18,7 @@ from torch import Tensor
 
 from diffcore.checkpoint import atomic_write
 from diffcore.config import ConfigError
-from diffwave.sample import Fast, Steps, num_sampling_steps, vocode_mels
+from diffwave.sample import Inference, Steps, num_sampling_steps, vocode_mels
 
 if TYPE_CHECKING:
     from diffwave.api import Vocoder
@@ -67,7 +67,7 @@ def evaluate_resynthesis_files(
     plot_clips: int = 2,
     group: int = 8,
     progress: bool = True,
-    fast: Fast = None,
+    inference: Inference = None,
 ) -> dict[str, Any]:
     """Resynthesis of recordings: vocode each file's own mel (the model's preset) and invert the same mel with
     Griffin-Lim, then compare both with the recording (:func:`diffwave.metrics.evaluate_resynthesis`).
@@ -103,7 +103,7 @@ def evaluate_resynthesis_files(
     for k, i in enumerate(range(0, len(files), group)):
         g = torch.Generator(device=vocoder.device).manual_seed(seed * 1_000_003 + k)
         part = vocode_mels(vocoder.model, mels[i : i + group], steps, generator=g, callback=lambda *_: bar.update(1),
-                           fast=fast)
+                           inference=inference)
         outs += [w.cpu()[: r.shape[-1]] for w, r in zip(part, refs[i : i + group])]
     bar.close()
     gls = [griffin_lim_from_mel(m, mel_cfg, n_iter=gl_iters) for m in mels]
@@ -146,7 +146,7 @@ def evaluate_generation(
     classifier: str | os.PathLike | None = None,
     classifier_epochs: int = 30,
     save_clips: int = 10,
-    fast: Fast = None,
+    inference: Inference = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """The DiffWave paper's Table 2 metrics (FID, IS, mIS, AM, NDB) of ``n`` generated clips against
@@ -187,7 +187,7 @@ def evaluate_generation(
     bar = tqdm(total=n, disable=not progress, desc=f"generate ({steps})")
     for k, i in enumerate(range(0, n, batch_size)):
         g = torch.Generator(device=vocoder.device).manual_seed(seed + i)
-        clips += list(vocoder.generate(min(batch_size, n - i), generator=g, steps=steps, fast=fast))
+        clips += list(vocoder.generate(min(batch_size, n - i), generator=g, steps=steps, inference=inference))
         bar.update(min(batch_size, n - i))
     bar.close()
     for i, c in enumerate(clips[:save_clips]):

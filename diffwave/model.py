@@ -29,7 +29,7 @@ Inference helpers:
   residual layer, computed once and passed as ``cond`` to every step of a sampling run instead of the mel (the mel
   is the same at every step). Worth it on CPU, where those projections are a quarter of the arithmetic; on a GPU
   they are cheap tensor-core work while the cache is large (BASE, 10 s at batch 1: 1.7 GB in bf16), so
-  :mod:`diffcore.fast` leaves it off there.
+  :mod:`diffcore.inference` leaves it off there.
 - The input checks that read tensor values (a host synchronisation) are skipped while ``torch.compile`` traces the
   model or a CUDA graph captures it, so neither breaks on them.
 

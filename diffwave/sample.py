@@ -21,12 +21,12 @@ boundary (each input sees zero padding at its own edges, as when it is vocoded a
 share a network call (at most ``batch_size`` windows per call). ``pad_multiple`` pads each mel with the preset's
 silence to a multiple of that many frames (the padding is cut off), so inputs of similar length share calls.
 
-Speed. Sampling runs through :class:`diffcore.fast.FastInference` unless told otherwise (``fast=``): bf16
-autocast where the hardware has it (the sampler state stays float32), channels-last convolutions, and on the CPU
-the conditioner cache (each window's upsampled, per-layer-projected mel is computed once per run instead of once per
-step, within :data:`CONDITION_CACHE_BYTES`). CUDA graphs are opt-in (``fast=FastConfig()``) until they have run on
-a GPU here. ``fast="off"`` is the eager float32 computation of the reference implementation; BENCHMARKS.md gives
-the speed and the deviation of each path.
+Speed. Sampling runs through :class:`diffcore.inference.InferenceRunner` unless told otherwise (``inference=``):
+bf16 autocast where the hardware has it (the sampler state stays float32), channels-last convolutions, and on the
+CPU the conditioner cache (each window's upsampled, per-layer-projected mel is computed once per run instead of once
+per step, within :data:`CONDITION_CACHE_BYTES`). CUDA graphs are opt-in (``inference=InferenceConfig()``) until they
+have run on a GPU here. ``inference="eager"`` is the eager float32 computation of the reference implementation;
+BENCHMARKS.md gives the speed and the deviation of each path.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from diffcore.checkpoint import CheckpointError, atomic_write
-from diffcore.fast import FastConfig, FastInference
+from diffcore.inference import InferenceConfig, InferenceRunner
 from diffcore.denoiser import VPDenoiser
 from diffcore.discretization import fast_schedule
 from diffcore.samplers import ddpm_sample
@@ -64,8 +64,8 @@ __all__ = [
     "chunk_weights",
     "ChunkedDenoiser",
     "sample_waveform",
-    "Fast",
-    "fast_inference",
+    "Inference",
+    "inference_runner",
     "CONDITION_CACHE_BYTES",
     "CALL_BYTES",
     "vocode_mels",
@@ -97,17 +97,25 @@ CONDITION_CACHE_BYTES = 1 << 30
 CALL_BYTES = 1 << 30
 ACTIVATION_FLOATS = 16
 
-#: ``fast=`` of the sampling functions: a :class:`FastConfig`, ``None`` (its defaults) or ``"off"`` (eager fp32).
-Fast = FastConfig | Literal["off"] | None
+#: ``inference=`` of the sampling functions: an :class:`~diffcore.inference.InferenceConfig`, ``None`` (its defaults,
+#: CUDA graphs off) or ``"eager"`` (the eager float32 reference path).
+Inference = InferenceConfig | Literal["eager"] | None
 
 
-def fast_inference(model: torch.nn.Module, fast: Fast = None) -> FastInference:
-    """The model wrapped with the fast paths ``fast`` asks for (module docstring), on the model's device.
+def inference_runner(model: torch.nn.Module, inference: Inference = None) -> InferenceRunner:
+    """The model wrapped with the inference speed-ups ``inference`` asks for (module docstring), on the model's device.
 
     The default leaves CUDA graphs off: their capture has not yet been run on a GPU in this project's tests (the
-    GPU benchmark suite exercises them); pass ``FastConfig()`` to use them."""
-    config = FastConfig(cuda_graphs=False) if fast is None else FastConfig.reference() if fast == "off" else fast
-    return FastInference(model, _model_device_dtype(model)[0], config)
+    GPU benchmark suite exercises them); pass ``InferenceConfig()`` to use them."""
+    if inference is None:
+        config = InferenceConfig(cuda_graphs=False)
+    elif inference == "eager":
+        config = InferenceConfig.reference()
+    elif isinstance(inference, InferenceConfig):
+        config = inference
+    else:
+        raise ValueError(f"inference must be an InferenceConfig, None or 'eager', got {inference!r}")
+    return InferenceRunner(model, _model_device_dtype(model)[0], config)
 
 
 def receptive_field(config: DiffWaveConfig) -> int:
@@ -198,8 +206,9 @@ class ChunkedDenoiser:
     ) -> None:
         """``model`` is the DiffWave network (its config gives the hop and the context); ``self.model``, the callable
         each window goes through, may be replaced afterwards by another with the same contract (a
-        :class:`FastInference` of it). ``prepare(mel_windows)``, if given, turns each call's stacked mel windows into
-        the conditioner once, at the first step (:meth:`FastInference.prepare_condition`)."""
+        :class:`~diffcore.inference.InferenceRunner` of it). ``prepare(mel_windows)``, if given, turns each call's
+        stacked mel windows into the conditioner once, at the first step
+        (:meth:`~diffcore.inference.InferenceRunner.prepare_condition`)."""
         config: DiffWaveConfig = model.config
         hop = config.hop_length
         if hop is None:
@@ -279,7 +288,7 @@ def sample_waveform(
     generator: torch.Generator | None = None,
     callback: Callable[[int, Tensor], None] | None = None,
     progress: bool = False,
-    fast: FastInference | None = None,
+    runner: InferenceRunner | None = None,
     prior_std: Tensor | None = None,
 ) -> Tensor:
     """Run DiffWave's reverse process for a waveform of ``shape`` and clamp it to [-1, 1].
@@ -289,15 +298,15 @@ def sample_waveform(
     [-1, 1] after every step as lmnt's reference
     does. ``full``: ancestral sampling over all T training steps (:func:`~diffcore.samplers.ddpm_sample` with
     σ_t² = β̃_t, the DiffWave paper's choice), clamping after every step in the same way. ``denoiser`` replaces the model call (e.g. a
-    :class:`ChunkedDenoiser`); noise comes from ``generator`` (on the model's device). ``fast``: a
-    :class:`FastInference` of ``model``; sampling then runs inside its context (inference mode, autocast) and calls
+    :class:`ChunkedDenoiser`); noise comes from ``generator`` (on the model's device). ``runner``: an
+    :class:`~diffcore.inference.InferenceRunner` of ``model``; sampling then runs inside its context (inference mode, autocast) and calls
     it instead of the bare network (default: the eager network in float32). ``prior_std``: the per-sample standard
     deviation of the model's prior (PriorGrad; :func:`diffwave.prior.sample_prior_std`), broadcastable to ``shape``.
     """
     config: DiffWaveConfig = model.config
     schedule = config.diffusion.build()
     device, dtype = _model_device_dtype(model)
-    net = denoiser if denoiser is not None else (fast if fast is not None else model)
+    net = denoiser if denoiser is not None else (runner if runner is not None else model)
     den = VPDenoiser(net, schedule, prediction=config.diffusion.prediction, prior_std=prior_std)
     if steps == "fast":
         walk = fast_schedule(schedule, config.inference_betas)
@@ -305,7 +314,7 @@ def sample_waveform(
         walk = schedule
     else:
         raise ValueError(f"steps must be 'fast' or 'full', got {steps!r}")
-    with fast.context() if fast is not None else torch.no_grad():
+    with runner.context() if runner is not None else torch.no_grad():
         x = ddpm_sample(den, tuple(shape), walk, variance="posterior", clip_sample=1.0, generator=generator,
                         device=device, dtype=dtype, callback=callback, progress=progress)
     return x.float().clamp(-1.0, 1.0)
@@ -335,12 +344,12 @@ def vocode_mels(
     pad_multiple: int = 1,
     callback: Callable[[int, Tensor], None] | None = None,
     progress: bool = False,
-    fast: Fast = None,
+    inference: Inference = None,
 ) -> list[Tensor]:
     """Waveforms ``[F_i · hop]`` for mels ``[n_mels, F_i]`` of any lengths, in one sampling run (module docstring).
 
     The mels are not validated here (see :func:`diffwave.mel.validate_mel`); they are moved to the model's device.
-    ``fast``: the inference fast paths (module docstring; ``"off"`` = eager float32).
+    ``inference``: the inference speed-ups (module docstring; ``"eager"`` = eager float32).
     """
     if not mels:
         return []
@@ -352,7 +361,7 @@ def vocode_mels(
     if pad_multiple > 1:
         pad = mel_pad_value(config.mel)
         mels = [F.pad(m, (0, -m.shape[-1] % pad_multiple), value=pad) for m in mels]
-    runner = fast_inference(model, fast)
+    runner = inference_runner(model, inference)
     total = sum(m.shape[-1] for m in mels) * config.hop_length * (1 + 2 * (max_frames is not None))
     cache_bytes = config.residual_layers * 2 * config.residual_channels * total * (2 if runner.precision != "fp32" else 4)
     prepare = runner.prepare_condition if runner.cache_condition and cache_bytes <= CONDITION_CACHE_BYTES else None
@@ -364,7 +373,7 @@ def vocode_mels(
         prior_std = torch.cat([sample_prior_std(m.float(), config.mel, config.prior) for m in mels])
         prior_std = prior_std.to(device, dtype).unsqueeze(0)
     x = sample_waveform(model, (1, denoiser.length), steps, denoiser=denoiser, generator=generator,
-                        callback=callback, progress=progress, fast=runner, prior_std=prior_std)[0]
+                        callback=callback, progress=progress, runner=runner, prior_std=prior_std)[0]
     hop = denoiser.hop
     return [x[o : o + f * hop] for o, f in zip(denoiser.offsets, frames)]
 
@@ -379,17 +388,17 @@ def generate_audio(
     length: int | None = None,
     callback: Callable[[int, Tensor], None] | None = None,
     progress: bool = False,
-    fast: Fast = None,
+    inference: Inference = None,
 ) -> Tensor:
-    """``n`` clips ``[n, length]`` (default ``config.audio_length``) from an unconditional model (``fast``: the
-    inference fast paths; ``"off"`` = eager float32)."""
+    """``n`` clips ``[n, length]`` (default ``config.audio_length``) from an unconditional model (``inference``: the
+    inference speed-ups; ``"eager"`` = eager float32)."""
     config: DiffWaveConfig = model.config
     if config.conditional:
         raise ValueError("this model is mel-conditioned: vocode a mel instead of generating unconditionally")
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     return sample_waveform(model, (n, length or config.audio_length), steps, generator=generator,
-                           callback=callback, progress=progress, fast=fast_inference(model, fast))
+                           callback=callback, progress=progress, runner=inference_runner(model, inference))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -407,7 +416,7 @@ def generate_files(
     length: int | None = None,
     source: str = "<memory>",
     progress: bool = True,
-    fast: Fast = None,
+    inference: Inference = None,
 ) -> list[Path]:
     """``n`` clips of an unconditional model written as ``out_dir/sample_{i:04d}.wav`` (16-bit, atomically) with
     ``out_dir/manifest.json`` (``source``: the model's name there; each clip's file, seed and index in its batch).
@@ -424,7 +433,7 @@ def generate_files(
         for i in range(0, n, batch_size):
             k = min(batch_size, n - i)
             g = torch.Generator(device=device).manual_seed(seed + i)
-            clips = generate_audio(model, k, steps, generator=g, length=length, fast=fast).cpu()
+            clips = generate_audio(model, k, steps, generator=g, length=length, inference=inference).cpu()
             for j, clip in enumerate(clips):
                 path = save_audio(out / f"sample_{i + j:04d}.wav", clip, config.sample_rate)
                 written.append(path)
@@ -508,14 +517,14 @@ def vocode_files(
     strict: bool = False,
     progress: bool = True,
     single_output: str | os.PathLike | None = None,
-    fast: Fast = None,
+    inference: Inference = None,
 ) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Vocode ``inputs`` into ``out_dir/<out_name>`` (each written atomically as 16-bit WAV at the model's rate).
 
     Inputs are taken in order and grouped until a group fills ``batch_size`` windows; each group is one sampling
     run with a generator seeded by ``(seed, group index)``. Wav inputs are cut back to their own length; mel
     inputs give ``frames · hop`` samples. An input that fails to load is reported and skipped.
-    ``single_output``: write the only input to this exact path instead. ``fast``: the inference fast paths.
+    ``single_output``: write the only input to this exact path instead. ``inference``: the inference speed-ups.
 
     Returns ``(written paths, [(input, reason)] of the failures)``.
     """
@@ -549,7 +558,7 @@ def vocode_files(
 
         wavs = vocode_mels(model, [m for _, m, _ in group], steps, generator=g, max_frames=max_frames,
                            context=context, batch_size=batch_size, pad_multiple=pad_multiple, callback=on_step,
-                           fast=fast)
+                           inference=inference)
         for (item, _, keep), wav in zip(group, wavs):
             wav = wav[:keep] if keep is not None else wav
             target = Path(single_output) if single_output is not None else out_dir / item.out_name

@@ -183,7 +183,7 @@ class VocoderTask(_DiffWaveTask):
         device = next(ema_model.parameters()).device
         mel = compute_mel(wav, cfg.mel).to(device)
         g = torch.Generator(device=device).manual_seed(0)
-        out = vocode_mels(ema_model, [mel], steps="fast", generator=g, fast="off")[0]
+        out = vocode_mels(ema_model, [mel], steps="fast", generator=g, inference="eager")[0]
         logger.audio("vocoded", out.cpu(), cfg.sample_rate, step)
         if step == self.recipe.train.sample_every:
             logger.audio("reference", wav, cfg.sample_rate, step)
@@ -217,7 +217,7 @@ class UnconditionalTask(_DiffWaveTask):
 
         device = next(ema_model.parameters()).device
         g = torch.Generator(device=device).manual_seed(0)
-        out = generate_audio(ema_model, 1, steps="fast", generator=g, fast="off")[0]
+        out = generate_audio(ema_model, 1, steps="fast", generator=g, inference="eager")[0]
         logger.audio("generated", out.cpu(), self.recipe.model.sample_rate, step)
 
 

@@ -192,12 +192,12 @@ def test_vocoding_starts_from_and_adds_noise_of_the_priors_level():
     mel = compute_mel(audio, mel_cfg)
     from diffwave.sample import vocode_mels
 
-    out = vocode_mels(_Zero(cfg), [mel], generator=torch.Generator().manual_seed(0), fast="off")[0]
+    out = vocode_mels(_Zero(cfg), [mel], generator=torch.Generator().manual_seed(0), inference="eager")[0]
     half = out.shape[-1] // 2
     quiet, loud = out[2048 : half - 2048].std(), out[half + 2048 : -2048].std()
     assert 8.0 < float(loud / quiet) < 12.0  # s is 0.2 there and 0.02 here
     plain = vocode_mels(_Zero(DiffWaveConfig.preset("tiny")), [mel], generator=torch.Generator().manual_seed(0),
-                        fast="off")[0]
+                        inference="eager")[0]
     assert 0.8 < float(plain[:half].std() / plain[half:].std()) < 1.25  # without a prior: one level
 
 
@@ -212,19 +212,19 @@ def vocoder():
 
 def test_ragged_batches_list_and_padded_with_lengths(vocoder):
     a, b = torch.rand(80, 9), torch.rand(80, 14)
-    waves = vocoder.vocode([a, b], generator=torch.Generator().manual_seed(0), fast="off")
+    waves = vocoder.vocode([a, b], generator=torch.Generator().manual_seed(0), inference="eager")
     assert [w.shape[-1] for w in waves] == [9 * 256, 14 * 256]
     padded = torch.zeros(2, 80, 14)
     padded[0, :, :9], padded[1] = a, b
     out, lengths = vocoder.vocode(padded, lengths=torch.tensor([9, 14]), generator=torch.Generator().manual_seed(0),
-                                  fast="off")
+                                  inference="eager")
     assert out.shape == (2, 14 * 256) and lengths.tolist() == [9 * 256, 14 * 256]
     assert torch.equal(out[0, : 9 * 256], waves[0]) and torch.equal(out[1], waves[1])
     assert torch.count_nonzero(out[0, 9 * 256 :]) == 0
-    np_out = vocoder.vocode([a.numpy(), b.numpy()], generator=torch.Generator().manual_seed(0), fast="off")
+    np_out = vocoder.vocode([a.numpy(), b.numpy()], generator=torch.Generator().manual_seed(0), inference="eager")
     assert all(isinstance(w, np.ndarray) for w in np_out) and np.array_equal(np_out[1], waves[1].numpy())
     np_pad, np_len = vocoder.vocode(padded.numpy(), lengths=[9, 14], generator=torch.Generator().manual_seed(0),
-                                    fast="off")
+                                    inference="eager")
     assert isinstance(np_pad, np.ndarray) and np_len.tolist() == [9 * 256, 14 * 256]
 
 
@@ -334,7 +334,7 @@ def test_shipped_vocoder_loads_by_name_offline_and_makes_speech_from_the_shipped
         noise = _Zero(voc.config)
         from diffwave.sample import vocode_mels
 
-        shaped = vocode_mels(noise, [mel], generator=torch.Generator().manual_seed(0), fast="off")[0][: ref.shape[-1]]
+        shaped = vocode_mels(noise, [mel], generator=torch.Generator().manual_seed(0), inference="eager")[0][: ref.shape[-1]]
         l1_noise.append(evaluate_pair(ref, shaped, voc.sample_rate, with_dnsmos=False)["log_mel_l1"])
     card_stoi = card["held_out_metrics"]["DiffWave (fast)"]["stoi"]
     assert math.isfinite(card_stoi)

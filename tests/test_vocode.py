@@ -265,35 +265,35 @@ def test_vocode_files_refuses_to_overwrite_an_input(tmp_path):
         vocode_files(small_model(), collect_inputs([tmp_path]), tmp_path, progress=False)
 
 
-# ------------------------------------------------------------------------------------------------ fast paths
+# ------------------------------------------------------------------------------------------------ inference speed-ups
 
 
-def test_fast_off_is_the_eager_float32_sampler_exactly():
-    """``fast="off"`` makes the same network calls as diffcore's sampler on the bare model."""
+def test_eager_is_the_eager_float32_sampler_exactly():
+    """``inference="eager"`` makes the same network calls as diffcore's sampler on the bare model."""
     from diffcore.denoiser import VPDenoiser
     from diffcore.discretization import fast_schedule
     from diffcore.samplers import ddpm_sample
 
     model = small_model(1)
     mel = torch.rand(model.config.n_mels, 12)
-    wav = vocode_mels(model, [mel], "fast", generator=gen(3), fast="off", max_frames=None)[0]
+    wav = vocode_mels(model, [mel], "fast", generator=gen(3), inference="eager", max_frames=None)[0]
     schedule = model.config.diffusion.build()
     ref = ddpm_sample(VPDenoiser(model, schedule), (1, 12 * HOP), fast_schedule(schedule, model.config.inference_betas),
                       variance="posterior", cond=mel[None], clip_sample=1.0, generator=gen(3))[0].clamp(-1, 1)
     torch.testing.assert_close(wav, ref, rtol=0, atol=1e-6)
 
 
-def test_default_fast_path_stays_close_to_the_eager_path():
+def test_default_inference_path_stays_close_to_the_eager_path():
     """The default path (bf16 autocast where the CPU has it, channels-last, conditioner cache) deviates from the eager
     float32 waveform by at most the stated tolerance: SNR above 25 dB for the same noise. (BENCHMARKS.md states the
     deviation on the BASE model: about 51 dB.) With every lever on, the conditioner cache must have been used."""
-    from diffwave.sample import fast_inference
+    from diffwave.sample import inference_runner
 
     model = small_model(2)
     mel = torch.rand(model.config.n_mels, 20)
-    eager = vocode_mels(model, [mel], "fast", generator=gen(5), fast="off")[0]
-    fast = vocode_mels(model, [mel], "fast", generator=gen(5))[0]
-    snr = 10 * torch.log10(eager.pow(2).sum() / (fast - eager).pow(2).sum().clamp_min(1e-20))
-    assert snr > 25, f"fast path deviates: SNR {snr:.1f} dB"
-    assert fast_inference(model).cache_condition  # on the CPU the cache is on by default
+    eager = vocode_mels(model, [mel], "fast", generator=gen(5), inference="eager")[0]
+    default = vocode_mels(model, [mel], "fast", generator=gen(5))[0]
+    snr = 10 * torch.log10(eager.pow(2).sum() / (default - eager).pow(2).sum().clamp_min(1e-20))
+    assert snr > 25, f"default inference path deviates: SNR {snr:.1f} dB"
+    assert inference_runner(model).cache_condition  # on the CPU the cache is on by default
     model.set_runtime(channels_last=False)  # leave the shared model as other tests expect

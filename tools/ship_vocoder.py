@@ -43,16 +43,16 @@ _SPEED_CHILD = r"""
 import os, sys, time, torch
 sys.path.insert(0, sys.argv[2])
 import diffwave.api as dw
-from diffcore.fast import FastConfig
+from diffcore.inference import InferenceConfig
 torch.set_num_threads(1)
 voc = dw.load(sys.argv[1], "cpu")
 mel = voc.mel(torch.zeros(4 * voc.sample_rate).uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(0)))
-fast = FastConfig(precision="fp32") if os.environ.get("DIFFSTACK_SPEED_FP32") else None
-voc.vocode(mel, generator=torch.Generator().manual_seed(0), fast=fast)
+inference = InferenceConfig(precision="fp32") if os.environ.get("DIFFSTACK_SPEED_FP32") else None
+voc.vocode(mel, generator=torch.Generator().manual_seed(0), inference=inference)
 best = float("inf")
 for _ in range(3):
     c0 = time.process_time()
-    voc.vocode(mel, generator=torch.Generator().manual_seed(0), fast=fast)
+    voc.vocode(mel, generator=torch.Generator().manual_seed(0), inference=inference)
     best = min(best, time.process_time() - c0)
 print(4.0 / best)
 """

@@ -1,28 +1,37 @@
-"""Fast paths for running any diffcore model: precision, CPU threads and allocator, torch.compile, CUDA graphs.
+"""Inference speed-ups for any diffcore model: precision, CPU threads, torch.compile, CUDA graphs, a condition cache.
 
-None of this changes what is computed, only how: every lever has a switch, and the eager float32 path (all switches
-off) is the reference the benchmarks measure against. One object applies them together::
+None of this changes what is computed, only how: every lever has a switch, and the eager float32 path (every
+switch off, :meth:`InferenceConfig.reference`) is the reference the benchmarks measure against. One object applies
+them together::
 
-    fast = FastInference(model, device, FastConfig())        # defaults: every lever that is safe here
-    with fast.context():                                      # inference_mode + autocast (+ threads)
-        cond = fast.prepare_condition(mel)                    # per-model precomputation, if the model has one
-        wav = fast_sample(fast, shape, schedule, cond=cond, generator=g)
+    runner = InferenceRunner(model, device, InferenceConfig())   # defaults: every lever that is safe here
+    with runner.context():                                       # inference_mode + autocast (+ threads)
+        cond = runner.prepare_condition(mel)                     # the model's own precomputation, if it has one
+        x0 = ddpm_sample(VPDenoiser(runner, ...), shape, ..., cond=cond, generator=g)   # any sampler
 
-``FastInference`` is itself a model (``fast(x_t, t, cond=None)``, an ``nn.Module`` whose parameters are the wrapped
-model's), so the pure samplers take it unchanged and resolve device and dtype from it; the sampler's state stays
-float32 while the network runs in the autocast precision.
+``InferenceRunner`` is itself a model (``runner(x_t, t, cond=None)``, an ``nn.Module`` whose parameters are the
+wrapped model's), so the pure samplers take it unchanged and resolve device and dtype from it; the sampler's state
+stays float32 while the network runs in the autocast precision.
 
-Levers (``FastConfig`` fields):
+Levers (``InferenceConfig`` fields):
 
 | field              | what it does                                                                  | default |
 | ------------------ | ----------------------------------------------------------------------------- | ------- |
-| ``precision``      | autocast dtype of the network (bf16 has float32's range: no loss scaling)      | ``auto``: bf16 on a CUDA GPU with bf16 and on a CPU with AVX-512 BF16 / AMX, else fp32 |
-| ``channels_last``  | the model's channels-last fast path (``model.channels_last = True``)          | on      |
+| ``precision``      | autocast dtype of the network (:mod:`diffcore.precision`; bf16 has float32's range) | ``auto``: bf16 on a CUDA GPU with bf16 and on a CPU with native bf16, else fp32 |
+| ``channels_last``  | the model's channels-last path, through its ``set_runtime(channels_last=...)`` | on      |
 | ``compile``        | ``torch.compile`` (inductor; on CPU with weight freezing, needs a C compiler)  | off: compiling costs about a minute per input shape; turn it on for long jobs of fixed shapes |
 | ``cuda_graphs``    | replay one CUDA graph per input shape instead of launching kernels one by one  | on (CUDA only; up to 4 shapes, then plain calls) |
 | ``condition_cache``| the model's ``prepare_condition`` (work on ``cond`` done once per sampling run) | ``auto``: CPU only |
 | ``threads``        | ``torch.set_num_threads`` inside ``context()``                                | unchanged |
-| ``tune_allocator`` | glibc ``mallopt`` so that large CPU tensors are reused, not re-faulted from the OS | on (CPU only) |
+| ``tune_allocator`` | **process-wide side effect**: glibc ``mallopt`` so that large CPU tensors are reused, not re-faulted from the OS | off (opt in) |
+
+Optional model protocol (a model implements what it can; the runner uses what it finds):
+
+- ``set_runtime(*, channels_last=None, gradient_checkpointing=None)``: switches how the network runs. The runner
+  calls ``set_runtime(channels_last=config.channels_last)`` on the model it is given (which changes that model);
+  a model without it runs as it is, and asking it for ``channels_last`` warns once.
+- ``prepare_condition(cond) -> cond'``: work that depends on the conditioner alone (not on ``x_t`` or ``t``),
+  done once per sampling run; ``cond'`` is then passed as ``cond`` to every call instead of ``cond``.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import ctypes
 import ctypes.util
 import os
 import shutil
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterator, Literal
@@ -41,66 +51,18 @@ import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
 from diffcore.config import ConfigBase, ConfigError
+from diffcore.precision import Precision, PrecisionChoice, autocast, resolve_precision
 
 __all__ = [
-    "Precision",
-    "FastConfig",
-    "FastInference",
+    "InferenceConfig",
+    "InferenceRunner",
     "CUDAGraphCallable",
-    "autocast",
     "inference_context",
-    "resolve_precision",
-    "cpu_has_bf16",
     "has_c_compiler",
     "set_threads",
     "tune_cpu_allocator",
     "compile_for_inference",
 ]
-
-Precision = Literal["fp32", "bf16", "fp16"]
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Precision
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX-BF16) that oneDNN uses for bf16 convolutions
-    and matrix products; without it, bf16 on CPU is emulated and slower than float32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    words = set(flags.split())
-    return bool(words & {"avx512_bf16", "amx_bf16"})
-
-
-def resolve_precision(precision: Literal["auto", "fp32", "bf16", "fp16"], device: torch.device | str) -> Precision:
-    """``auto`` → bf16 on a CUDA GPU that supports it and on a CPU with native bf16, fp32 otherwise."""
-    if precision != "auto":
-        return precision
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_bf16() else "fp32"
-    return "fp32"
-
-
-def autocast(precision: Precision, device: torch.device | str, cache_enabled: bool = True) -> ContextManager:
-    """Autocast to ``precision`` on ``device``'s type (a no-op context for fp32).
-
-    ``cache_enabled=False`` re-casts the weights at every call instead of caching the casts for the duration of the
-    context: required around CUDA-graph capture, whose replays would otherwise read cached casts that the end of the
-    context frees."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision not in _DTYPES:
-        raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
-    return torch.autocast(device_type=torch.device(device).type, dtype=_DTYPES[precision], cache_enabled=cache_enabled)
-
 
 @contextlib.contextmanager
 def inference_context(
@@ -139,7 +101,9 @@ def tune_cpu_allocator(keep_bytes: int = 1 << 30) -> bool:
     By default a block above a dynamic threshold is mmap-ed fresh and unmapped on free, so each new activation
     tensor page-faults its memory in again; in a VM that costs as much as the arithmetic of the elementwise ops.
     This raises the mmap threshold to glibc's maximum (32 MiB: larger tensors are still mmap-ed) and keeps up to
-    ``keep_bytes`` of freed memory. Process-wide and idempotent; returns False where glibc is not the allocator.
+    ``keep_bytes`` of freed memory. A side effect on the whole process (every later allocation of any library), so
+    it is opt-in (``InferenceConfig.tune_allocator``); idempotent, and it cannot be undone. Returns False where glibc
+    is not the allocator.
     """
     global _allocator_tuned
     if _allocator_tuned:
@@ -221,7 +185,7 @@ class CUDAGraphCallable:
     arguments into the captured static inputs and replays; a tensor that is the very object copied in by the
     previous call is not copied again (a large conditioning cache passed at every step of a sampling run), so such
     an argument must not be modified in place between calls. Outputs are cloned unless ``clone_output=False`` (then
-    they are overwritten by the next replay). Autocast must run with ``cache_enabled=False`` (:func:`autocast`).
+    they are overwritten by the next replay). Autocast must run with ``cache_enabled=False`` (:func:`diffcore.precision.autocast`).
 
     Calls that cannot be captured run ``fn`` directly: no CUDA tensor among the arguments, autograd recording, or
     ``max_graphs`` signatures captured already. ``fn`` must be free of host synchronisation and randomness.
@@ -301,55 +265,73 @@ class CUDAGraphCallable:
 
 
 @dataclass
-class FastConfig(ConfigBase):
-    """Which inference fast paths to use (module docstring). All off (``precision="fp32"``, ``channels_last=False``,
-    ``compile="off"``, ``cuda_graphs=False``, ``condition_cache="off"``, ``tune_allocator=False``) is the eager
-    float32 reference path. See :meth:`FastConfig.reference`."""
+class InferenceConfig(ConfigBase):
+    """Which inference speed-ups to use (module docstring). All off (:meth:`reference`: ``precision="fp32"``,
+    ``channels_last=False``, ``compile="off"``, ``cuda_graphs=False``, ``condition_cache="off"``) is the eager
+    float32 reference path. ``tune_allocator`` changes the whole process's allocator and is off unless asked for."""
 
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: PrecisionChoice = "auto"
     channels_last: bool = True
     compile: Literal["on", "off"] = "off"
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     cuda_graphs: bool = True
     condition_cache: Literal["auto", "on", "off"] = "auto"
     threads: int | None = None
-    tune_allocator: bool = True
+    tune_allocator: bool = False
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be null or at least 1, got {self.threads}")
 
     @classmethod
-    def reference(cls) -> "FastConfig":
+    def reference(cls) -> "InferenceConfig":
         """Every lever off: the eager float32 computation of the reference implementations."""
         return cls(precision="fp32", channels_last=False, compile="off", cuda_graphs=False, condition_cache="off",
                    tune_allocator=False)
 
 
-class FastInference(nn.Module):
-    """A model wrapped with the inference fast paths of ``config``; ``fast(x_t, t, cond=None)`` keeps the contract.
+_warned_no_runtime: set[str] = set()
 
-    Construction switches the model to eval mode and, if it has a boolean ``channels_last`` attribute (its own
-    fast path), sets it. Call it and :meth:`prepare_condition` inside :meth:`context`. The resolved choices are in
-    ``precision``, ``compiled``, ``graphs`` and ``cache_condition``.
+
+def _set_channels_last(model: nn.Module, on: bool) -> bool:
+    """Apply ``channels_last`` through the model's ``set_runtime``; returns whether the model now runs channels-last.
+    A model without ``set_runtime`` is left as it is (a warning, once per model class, if ``on`` was asked for)."""
+    set_runtime = getattr(model, "set_runtime", None)
+    if callable(set_runtime):
+        set_runtime(channels_last=on)
+        return on
+    name = type(model).__name__
+    if on and name not in _warned_no_runtime:
+        _warned_no_runtime.add(name)
+        warnings.warn(f"InferenceConfig.channels_last: {name} has no set_runtime(channels_last=...); it runs as it is",
+                      stacklevel=3)
+    return False
+
+
+class InferenceRunner(nn.Module):
+    """A model run with the inference speed-ups of ``config``; ``runner(x_t, t, cond=None)`` keeps the contract.
+
+    Construction moves the model to ``device``, switches it to eval mode and applies ``channels_last`` through its
+    ``set_runtime`` (so the model it is given changes; module docstring). Call it and :meth:`prepare_condition`
+    inside :meth:`context`. The resolved choices are in ``precision``, ``channels_last``, ``compiled``, ``graphs``
+    and ``cache_condition`` (:meth:`describe`).
     """
 
-    def __init__(self, model: nn.Module, device: torch.device | str, config: FastConfig | None = None):
+    def __init__(self, model: nn.Module, device: torch.device | str, config: InferenceConfig | None = None):
         super().__init__()
-        config = config if config is not None else FastConfig()
+        config = config if config is not None else InferenceConfig()
         self.config = config
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.precision: Precision = resolve_precision(config.precision, self.device)
+        self.precision: Precision = resolve_precision(config.precision, self.device, purpose="inference")
         on_cpu = self.device.type == "cpu"
-        if isinstance(getattr(model, "channels_last", None), bool):
-            model.channels_last = config.channels_last
+        self.channels_last = _set_channels_last(model, config.channels_last)
         self.compiled = config.compile == "on"
         if self.compiled and on_cpu and not has_c_compiler():
             self.compiled = False
         self.graphs = config.cuda_graphs and self.device.type == "cuda"
         cache = config.condition_cache
-        self.cache_condition = hasattr(model, "prepare_condition") and (
+        self.cache_condition = callable(getattr(model, "prepare_condition", None)) and (
             cache == "on" or (cache == "auto" and on_cpu)
         )
         if config.tune_allocator and on_cpu:
@@ -366,7 +348,7 @@ class FastInference(nn.Module):
         return {
             "device": str(self.device),
             "precision": self.precision,
-            "channels_last": bool(getattr(self.model, "channels_last", False)),
+            "channels_last": self.channels_last,
             "compiled": self.compiled,
             "cuda_graphs": self.graphs,
             "condition_cache": self.cache_condition,
@@ -375,11 +357,12 @@ class FastInference(nn.Module):
 
     def context(self) -> ContextManager:
         """inference_mode + autocast to the resolved precision (+ the configured thread count); with CUDA graphs the
-        autocast weight-cast cache is off (see :func:`autocast`)."""
+        autocast weight-cast cache is off (see :func:`diffcore.precision.autocast`)."""
         return inference_context(self.device, self.precision, self.config.threads, cache_enabled=not self.graphs)
 
     def prepare_condition(self, cond: Any) -> Any:
-        """``model.prepare_condition(cond)`` when the condition cache is on, else ``cond`` unchanged."""
+        """``model.prepare_condition(cond)`` when the condition cache is on, else ``cond`` unchanged (the optional
+        protocol of the module docstring)."""
         if cond is None or not self.cache_condition:
             return cond
         return self.model.prepare_condition(cond)

@@ -1,11 +1,12 @@
-"""Fast paths agree with the eager reference path, within stated tolerances; the benchmark helpers measure right.
+"""The inference speed-ups (diffcore.inference) agree with the eager reference path, within stated tolerances; the
+benchmark helpers measure right.
 
 Tolerances (float32 unless said):
 - fused gate / residual expressions: bit-identical to the formulas of Figure 2;
 - channels-last path and conditioner cache: |Δ| ≤ 1e-5 · max|reference| (different convolution kernels round
   differently; nothing else changes);
-- FastInference with every lever off: bit-identical to calling the model;
-- bf16 autocast through the fast path, 6-step sampling of the tiny model: waveform SNR ≥ 30 dB and log-mel L1 ≤ 0.02
+- InferenceRunner with every lever off: bit-identical to calling the model;
+- bf16 autocast through the runner, 6-step sampling of the tiny model: waveform SNR ≥ 30 dB and log-mel L1 ≤ 0.02
   against the float32 output for the same noise (measured: about 47 dB and 0.002).
 torch.compile is left to the benchmarks (they record compiled-vs-eager deviations): compiling even the tiny model
 takes longer on 2 CPU cores than this whole file.
@@ -26,15 +27,15 @@ if str(REPO) not in sys.path:
 
 from benchmarks.common import Budget, Report, Row, is_oom, largest_batch, snr_db, time_call  # noqa: E402
 from diffcore.config import ConfigError  # noqa: E402
-from diffcore.fast import (  # noqa: E402
+import diffcore.inference as inference_mod  # noqa: E402
+from diffcore.inference import (  # noqa: E402
     CUDAGraphCallable,
-    FastConfig,
-    FastInference,
-    cpu_has_bf16,
+    InferenceConfig,
+    InferenceRunner,
     inference_context,
-    resolve_precision,
     tune_cpu_allocator,
 )
+from diffcore.precision import cpu_has_bf16, resolve_precision  # noqa: E402
 from diffcore.denoiser import VPDenoiser  # noqa: E402
 from diffcore.discretization import fast_schedule  # noqa: E402
 from diffcore.samplers import ddpm_sample  # noqa: E402
@@ -63,7 +64,7 @@ def close(a: torch.Tensor, ref: torch.Tensor, rel: float = 1e-5) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The network's fast path
+# The network's channels-last path and conditioner cache
 
 
 def test_fused_gate_and_residual_are_the_formulas_of_figure_2_bit_for_bit():
@@ -89,14 +90,14 @@ def test_channels_last_path_matches_the_default_path(fractional):
     with torch.no_grad():
         ref = model(x, t, mel)
         model.channels_last = True
-        fast = model(x, t, mel)
-        fast_3d = model(x.unsqueeze(1), t, mel)
-    assert fast.shape == ref.shape and fast_3d.shape == (2, 1, x.shape[-1])
-    assert close(fast, ref) and close(fast_3d.squeeze(1), ref)
+        cl = model(x, t, mel)
+        cl_3d = model(x.unsqueeze(1), t, mel)
+    assert cl.shape == ref.shape and cl_3d.shape == (2, 1, x.shape[-1])
+    assert close(cl, ref) and close(cl_3d.squeeze(1), ref)
     assert not torch.equal(ref, torch.zeros_like(ref))
 
 
-def test_fast_path_trains_the_same_parameters_with_the_same_gradients():
+def test_channels_last_path_trains_the_same_parameters_with_the_same_gradients():
     model = tiny_model()
     x, mel = inputs()
     t = torch.tensor([5, 17])
@@ -140,7 +141,7 @@ def test_condition_cache_is_checked_against_the_input():
 
 
 # --------------------------------------------------------------------------------------------------------------
-# FastInference
+# InferenceRunner
 
 
 def sample(model, cond, length: int = 2048, batch: int = 2):
@@ -156,23 +157,23 @@ def test_reference_config_is_the_eager_model_bit_for_bit():
     _, mel = inputs()
     with torch.no_grad():
         ref = sample(model, mel)
-    fast = FastInference(model, "cpu", FastConfig.reference())
-    assert fast.describe()["precision"] == "fp32" and not fast.compiled and not fast.cache_condition
-    with fast.context():
-        out = sample(fast, fast.prepare_condition(mel))
+    runner = InferenceRunner(model, "cpu", InferenceConfig.reference())
+    assert runner.describe()["precision"] == "fp32" and not runner.compiled and not runner.cache_condition
+    with runner.context():
+        out = sample(runner, runner.prepare_condition(mel))
     assert torch.equal(out, ref)
 
 
-def test_fp32_fast_paths_sample_what_the_eager_path_samples():
+def test_fp32_speed_ups_sample_what_the_eager_path_samples():
     model = tiny_model()
     _, mel = inputs()
     with torch.no_grad():
         ref = sample(model, mel)
-    fast = FastInference(model, "cpu", FastConfig(precision="fp32", compile="off", condition_cache="on"))
-    assert fast.cache_condition and model.channels_last
-    with fast.context():
-        cond = fast.prepare_condition(mel)
-        out = sample(fast, cond)
+    runner = InferenceRunner(model, "cpu", InferenceConfig(precision="fp32", compile="off", condition_cache="on"))
+    assert runner.cache_condition and model.channels_last
+    with runner.context():
+        cond = runner.prepare_condition(mel)
+        out = sample(runner, cond)
     assert isinstance(cond, ConditionCache)
     assert close(out, ref)
 
@@ -182,9 +183,9 @@ def test_bf16_sampling_stays_within_the_stated_deviation():
     _, mel = inputs(batch=1, frames=16)
     with torch.no_grad():
         ref = sample(model, mel, length=16 * 256, batch=1)[0]
-    fast = FastInference(model, "cpu", FastConfig(precision="bf16", compile="off", condition_cache="on"))
-    with fast.context():
-        out = sample(fast, fast.prepare_condition(mel), length=16 * 256, batch=1)[0]
+    runner = InferenceRunner(model, "cpu", InferenceConfig(precision="bf16", compile="off", condition_cache="on"))
+    with runner.context():
+        out = sample(runner, runner.prepare_condition(mel), length=16 * 256, batch=1)[0]
     assert out.dtype == torch.float32  # the sampler's state stays float32; only the network runs in bf16
     snr = snr_db(ref, out)
     l1 = log_mel_l1(ref, out, 22050)
@@ -199,6 +200,25 @@ def test_auto_precision_follows_the_hardware():
         assert resolve_precision("auto", "cuda") == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
 
 
+def test_one_precision_rule_for_training_and_inference(monkeypatch):
+    """diffcore.precision's table: auto differs between training and inference only on a CPU with native bf16."""
+    import diffcore.precision as precision
+    import diffcore.train.engine as engine
+
+    for native in (False, True):
+        monkeypatch.setattr(precision, "cpu_has_bf16", lambda native=native: native)
+        assert resolve_precision("auto", "cpu", purpose="inference") == ("bf16" if native else "fp32")
+        assert resolve_precision("auto", "cpu", purpose="train") == "fp32"
+    for bf16 in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
+        for purpose in ("train", "inference"):
+            assert resolve_precision("auto", "cuda", purpose=purpose) == ("bf16" if bf16 else "fp32")
+    assert resolve_precision("bf16", "cpu", purpose="train") == "bf16"  # explicit choices are kept
+    with pytest.raises(ValueError):
+        resolve_precision("fp8", "cpu")
+    assert engine.resolve_precision is resolve_precision and inference_mod.resolve_precision is resolve_precision
+
+
 def test_inference_context_sets_and_restores_its_state():
     before = torch.get_num_threads()
     with inference_context("cpu", "bf16", threads=1):
@@ -209,15 +229,48 @@ def test_inference_context_sets_and_restores_its_state():
     assert torch.get_num_threads() == before and not torch.is_inference_mode_enabled()
 
 
-def test_fast_config_round_trips_and_rejects_bad_values():
-    cfg = FastConfig(precision="bf16", compile="on", threads=2)
-    assert FastConfig.from_dict(cfg.to_dict()) == cfg
+def test_inference_config_round_trips_and_rejects_bad_values():
+    cfg = InferenceConfig(precision="bf16", compile="on", threads=2)
+    assert InferenceConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError):
-        FastConfig(threads=0)
+        InferenceConfig(threads=0)
     with pytest.raises(ConfigError, match="precison"):
-        FastConfig.from_dict({"precison": "bf16"})
+        InferenceConfig.from_dict({"precison": "bf16"})
     with pytest.raises(ConfigError):
-        FastConfig.from_dict({"compile": "yes"})
+        InferenceConfig.from_dict({"compile": "yes"})
+
+
+def test_allocator_tuning_is_opt_in(monkeypatch):
+    """tune_allocator changes the whole process: off by default and in the reference, on only when asked."""
+    calls = []
+    monkeypatch.setattr(inference_mod, "tune_cpu_allocator", lambda: calls.append(1) or True)
+    model = tiny_model()
+    assert InferenceConfig().tune_allocator is False and InferenceConfig.reference().tune_allocator is False
+    InferenceRunner(model, "cpu", InferenceConfig())
+    assert calls == []
+    InferenceRunner(model, "cpu", InferenceConfig(tune_allocator=True))
+    assert calls == [1]
+
+
+def test_channels_last_goes_through_set_runtime_and_is_never_silently_dropped(recwarn):
+    model = tiny_model()
+    runner = InferenceRunner(model, "cpu", InferenceConfig(precision="fp32"))
+    assert model.channels_last and runner.describe()["channels_last"] is True
+    InferenceRunner(model, "cpu", InferenceConfig.reference())
+    assert not model.channels_last
+
+    class Plain(torch.nn.Module):  # a model without the optional protocol
+        def forward(self, x_t, t, cond=None):
+            return x_t
+
+    with pytest.warns(UserWarning, match="Plain has no set_runtime"):
+        plain = InferenceRunner(Plain(), "cpu", InferenceConfig(precision="fp32"))
+    assert plain.describe()["channels_last"] is False and not plain.cache_condition
+    recwarn.clear()
+    InferenceRunner(Plain(), "cpu", InferenceConfig(precision="fp32"))  # warned once per model class
+    assert not [w for w in recwarn if "set_runtime" in str(w.message)]
+    x = torch.randn(2, 8)
+    assert torch.equal(plain.prepare_condition(x), x)  # no prepare_condition: the condition passes unchanged
 
 
 def test_allocator_tuning_applies_once_and_stays_applied():
@@ -270,10 +323,10 @@ def test_bf16_graphed_sampling_replays_the_eager_bf16_computation_across_context
     model = tiny_model().cuda()
     _, mel = inputs()
     mel = mel.cuda()
-    eager = FastInference(model, "cuda", FastConfig(precision="bf16", cuda_graphs=False))
+    eager = InferenceRunner(model, "cuda", InferenceConfig(precision="bf16", cuda_graphs=False))
     with eager.context():
         ref = sample(eager, mel).cpu()
-    graphed = FastInference(model, "cuda", FastConfig(precision="bf16"))
+    graphed = InferenceRunner(model, "cuda", InferenceConfig(precision="bf16"))
     outs = []
     for _ in range(2):  # a new autocast context each time: the graph must not keep casts cached by an old one
         with graphed.context():
@@ -375,7 +428,7 @@ def test_report_ratios_against_the_baseline_and_writes_the_record(tmp_path, caps
     assert "boom" in report.table() and "MET" in report.table()
 
 
-def test_every_fast_path_has_a_flag_that_removes_it():
+def test_every_speed_up_has_a_flag_that_removes_it():
     from benchmarks.suites import flags, forward_variants, train_variants, vocode_variants
 
     p = flags("x", 1.0)
@@ -384,9 +437,41 @@ def test_every_fast_path_has_a_flag_that_removes_it():
                          "--no-cache", "--no-allocator"])
     for cpu in (False, True):
         assert len(vocode_variants(every, cpu=cpu)) > 3
-        assert [v.config for v in vocode_variants(none, cpu=cpu)] == [FastConfig.reference()]
+        assert [v.config for v in vocode_variants(none, cpu=cpu)] == [InferenceConfig.reference()]
     assert [v.name for v in train_variants(none)] == ["eager fp32 (reference)"]
     assert [v.baseline for v in forward_variants(none)] == [True]
     no_compile = p.parse_args(["--no-compile"])
     assert all(not v.compile for v in train_variants(no_compile))
     assert all(v.config.compile == "off" for v in vocode_variants(no_compile))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The command line: --eager (and the deprecated --no-fast)
+
+
+def test_eager_flag_and_its_deprecated_spelling(tmp_path, capsys):
+    import numpy as np
+    import soundfile
+
+    from diffcore.checkpoint import export, save_checkpoint
+    from diffwave.cli import main
+
+    model = tiny_model()
+    state = {"format": 1, "step": 1, "model": model.state_dict(), "ema": None,
+             "config": {"model": model.config.to_dict()}}
+    save_checkpoint(state, tmp_path / "run" / "checkpoints", 1)
+    exported = export(tmp_path / "run", tmp_path / "export")
+    np.save(tmp_path / "m.npy", np.random.default_rng(0).uniform(0.2, 0.8, (80, 6)).astype(np.float32))
+    outs = {}
+    for flag in ("--eager", "--no-fast"):
+        out = tmp_path / flag.strip("-")
+        assert main(["vocode", str(tmp_path / "m.npy"), "-m", str(exported), "--out", str(out), flag]) == 0
+        err = capsys.readouterr().err
+        assert ("--no-fast is deprecated, use --eager" in err) == (flag == "--no-fast")
+        outs[flag], _ = soundfile.read(out / "m.wav", dtype="float32")
+    assert np.array_equal(outs["--eager"], outs["--no-fast"])
+    assert main(["vocode", str(tmp_path / "m.npy"), "-m", str(exported), "--eager", "--compile"]) == 2
+    assert "--compile and --eager exclude each other" in capsys.readouterr().err
+    assert main(["vocode", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--eager" in text and "--no-fast" not in text  # the old spelling is hidden
