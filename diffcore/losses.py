@@ -80,24 +80,25 @@ class UniformTimesteps:
         return t, torch.ones(batch, device=device)
 
 
-def min_snr_weights(schedule: NoiseSchedule, t: Tensor, gamma: float, prediction: Prediction = "eps") -> Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023), float64 ``[B]``.
+def min_snr_weights(schedule: NoiseSchedule, t: Tensor, gamma: float, space: Prediction = "eps") -> Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023), float64 ``[B]``, for an error measured in ``space``.
 
-    The weight min(SNR_t, gamma) applies to the x_0-space error; in terms of the other targets it reads
-    eps: min(SNR, gamma) / SNR, x0: min(SNR, gamma), v: min(SNR, gamma) / (SNR + 1).
+    The weight min(SNR_t, gamma) applies to the x_0-space error; for errors in the other spaces it reads
+    eps: min(SNR, gamma) / SNR, x0: min(SNR, gamma), v: min(SNR, gamma) / (SNR + 1). ``diffusion_loss`` measures
+    the error in the space the denoiser predicts.
     """
     if not gamma > 0:
         raise ValueError(f"min_snr_gamma must be > 0, got {gamma}")
     snr = schedule.snr(t)
     clipped = snr.clamp(max=gamma)
-    if prediction == "eps":
+    if space == "eps":
         # min(SNR, gamma) / SNR -> 1 as SNR -> 0 (a zero-terminal-SNR step would otherwise give 0 / 0).
         return torch.where(snr > 0, clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny), torch.ones_like(snr))
-    if prediction == "x0":
+    if space == "x0":
         return clipped
-    if prediction == "v":
+    if space == "v":
         return clipped / (snr + 1.0)
-    raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+    raise ValueError(f"space must be 'eps', 'x0' or 'v', got {space!r}")
 
 
 def _distance(pred: Tensor, target: Tensor, norm: Norm, prior_std: Tensor | None = None) -> Tensor:

@@ -181,6 +181,8 @@ class UNetConfig(ConfigBase):
             raise ConfigError(f"num_classes must be null or at least 1, got {self.num_classes}")
         if not 0.0 <= self.class_dropout < 1.0:
             raise ConfigError(f"class_dropout must be in [0, 1), got {self.class_dropout}")
+        if self.learned_variance and self.diffusion.edm is not None:
+            raise ConfigError("learned_variance is defined for the VP parameterisation, not with diffusion.edm")
         if self.learned_variance and self.diffusion.prediction != "eps":
             raise ConfigError(f"learned_variance (the hybrid loss) needs diffusion.prediction = 'eps', got "
                               f"{self.diffusion.prediction!r}")

@@ -137,6 +137,9 @@ class ImageRecipe(ConfigBase):
     def __post_init__(self) -> None:
         if self.sample.guidance_scale != 1.0 and self.model.num_classes is None:
             raise ConfigError("sample.guidance_scale != 1 needs a class-conditional model (model.num_classes)")
+        if self.model.diffusion.edm is not None and self.sample.sampler != "heun":
+            raise ConfigError(f"sample.sampler {self.sample.sampler!r} walks a discrete VP schedule; an EDM model "
+                              f"(model.diffusion.edm) is sampled with 'heun'")
 
 
 def load_image_recipe(

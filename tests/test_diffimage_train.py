@@ -9,7 +9,7 @@ import torch
 from scipy.special import log_ndtr
 from torch import nn
 
-from diffcore.config import DiffusionConfig
+from diffcore.config import ConfigError, DiffusionConfig
 from diffcore.denoiser import VPDenoiser
 from diffcore.discretization import respaced
 from diffcore.samplers import ddim_sample
@@ -245,3 +245,49 @@ def test_learned_variance_trains_with_the_hybrid_loss_and_samples(tmp_path):
     g = torch.Generator().manual_seed(0)
     fixed = nll_bits_per_dim(den, images, y[:2], variance="beta", generator=g)  # σ_t² = β_t, not its own
     assert not torch.allclose(learned, fixed)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# EDM preconditioning from a recipe
+
+
+def test_edm_recipe_trains_resumes_and_samples_with_heun(tmp_path):
+    """``diffusion.edm`` makes the task train with EDM's loss through the one engine; the run loads, samples with
+    Heun (2N - 1 network calls at float c_noise steps) and refuses the VP-only operations with clear errors."""
+    from diffcore.denoiser import EDMDenoiser
+    from diffcore.losses import edm_loss
+    from diffimage.sample import denoiser_of
+
+    edm = {"sigma_data": 0.5, "time_scale": 250.0}
+    recipe = tiny_recipe(model={"preset": "tiny", "image_size": 8, "channel_mult": [1], "attention_resolutions": [8],
+                                "scale_shift_norm": True, "diffusion": {"edm": edm}},
+                         sample={"sampler": "heun", "steps": 3, "num_images": 4})
+    task = ImageTask(recipe)
+    assert task.schedule is None
+    model = task.build_model()
+    den = denoiser_of(model)
+    assert isinstance(den, EDMDenoiser) and den.time_scale == 250.0
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
+    torch.manual_seed(5)
+    got = task.loss(model, {"image": x0})
+    torch.manual_seed(5)  # the same sigma and noise draws from the global generator
+    want = edm_loss(den, x0)
+    assert torch.allclose(got, want) and got.shape == (4,)
+
+    Trainer(task, recipe.train, tmp_path / "run").fit()
+    m = load(tmp_path / "run", "cpu")
+    seen = []
+    m.model.register_forward_pre_hook(lambda mod, args: seen.append(args[1].clone()))
+    x = m.sample(2, sampler="heun", steps=3, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 3, 8, 8) and torch.isfinite(x).all()
+    assert len(seen) == 5 and all(t.dtype == torch.float32 for t in seen)
+    # the first call is at sigma_max = 80: c_noise * time_scale = 250 ln(80) / 4
+    assert seen[0][0].item() == pytest.approx(250 * math.log(80.0) / 4, rel=1e-5)
+    with pytest.raises(ValueError, match="heun"):
+        m.sample(2, sampler="ddim", steps=3)
+    with pytest.raises(ValueError, match="VP"):
+        m.bits_per_dim(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ConfigError, match="heun"):
+        tiny_recipe(model={"diffusion": {"edm": edm}}, sample={"sampler": "ddim"})
+    with pytest.raises(ConfigError, match="edm"):
+        tiny_recipe(model={"diffusion": {"edm": edm}, "learned_variance": True}, sample={"sampler": "heun"})
