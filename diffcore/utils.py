@@ -13,7 +13,6 @@ so no module ever writes a shape literal like ``[B, 1, 1, 1]``.
 
 from __future__ import annotations
 
-from typing import Callable
 
 import numpy as np
 import torch
@@ -21,12 +20,8 @@ from torch import Tensor
 
 from diffcore.device import VALID_DEVICES, resolve_device  # re-exported: commands and loaders import them here
 
-__all__ = ["Denoiser", "append_dims", "gather", "mean_flat", "sum_flat", "randn", "resolve_device_dtype",
+__all__ = ["append_dims", "gather", "mean_flat", "sum_flat", "randn", "resolve_device_dtype",
            "resolve_device"]
-
-Denoiser = Callable[..., Tensor]
-"""The model contract: ``model(x_t, t, cond=None) -> Tensor`` shaped like ``x_t`` (eps, x_0 or v)."""
-
 
 def append_dims(x: Tensor, target_ndim: int) -> Tensor:
     """Append trailing singleton dimensions to ``x`` until it has ``target_ndim`` dimensions.
