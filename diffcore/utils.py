@@ -13,7 +13,6 @@ so no module ever writes a shape literal like ``[B, 1, 1, 1]``.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch import Tensor
