@@ -291,3 +291,23 @@ def test_edm_recipe_trains_resumes_and_samples_with_heun(tmp_path):
         tiny_recipe(model={"diffusion": {"edm": edm}}, sample={"sampler": "ddim"})
     with pytest.raises(ConfigError, match="edm"):
         tiny_recipe(model={"diffusion": {"edm": edm}, "learned_variance": True}, sample={"sampler": "heun"})
+
+
+def test_a_run_saved_with_older_key_names_resumes(tmp_path):
+    """A checkpoint that stores the U-Net config of earlier versions (learn_sigma, the run-time keys channels_last
+    and use_checkpoint in the model section, diffusion.hybrid_lambda) resumes: the names are mapped first."""
+    from diffcore.checkpoint import find_latest
+
+    recipe = tiny_recipe(model={"learned_variance": True}, train={"max_steps": 2})
+    run = tmp_path / "run"
+    Trainer(ImageTask(recipe), recipe.train, run).fit()
+    path = find_latest(run)
+    state = torch.load(path, weights_only=True)
+    model = state["config"]["model"]
+    model["learn_sigma"] = model.pop("learned_variance")
+    model["channels_last"], model["use_checkpoint"] = True, False
+    model["diffusion"]["hybrid_lambda"] = model["diffusion"].pop("vlb_weight")
+    torch.save(state, path)
+    r4 = recipe.replace(train={"max_steps": 4})
+    summary = Trainer(ImageTask(r4), r4.train, run).fit()
+    assert summary["step"] == 4 and summary["resumed_from"].endswith("step_00000002.pt")

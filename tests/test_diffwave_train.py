@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from diffcore.checkpoint import find_latest, load_checkpoint
+from diffcore.checkpoint import CheckpointError, find_latest, load_checkpoint
 from diffcore.config import ConfigError
 from diffcore.train import Trainer, read_log
 from diffwave.quickstart import QUICKSTART_RECIPE
@@ -125,6 +125,31 @@ def test_resumed_run_continues_from_the_checkpoint_step(synth_dir, tmp_path):
     last = load_checkpoint(find_latest(run))
     assert last["step"] == 6 and last["config"]["train"]["max_steps"] == 6
     assert not torch.equal(first["model"]["output_projection.weight"], last["model"]["output_projection.weight"])
+
+
+def test_a_run_saved_with_older_key_names_resumes(synth_dir, tmp_path):
+    """A checkpoint whose stored config uses the names of earlier versions (fast_betas, diffusion.hybrid_lambda,
+    no data.holdout_scheme) is the same model: resume maps the old names before comparing, and continues."""
+    r = recipe(synth_dir, data_fields={"crop_frames": 4}, batch_size=4, max_steps=2)
+    run = tmp_path / "run"
+    Trainer(make_task(r), r.train, run).fit()
+    path = find_latest(run)
+    state = torch.load(path, weights_only=True)
+    model = state["config"]["model"]
+    model["fast_betas"] = model.pop("inference_betas")
+    model["diffusion"]["hybrid_lambda"] = model["diffusion"].pop("vlb_weight")
+    state["config"]["data"].pop("holdout_scheme")
+    torch.save(state, path)
+    r4 = r.replace(train={"max_steps": 4})
+    summary = Trainer(make_task(r4), r4.train, run).fit()
+    assert summary["step"] == 4 and summary["resumed_from"].endswith("step_00000002.pt")
+    # a real change of the model is still refused
+    path = find_latest(run)
+    state = torch.load(path, weights_only=True)
+    state["config"]["model"]["residual_channels"] = 8
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="residual_channels"):
+        Trainer(make_task(r.replace(train={"max_steps": 6})), r.train, run).fit()
 
 
 def test_validation_and_sample_hooks_use_the_held_out_clips(synth_dir, tmp_path):

@@ -291,6 +291,7 @@ class Trainer:
         (``(key, old, new)``, warned about once the run starts). The ``train`` section, run-time switches such
         as ``train.channels_last`` included, may change."""
         stored = state["config"] if isinstance(state["config"], Mapping) else {}
+        stored = self.task.upgrade_config(stored)  # older checkpoints name some keys differently
         old_model, new_model = stored.get("model"), self.task.config.get("model")
         if old_model is not None and new_model is not None and old_model != new_model:
             diff = sorted(k for k in set(old_model) | set(new_model) if old_model.get(k) != new_model.get(k))

@@ -10,7 +10,8 @@ the data and the loss. A family subclasses :class:`TrainTask`::
         def build_model(self): return DiffWave(self.recipe.model)
         def train_dataset(self): return AudioClips(self.recipe.data)
         def loss(self, model, batch):          # batch already on the device, model possibly DDP/compiled
-            return diffusion_loss(model, self.schedule, batch["audio"], batch["mel"], self.recipe.model.diffusion)
+            den = VPDenoiser(model, self.schedule, prediction=self.recipe.model.diffusion.prediction)
+            return diffusion_loss(den, batch["audio"], batch["mel"])
 
 Rules the engine relies on:
 
@@ -20,6 +21,9 @@ Rules the engine relies on:
   (not a module you kept) so DDP sees the forward pass; draw randomness from the global torch RNG (its state is
   checkpointed, so resume is exact) or from generators you seed from the batch.
 - ``config`` is plain data (dict/list/str/int/float/bool/None) — checkpoints are loaded with ``weights_only``.
+- ``upgrade_config(stored)`` reads a checkpoint's stored config in today's names before resume compares it with
+  ``config``; by default it re-parses it with the class of ``self.recipe`` (old key names mapped by
+  ``ConfigBase.RENAMED``, fields added since filled with the defaults that reproduce the old behaviour).
 - ``validate`` and ``sample`` are called on every rank, under ``torch.no_grad()``, with the EMA model (eval mode, on
   the training device). Only rank 0's logger writes; other ranks get a logger that drops everything. Keep
   collective operations symmetric across ranks if a hook uses any.
@@ -27,12 +31,16 @@ Rules the engine relies on:
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+
+from diffcore.config import ConfigBase
+from diffcore.errors import ConfigError
 
 __all__ = ["TrainTask"]
 
@@ -57,6 +65,23 @@ class TrainTask(ABC):
     @abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """Per-example training loss ``[B]`` for a batch already moved to the device."""
+
+    def upgrade_config(self, stored: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A checkpoint's stored config in today's key names, for comparison with ``config`` on resume.
+
+        Default: ``type(self.recipe).from_dict(stored).to_dict()`` when the task has a ``recipe`` dataclass (old
+        names mapped silently: the resume itself reports what changed), else ``stored`` unchanged; a stored config
+        that no longer parses is returned unchanged, so the comparison names its differences.
+        """
+        recipe = getattr(self, "recipe", None)
+        if not isinstance(recipe, ConfigBase):
+            return stored
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                return type(recipe).from_dict(stored).to_dict()
+            except (ConfigError, TypeError, ValueError):
+                return stored
 
     def validate(self, ema_model: nn.Module, step: int, logger: Any) -> dict[str, float]:
         """Validation metrics at ``step`` (logged by the engine as ``val/<name>``); none by default."""
