@@ -10,7 +10,7 @@ preconditioning — and is what losses, the likelihood and the samplers take. Sa
 (:mod:`diffcore.discretization` makes them).
 """
 
-from diffcore.config import ConfigBase, ConfigError, DiffusionConfig, load_recipe
+from diffcore.config import ConfigBase, ConfigError, DiffusionConfig, EDMConfig, load_recipe
 from diffcore.ema import EMA
 from diffcore.denoiser import EDMDenoiser, VPDenoiser, denoiser_from_config
 from diffcore.discretization import fast_sampling_steps, fast_schedule, karras_sigmas, respaced
@@ -39,6 +39,7 @@ __all__ = [
     "denoiser_from_config",
     "validate_prior_std",
     "DiffusionConfig",
+    "EDMConfig",
     "ConfigBase",
     "ConfigError",
     "load_recipe",

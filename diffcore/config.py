@@ -397,6 +397,8 @@ class EDMConfig(ConfigBase):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0 and value < float("inf")):
                 raise ConfigError(f"diffusion.edm.{name} must be positive and finite, got {value}")
+        if not (isinstance(self.p_mean, (int, float)) and abs(self.p_mean) < float("inf")):
+            raise ConfigError(f"diffusion.edm.p_mean must be finite, got {self.p_mean}")
         if self.sigma_min > self.sigma_max:
             raise ConfigError(f"diffusion.edm.sigma_min ({self.sigma_min}) is above sigma_max ({self.sigma_max})")
 

@@ -19,7 +19,7 @@ x0_hat at a step of its schedule (``predict``) for ancestral samplers, the bound
 | sigma (EDM) = sqrt((1-abar)/abar) | ``schedule.sigmas`` for a VP denoiser                         |
 | x = x_vp / sqrt(abar)         | the sigma-space state of a VP model                               |
 | D(x; sigma)                   | ``denoise(x, sigma, cond)``                                        |
-| sigma_data                    | ``EDMDenoiser.sigma_data`` (0.5 for images in [-1, 1])             |
+| sigma_data                    | ``EDMDenoiser.params.sigma_data`` (0.5 for images in [-1, 1])      |
 | c_skip, c_out, c_in, c_noise  | ``EDMDenoiser.coefficients(sigma)`` (Karras et al. Table 1)        |
 """
 
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffcore.config import EDMConfig
 from diffcore.schedule import NoiseSchedule, Prediction as PredictionKind, eps_x0_from_output, validate_prior_std
 from diffcore.utils import append_dims
 
@@ -187,6 +188,9 @@ class VPDenoiser:
 class EDMDenoiser:
     """Karras et al. 2022's preconditioned denoiser (``EDMPrecond``): D(x; sigma) = c_skip x + c_out F(c_in x, c_noise).
 
+    ``params`` (:class:`~diffcore.config.EDMConfig`: sigma_data, sigma_min, sigma_max, p_mean, p_std, time_scale,
+    checked there) is the one definition of its constants, shared with recipes.
+
     With sigma_d the data's standard deviation (Table 1, "Ours"):
 
         c_skip = sigma_d^2 / (sigma^2 + sigma_d^2)       c_out = sigma sigma_d / sqrt(sigma^2 + sigma_d^2)
@@ -203,25 +207,20 @@ class EDMDenoiser:
     """
 
     network: Network
-    sigma_data: float = 0.5
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    time_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("sigma_data", "sigma_min", "sigma_max", "p_std", "time_scale"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"EDMDenoiser.{name} must be positive and finite, got {value}")
-        if not math.isfinite(self.p_mean):
-            raise ValueError(f"EDMDenoiser.p_mean must be finite, got {self.p_mean}")
-        if self.sigma_min > self.sigma_max:
-            raise ValueError(f"need sigma_min <= sigma_max, got {self.sigma_min} > {self.sigma_max}")
+    params: EDMConfig = dataclasses.field(default_factory=EDMConfig)
 
     learned_variance = False
     prior_std = None
+
+    @property
+    def sigma_min(self) -> float:
+        """The smallest sampling noise level (``params.sigma_min``)."""
+        return self.params.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        """The largest sampling noise level (``params.sigma_max``)."""
+        return self.params.sigma_max
 
     def with_network(self, network: Network) -> "EDMDenoiser":
         """The same preconditioning around another callable (an EMA copy, a guidance or inference wrapper)."""
@@ -229,17 +228,18 @@ class EDMDenoiser:
 
     def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(c_skip, c_out, c_in, c_noise)`` at noise levels ``sigma`` (any shape; computed in its dtype)."""
-        sd2 = self.sigma_data**2
-        total = sigma**2 + sd2
-        c_skip = sd2 / total
-        c_out = sigma * self.sigma_data / total.sqrt()
+        sd = self.params.sigma_data
+        total = sigma**2 + sd**2
+        c_skip = sd**2 / total
+        c_out = sigma * sd / total.sqrt()
         c_in = 1.0 / total.sqrt()
         c_noise = sigma.log() / 4.0
         return c_skip, c_out, c_in, c_noise
 
     def loss_weight(self, sigma: Tensor) -> Tensor:
         """lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2 (Karras et al. eq. 8 with Table 1)."""
-        return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+        sd = self.params.sigma_data
+        return (sigma**2 + sd**2) / (sigma * sd) ** 2
 
     def start_scale(self, sigma: float) -> float:
         """x at sigma_max starts as sigma_max z (Karras et al. Algorithm 1, line 2)."""
@@ -252,7 +252,7 @@ class EDMDenoiser:
         if sigma.numel() == 1 and x.shape[0] != 1:
             sigma = sigma.expand(x.shape[0])
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
-        steps = (self.time_scale * c_noise).to(_step_dtype(x))
+        steps = (self.params.time_scale * c_noise).to(_step_dtype(x))
         out = self.network(x * append_dims(c_in, x.ndim).to(x.dtype), steps, cond=cond)
         if out.shape != x.shape:
             raise ValueError(f"model output has shape {tuple(out.shape)}, expected {tuple(x.shape)}")
@@ -279,8 +279,7 @@ def denoiser_from_config(config: Any, network: Network, *, learned_variance: boo
     if edm is not None:
         if learned_variance:
             raise ValueError("a learned variance is defined for the VP parameterisation only, not with diffusion.edm")
-        return EDMDenoiser(network, sigma_data=edm.sigma_data, sigma_min=edm.sigma_min, sigma_max=edm.sigma_max,
-                           p_mean=edm.p_mean, p_std=edm.p_std, time_scale=edm.time_scale)
+        return EDMDenoiser(network, edm)
     return VPDenoiser(network, config.build(), prediction=config.prediction, learned_variance=learned_variance)
 
 

@@ -300,7 +300,8 @@ def edm_loss(
     lambda = 1 / c_out^2 (EDM's "effective training target").
 
     Args:
-        sigma: noise levels ``[B]``; drawn from ``generator`` (log-normal, ``denoiser.p_mean/p_std``) when ``None``.
+        sigma: noise levels ``[B]``; drawn from ``generator`` (log-normal, ``denoiser.params.p_mean/p_std``) when
+            ``None``.
         noise: the standard normal n ``[B, ...]``; drawn from ``generator`` when ``None`` (after sigma).
     """
     if not isinstance(denoiser, EDMDenoiser):
@@ -308,7 +309,7 @@ def edm_loss(
     batch = x0.shape[0]
     if sigma is None:
         z = randn((batch,), generator=generator, device=x0.device, dtype=torch.float64)
-        sigma = (z * denoiser.p_std + denoiser.p_mean).exp()
+        sigma = (z * denoiser.params.p_std + denoiser.params.p_mean).exp()
     sigma = sigma.to(device=x0.device, dtype=torch.float64).reshape(batch)
     if noise is None:
         noise = randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffcore.config import ConfigError, DiffusionConfig
+from diffcore.config import ConfigError, DiffusionConfig, EDMConfig
 from diffcore.denoiser import EDMDenoiser, VPDenoiser, denoiser_from_config, split_variance
 from diffcore.discretization import fast_sampling_steps, fast_schedule, karras_sigmas, respaced
 from diffcore.guidance import guided
@@ -26,7 +26,7 @@ def ideal_edm_network(den: EDMDenoiser, mu: float = MU, s: float = S):
     of N(mu, s^2) data: F = (D* - c_skip x) / c_out, reading x = input / c_in and sigma back from c_noise."""
 
     def network(x_in, t, cond=None):
-        sigma = torch.exp(4.0 * t.to(F64) / den.time_scale).reshape(-1, *(1,) * (x_in.ndim - 1))
+        sigma = torch.exp(4.0 * t.to(F64) / den.params.time_scale).reshape(-1, *(1,) * (x_in.ndim - 1))
         c_skip, c_out, c_in, _ = den.coefficients(sigma)
         x = x_in / c_in
         ideal = mu + s**2 / (s**2 + sigma**2) * (x - mu)
@@ -36,7 +36,7 @@ def ideal_edm_network(den: EDMDenoiser, mu: float = MU, s: float = S):
 
 
 def test_edm_coefficients_are_table_1():
-    den = EDMDenoiser(lambda x, t, cond=None: x, sigma_data=0.5)
+    den = EDMDenoiser(lambda x, t, cond=None: x, EDMConfig(sigma_data=0.5))
     sigma = torch.tensor([0.002, 0.1, 0.5, 1.0, 80.0], dtype=F64)
     c_skip, c_out, c_in, c_noise = den.coefficients(sigma)
     sd = 0.5
@@ -56,7 +56,7 @@ def test_edm_coefficients_are_table_1():
 
 @pytest.mark.parametrize("time_scale", [1.0, 250.0])
 def test_edm_denoiser_of_the_ideal_network_is_the_gaussian_posterior_mean(time_scale):
-    den = EDMDenoiser(None, sigma_data=0.5, time_scale=time_scale)
+    den = EDMDenoiser(None, EDMConfig(sigma_data=0.5, time_scale=time_scale))
     den = den.with_network(ideal_edm_network(den))
     x = torch.linspace(-3, 3, 11, dtype=F64)[:, None].expand(11, 4).contiguous()
     for sigma in (0.01, 0.7, 20.0):
@@ -69,7 +69,7 @@ def test_edm_loss_of_the_ideal_denoiser_equals_its_analytic_value(sigma):
     """At fixed sigma the ideal D*'s error is Gaussian with variance s^2 sigma^2 / (s^2 + sigma^2) per dimension, so
     E[lambda(sigma) ||D* - x_0||^2] = lambda(sigma) s^2 sigma^2 / (s^2 + sigma^2); 8192 x 16 draws: relative
     standard error sqrt(2 / 131072) = 0.4%, tolerance 4 SE."""
-    den = EDMDenoiser(None, sigma_data=0.5)
+    den = EDMDenoiser(None, EDMConfig(sigma_data=0.5))
     den = den.with_network(ideal_edm_network(den))
     g = torch.Generator().manual_seed(int(sigma * 100))
     x0 = MU + S * torch.randn(8192, 16, generator=g, dtype=F64)
@@ -82,7 +82,7 @@ def test_edm_loss_of_the_ideal_denoiser_equals_its_analytic_value(sigma):
 def test_edm_loss_over_the_log_normal_sigma_matches_quadrature():
     """With sigma drawn from ln sigma ~ N(P_mean, P_std^2) the expected loss is the Gauss-Hermite integral of the
     fixed-sigma value; 16384 examples x 8 dims, tolerance 4 standard errors of the estimate."""
-    den = EDMDenoiser(None, sigma_data=0.5, p_mean=-1.2, p_std=1.2)
+    den = EDMDenoiser(None, EDMConfig(sigma_data=0.5, p_mean=-1.2, p_std=1.2))
     den = den.with_network(ideal_edm_network(den))
     g = torch.Generator().manual_seed(3)
     x0 = MU + S * torch.randn(16384, 8, generator=g, dtype=F64)
@@ -102,7 +102,7 @@ def test_heun_with_the_ideal_edm_denoiser_follows_the_exact_ode():
     """For N(mu, s^2) data the probability-flow ODE is solved exactly by x(sigma) - mu = (x(sigma_max) - mu)
     sqrt((s^2 + sigma^2) / (s^2 + sigma_max^2)), from the start x = sigma_max z (Karras et al. Algorithm 1). Heun
     over N Karras levels converges to it at second order: the error shrinks about 16x per 4x more steps."""
-    den = EDMDenoiser(None, sigma_data=0.5, sigma_min=0.002, sigma_max=80.0)
+    den = EDMDenoiser(None, EDMConfig(sigma_data=0.5, sigma_min=0.002, sigma_max=80.0))
     den = den.with_network(ideal_edm_network(den))
     z = torch.linspace(-3, 3, 13, dtype=F64)[:, None]
     want = MU + (80.0 * z - MU) * math.sqrt(S**2 / (S**2 + 80.0**2))
@@ -220,7 +220,7 @@ def test_denoiser_from_config_builds_either_kind():
     assert isinstance(vp, VPDenoiser) and vp.prediction == "v" and vp.schedule.num_steps == 30
     edm = denoiser_from_config(DiffusionConfig.from_dict({"edm": {"sigma_data": 0.4, "time_scale": 250}}),
                                lambda x, t, cond=None: x)
-    assert isinstance(edm, EDMDenoiser) and edm.sigma_data == 0.4 and edm.time_scale == 250
+    assert isinstance(edm, EDMDenoiser) and edm.params.sigma_data == 0.4 and edm.params.time_scale == 250
     with pytest.raises(ConfigError, match="edm"):
         DiffusionConfig.from_dict({"edm": {}, "min_snr_gamma": 5.0})
     with pytest.raises(ConfigError, match="sigma_min"):
@@ -249,7 +249,7 @@ def test_edm_trains_a_small_network_on_gaussian_data():
             ab = self.mlp(t.float()[:, None])
             return ab[:, :1] * x + ab[:, 1:]
 
-    den = EDMDenoiser(Affine(), sigma_data=0.5)
+    den = EDMDenoiser(Affine(), EDMConfig(sigma_data=0.5))
     opt = torch.optim.Adam(den.network.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
     for _ in range(400):
@@ -258,7 +258,7 @@ def test_edm_trains_a_small_network_on_gaussian_data():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    ideal = EDMDenoiser(None, sigma_data=0.5)
+    ideal = EDMDenoiser(None, EDMConfig(sigma_data=0.5))
     ideal = ideal.with_network(ideal_edm_network(ideal))
     g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
     x0 = (MU + S * torch.randn(8192, 4, generator=torch.Generator().manual_seed(8))).to(F64)

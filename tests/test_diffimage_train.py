@@ -266,7 +266,7 @@ def test_edm_recipe_trains_resumes_and_samples_with_heun(tmp_path):
     assert task.schedule is None
     model = task.build_model()
     den = denoiser_of(model)
-    assert isinstance(den, EDMDenoiser) and den.time_scale == 250.0
+    assert isinstance(den, EDMDenoiser) and den.params.time_scale == 250.0
     x0 = torch.rand(4, 3, 8, 8) * 2 - 1
     torch.manual_seed(5)
     got = task.loss(model, {"image": x0})
