@@ -69,7 +69,8 @@ def run_variant(name: str, data: str, out: Path, marks: list[int], eval_seconds:
     from diffcore.checkpoint import find_latest
     from diffcore.train import Trainer
     from diffwave.api import evaluate_resynthesis_files, load
-    from diffwave.recipe import DiffWaveRecipe, split_files
+    from diffwave.data import split_files
+    from diffwave.recipe import DiffWaveRecipe
     from diffwave.task import make_task
 
     recipe = DiffWaveRecipe.from_dict(_merge(_merge(COMMON, VARIANTS[name]), {"data": {"path": data}}))
@@ -116,7 +117,8 @@ def prior_noise_row(data: str, out: Path, eval_seconds: float, with_dnsmos: bool
     from diffwave.config import DiffWaveConfig
     from diffwave.mel import compute_mel
     from diffwave.metrics import evaluate_resynthesis
-    from diffwave.recipe import DiffWaveRecipe, split_files
+    from diffwave.data import split_files
+    from diffwave.recipe import DiffWaveRecipe
     from diffwave.sample import vocode_mels
 
     class Zero(torch.nn.Module):

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Literal, Sequence
+from typing import Iterable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,7 @@ from diffwave.audio import AUDIO_EXTENSIONS, AudioError, audio_info, list_audio_
 from diffwave.mel import MelConfig, compute_mel
 from diffwave.preprocess import mel_cache_path, read_cached_mel, write_mel
 
-if TYPE_CHECKING:
-    from diffwave.recipe import DataConfig
+from diffwave.recipe import DataConfig, holdout_indices
 
 __all__ = [
     "AudioMelDataset",
@@ -36,6 +35,7 @@ __all__ = [
     "fsdd_label",
     "sc09_files",
     "resolve_files",
+    "split_files",
     "SC09_DIGITS",
     "download_ljspeech",
     "download_speechcommands",
@@ -391,6 +391,14 @@ def resolve_files(data: DataConfig) -> list[Path]:
         kinds = ", ".join(sorted(AUDIO_EXTENSIONS))
         raise FileNotFoundError(f"data.path {str(root)!r} ({layout} layout) holds no audio files ({kinds})")
     return list(files)
+
+
+def split_files(data: DataConfig) -> tuple[list[Path], list[Path]]:
+    """``(training clips, held-out clips)`` of ``data``: the clips of :func:`resolve_files`, the held-out ones chosen
+    by :func:`diffwave.recipe.holdout_indices` with ``data.holdout_scheme``."""
+    files = resolve_files(data)
+    held = set(holdout_indices(len(files), data.holdout, data.holdout_scheme))
+    return [f for i, f in enumerate(files) if i not in held], [f for i, f in enumerate(files) if i in held]
 
 
 def download_ljspeech(root: str | os.PathLike) -> list[Path]:

@@ -29,7 +29,8 @@ __all__ = ["evaluate_resynthesis_files", "evaluate_generation", "heldout_files"]
 def heldout_files(info: dict) -> list[Path]:
     """The held-out clips of the recipe stored with a model (its ``data`` section with ``data.holdout``), or ``[]``
     when it names none or its data is not reachable from here."""
-    from diffwave.recipe import DataConfig, split_files
+    from diffwave.data import split_files
+    from diffwave.recipe import DataConfig
 
     data = info.get("data")
     if not isinstance(data, dict) or not data.get("path") or not data.get("holdout"):

@@ -29,7 +29,8 @@ from typing import Any
 
 from diffcore.checkpoint import find_latest, list_checkpoints
 from diffcore.train import Trainer, read_log
-from diffwave.recipe import DiffWaveRecipe, split_files
+from diffwave.data import split_files
+from diffwave.recipe import DiffWaveRecipe
 
 __all__ = ["QUICKSTART_RECIPE", "DEFAULT_MINUTES", "PRETRAINED_MODEL", "quickstart_recipe", "train_for",
            "vocode_shipped_speech", "run_quickstart"]

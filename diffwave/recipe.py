@@ -2,7 +2,7 @@
 ``train`` (:class:`~diffcore.train.TrainConfig`), read from YAML by :func:`load_diffwave_recipe`.
 
 The ``data`` section says where the recordings are (``data.path``: a folder, a file list, an LJSpeech, FSDD or
-Speech Commands folder) and how they are cut; :func:`split_files` turns it into the training clips and the held-out
+Speech Commands folder) and how they are cut; :func:`diffwave.data.split_files` turns it into the training clips and the held-out
 clips (``data.holdout`` of them, evenly spread over the sorted list, never trained on; ``diffwave evaluate`` uses
 them by default).
 """
@@ -19,9 +19,8 @@ from diffcore.split import HoldoutScheme
 from diffcore.split import holdout_indices as _holdout_indices
 from diffcore.train import TrainConfig
 from diffwave.config import DiffWaveConfig
-from diffwave.data import resolve_files
 
-__all__ = ["DataConfig", "LossConfig", "DiffWaveRecipe", "load_diffwave_recipe", "split_files", "holdout_indices"]
+__all__ = ["DataConfig", "LossConfig", "DiffWaveRecipe", "load_diffwave_recipe", "holdout_indices"]
 
 Layout = Literal["auto", "files", "ljspeech", "fsdd", "sc09"]
 
@@ -115,9 +114,3 @@ def holdout_indices(n: int, k: int, scheme: HoldoutScheme = "diffwave-v1") -> li
     (default: ``diffwave-v1``, the scheme of a data config that names none)."""
     return _holdout_indices(n, k, scheme, item="clip")
 
-
-def split_files(data: DataConfig) -> tuple[list[Path], list[Path]]:
-    """``(training clips, held-out clips)`` of ``data`` (see :func:`holdout_indices`)."""
-    files = resolve_files(data)
-    held = set(holdout_indices(len(files), data.holdout, data.holdout_scheme))
-    return [f for i, f in enumerate(files) if i not in held], [f for i, f in enumerate(files) if i in held]

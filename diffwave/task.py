@@ -28,11 +28,11 @@ from diffcore.denoiser import VPDenoiser
 from diffcore.losses import diffusion_loss
 from diffcore.train import TrainTask
 from diffwave.audio import AudioError, load_audio
-from diffwave.data import AudioMelDataset, UnconditionalAudioDataset
+from diffwave.data import AudioMelDataset, UnconditionalAudioDataset, split_files
 from diffwave.mel import compute_mel
 from diffwave.model import DiffWave
 from diffwave.prior import sample_prior_std
-from diffwave.recipe import DiffWaveRecipe, split_files
+from diffwave.recipe import DiffWaveRecipe
 
 __all__ = ["RepeatedDataset", "VocoderTask", "UnconditionalTask", "make_task", "mr_stft_loss"]
 

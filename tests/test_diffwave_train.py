@@ -12,7 +12,8 @@ from diffcore.checkpoint import CheckpointError, find_latest, load_checkpoint
 from diffcore.config import ConfigError
 from diffcore.train import Trainer, read_log
 from diffwave.quickstart import QUICKSTART_RECIPE
-from diffwave.recipe import DataConfig, DiffWaveRecipe, holdout_indices, load_diffwave_recipe, split_files
+from diffwave.data import split_files
+from diffwave.recipe import DataConfig, DiffWaveRecipe, holdout_indices, load_diffwave_recipe
 from diffwave.synth import make_dataset
 from diffwave.task import RepeatedDataset, UnconditionalTask, VocoderTask, make_task
 

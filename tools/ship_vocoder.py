@@ -81,7 +81,8 @@ def main() -> int:
     from diffcore.checkpoint import find_latest, load_for_inference
     from diffwave.api import Vocoder, evaluate_resynthesis_files, load
     from diffwave.pretrained import SHIPPED
-    from diffwave.recipe import DiffWaveRecipe, split_files
+    from diffwave.data import split_files
+    from diffwave.recipe import DiffWaveRecipe
 
     run = Path(args.run)
     ckpt = find_latest(run) if args.step is None else run / "checkpoints" / f"step_{args.step:08d}.pt"
