@@ -104,8 +104,9 @@ class ImageModel:
         c = self.config
         cls = f", {c.num_classes} classes" if c.num_classes else ""
         params = sum(p.numel() for p in self.model.parameters())
+        process = "EDM" if c.diffusion.edm is not None else f"T={c.diffusion.num_steps}"
         return (f"ImageModel({self.source!r}: {c.in_channels}x{c.image_size}x{c.image_size}, {params / 1e6:.2f}M "
-                f"parameters, T={c.diffusion.num_steps}{cls}, on {self.device})")
+                f"parameters, {process}{cls}, on {self.device})")
 
     def sample(
         self,

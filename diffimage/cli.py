@@ -68,9 +68,17 @@ def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance_scale)
 
 
-def _check_guidance(args: argparse.Namespace, model) -> None:
+def _check_model_options(args: argparse.Namespace, model, metrics: set[str] = frozenset()) -> None:
+    """Options the loaded model cannot honour, refused before any work."""
     if args.guidance_scale is not None and args.guidance_scale != 1.0 and model.num_classes is None:
         raise UsageError("--guidance-scale is for class-conditional models; this model is unconditional")
+    if model.config.diffusion.edm is not None:
+        if args.sampler not in (None, "heun"):
+            raise UsageError(f"--sampler {args.sampler} walks a discrete VP schedule; this is an EDM model "
+                             f"(Karras et al. preconditioning): use --sampler heun")
+        if "nll" in metrics:
+            raise UsageError("--metrics nll: the likelihood bound needs a discrete VP schedule, and this is an EDM "
+                             "model; use --metrics fid,kid")
 
 
 def _is_main_rank() -> bool:
@@ -164,7 +172,7 @@ def cmd_sample(argv: list[str]) -> int:
         raise UsageError("--n must be at least 1")
     options = _sampling_options(args)
     model = load(args.model, args.device)
-    _check_guidance(args, model)
+    _check_model_options(args, model)
     classes = _parse_classes(args.classes, args.n, model.num_classes)
     out = Path(args.out)
     with tqdm(total=args.n, desc="sample", unit="img", disable=None) as bar:
@@ -224,7 +232,7 @@ def cmd_evaluate(argv: list[str]) -> int:
         raise UsageError("--num-images must be at least 1 and --num-samples at least 2")
     options = _sampling_options(args)
     model = load(args.model, args.device)
-    _check_guidance(args, model)
+    _check_model_options(args, model, metrics)
     out_dir = Path(args.out)
     cache = args.cache_dir or default_cache_dir()
     result, samples = evaluate_model(

@@ -251,7 +251,7 @@ def test_learned_variance_trains_with_the_hybrid_loss_and_samples(tmp_path):
 # EDM preconditioning from a recipe
 
 
-def test_edm_recipe_trains_resumes_and_samples_with_heun(tmp_path):
+def test_edm_recipe_trains_and_samples_with_heun(tmp_path, capsys):
     """``diffusion.edm`` makes the task train with EDM's loss through the one engine; the run loads, samples with
     Heun (2N - 1 network calls at float c_noise steps) and refuses the VP-only operations with clear errors."""
     from diffcore.denoiser import EDMDenoiser
@@ -287,6 +287,14 @@ def test_edm_recipe_trains_resumes_and_samples_with_heun(tmp_path):
         m.sample(2, sampler="ddim", steps=3)
     with pytest.raises(ValueError, match="VP"):
         m.bits_per_dim(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    assert "EDM" in repr(m)
+    # the command line refuses the VP-only options in one line, before any work
+    assert main(["sample", "--model", str(tmp_path / "run"), "--n", "2", "--sampler", "ddim",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "use --sampler heun" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert main(["sample", "--model", str(tmp_path / "run"), "--n", "2", "--steps", "2",
+                 "--out", str(tmp_path / "o")]) == 0  # the recipe's default sampler: heun
+    assert (tmp_path / "o" / "grid.png").is_file()
     with pytest.raises(ConfigError, match="heun"):
         tiny_recipe(model={"diffusion": {"edm": edm}}, sample={"sampler": "ddim"})
     with pytest.raises(ConfigError, match="edm"):
