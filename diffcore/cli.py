@@ -1,15 +1,8 @@
 """Command-line helpers shared by the console commands of the model packages.
 
-A training command is three lines on top of these::
-
-    def _main(argv: list[str]) -> int:
-        args = parse_args(recipe_parser("diffwave-train", "Train DiffWave.", run_dir=True), argv)
-        recipe = load_recipe(DiffWaveRecipe, args.recipe, args.overrides)
-        Trainer(DiffWaveTask(recipe), recipe.train, args.run_dir).fit()
-        return 0
-
-    def main() -> None:                         # the console-script entry point
-        raise SystemExit(run_cli(_main))
+A model package's ``train`` command is one call of :func:`train_command` (recipe or the run folder's
+``config.yaml``, ``--data``, overrides, the task, the engine, a summary line); its other commands build on
+:func:`recipe_parser`/:func:`parse_args`, the ``check_*`` helpers and :func:`run_subcommands`.
 
 Overrides are ``key=value`` or ``--key=value`` with dotted keys for nesting (``train.lr=1e-4``,
 ``--model.residual_layers=30``); values are parsed as YAML and type-checked against the recipe's dataclasses.
@@ -23,11 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from diffcore.errors import CheckpointError, ConfigError, TrainingError
+from diffcore.train import Trainer, TrainTask
 
-__all__ = ["UsageError", "recipe_parser", "parse_args", "run_cli", "debug_enabled", "run_subcommands",
+__all__ = ["UsageError", "recipe_parser", "parse_args", "train_command", "run_cli", "debug_enabled", "run_subcommands",
            "setup_logging", "check_number", "check_output_file", "check_output_dir", "os_error_message"]
 
 
@@ -89,6 +84,44 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
         raise UsageError(f"argument {stray[0]!r} is not an override: write key=value (e.g. train.lr=1e-4)")
     args.overrides = overrides
     return args
+
+
+def train_command(
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str,
+    data_help: str,
+    load_recipe: Callable[..., Any],
+    make_task: Callable[[Any], TrainTask],
+) -> int:
+    """The ``train`` command of a model package: the recipe (``--recipe``, or the run folder's ``config.yaml`` when
+    resuming without one) with ``--data`` and ``key=value`` overrides, its task, the one engine, a summary line.
+
+    ``load_recipe(path, overrides, data=...)`` reads the recipe; ``make_task(recipe)`` builds the task and must
+    surface data problems (a missing file, images of the wrong size) as ``FileNotFoundError``/``ConfigError``: when
+    the offending path came from the run's stored ``config.yaml``, the error says so and how to change it. Only rank
+    0 prints.
+    """
+    p = recipe_parser(prog, description, run_dir=True)
+    p.add_argument("--data", metavar="PATH", help=data_help)
+    args = parse_args(p, argv)
+    stored = Path(args.run_dir) / "config.yaml"
+    if args.recipe is None and not stored.is_file():
+        raise UsageError(f"give --recipe FILE (the run folder {args.run_dir} has no config.yaml to resume from)")
+    recipe = load_recipe(args.recipe if args.recipe is not None else stored, args.overrides, data=args.data)
+    try:
+        task = make_task(recipe)
+    except (FileNotFoundError, ConfigError) as e:
+        if args.recipe is None and args.data is None:  # the path came from the run's config.yaml: say so
+            raise UsageError(f"{' '.join(str(e).split())} (this path comes from the run's {stored}; pass --recipe "
+                             "or an override such as data.path=... to change it)") from e
+        raise
+    summary = Trainer(task, recipe.train, args.run_dir).fit()
+    if os.environ.get("RANK", "0") == "0":
+        print(f"trained to step {summary['step']} (loss {summary['loss']:.4g}) on {summary['device']} "
+              f"x{summary['world_size']}, {summary['precision']}; checkpoint: {summary['checkpoint']}")
+    return 0
 
 
 def check_number(option: str, value: float | int | None, lo: float | None = None, hi: float | None = None, *,

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from diffcore.cli import UsageError, parse_args, recipe_parser, run_subcommands
+from diffcore.cli import UsageError, run_subcommands, train_command
 
 __all__ = ["main", "COMMANDS"]
 
@@ -81,10 +80,6 @@ def _check_model_options(args: argparse.Namespace, model, metrics: set[str] = fr
                              "model; use --metrics fid,kid")
 
 
-def _is_main_rank() -> bool:
-    return os.environ.get("RANK", "0") == "0"
-
-
 def _write_json(path: Path, data: Any) -> None:
     from diffcore.checkpoint import atomic_write
 
@@ -112,37 +107,23 @@ def _parse_classes(text: str | None, n: int, num_classes: int | None) -> list[in
 # --------------------------------------------------------------------------------------------------- train
 
 
-def cmd_train(argv: list[str]) -> int:
-    from diffcore.config import ConfigError
-    from diffcore.train import Trainer
-    from diffimage.recipe import load_image_recipe
+def _checked_task(recipe):
     from diffimage.task import ImageTask
 
-    p = recipe_parser("diffimage train", "Train the DDPM U-Net from a recipe. A run folder that already holds a "
-                      "checkpoint is resumed (its config.yaml is the recipe when --recipe is left out). Scale out "
-                      "with torchrun --nproc_per_node=N -m diffimage train ...", run_dir=True)
-    p.add_argument("--data", metavar="PATH", help="shortcut for data.source=auto data.path=PATH (.npz or folder)")
-    args = parse_args(p, argv)
-    recipe_path = args.recipe
-    if recipe_path is None:
-        stored = Path(args.run_dir) / "config.yaml"
-        if not stored.is_file():
-            raise UsageError(f"give --recipe FILE (the run folder {args.run_dir} has no config.yaml to resume from)")
-        recipe_path = stored
-    recipe = load_image_recipe(recipe_path, args.overrides, data=args.data)
     task = ImageTask(recipe)
-    try:
-        task.train_dataset()  # a data problem (missing file, wrong image size) is reported before the run starts
-    except (FileNotFoundError, ConfigError) as e:
-        if args.recipe is None and args.data is None:  # the path came from the run's config.yaml: say so
-            raise UsageError(f"{' '.join(str(e).split())} (this path comes from the run's {recipe_path}; pass "
-                             "--recipe or an override such as data.path=... to change it)") from e
-        raise
-    summary = Trainer(task, recipe.train, args.run_dir).fit()
-    if _is_main_rank():
-        print(f"trained to step {summary['step']} (loss {summary['loss']:.4g}) on {summary['device']} "
-              f"x{summary['world_size']}, {summary['precision']}; checkpoint: {summary['checkpoint']}")
-    return 0
+    task.train_dataset()  # a data problem (missing file, wrong image size) is reported before the run starts
+    return task
+
+
+def cmd_train(argv: list[str]) -> int:
+    from diffimage.recipe import load_image_recipe
+
+    return train_command(
+        argv, prog="diffimage train", data_help="shortcut for data.source=auto data.path=PATH (.npz or folder)",
+        load_recipe=load_image_recipe, make_task=_checked_task,
+        description="Train the DDPM U-Net from a recipe. A run folder that already holds a checkpoint is resumed "
+                    "(its config.yaml is the recipe when --recipe is left out). Scale out with torchrun "
+                    "--nproc_per_node=N -m diffimage train ...")
 
 
 # --------------------------------------------------------------------------------------------------- sample

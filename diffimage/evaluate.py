@@ -19,7 +19,6 @@ from diffcore.config import ConfigError
 from diffcore.denoiser import VPDenoiser
 from diffcore.likelihood import bits_per_dim as nats_to_bits_per_dim
 from diffcore.likelihood import nll
-from diffcore.schedule import NoiseSchedule
 from diffcore.split import holdout_indices
 from diffimage.config import UNetConfig
 

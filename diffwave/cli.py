@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from diffcore.cli import (UsageError, check_number, check_output_dir, check_output_file, parse_args, recipe_parser,
-                          run_subcommands)
+                          run_subcommands, train_command)
 
 __all__ = ["main", "COMMANDS"]
 
@@ -96,11 +95,6 @@ def _check_device(args: argparse.Namespace) -> None:
     resolve_device(args.device)
 
 
-def _from_stored_config(error: BaseException, stored: Path) -> UsageError:
-    return UsageError(f"{' '.join(str(error).split())} (this path comes from the run's {stored}; pass --recipe or an "
-                      "override such as data.path=... to change it)")
-
-
 def _inference_option(args: argparse.Namespace):
     """The ``inference=`` argument of the sampling functions from ``--eager`` / ``--compile``."""
     if args.eager:
@@ -112,10 +106,6 @@ def _inference_option(args: argparse.Namespace):
 
         return InferenceConfig(compile="on")
     return None
-
-
-def _is_main_rank() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 # --------------------------------------------------------------------------------------------------- preprocess
@@ -156,34 +146,15 @@ def cmd_preprocess(argv: list[str]) -> int:
 
 @_user_errors
 def cmd_train(argv: list[str]) -> int:
-    from diffcore.config import ConfigError
-    from diffcore.train import Trainer
     from diffwave.recipe import load_diffwave_recipe
     from diffwave.task import make_task
 
-    p = recipe_parser("diffwave train", "Train DiffWave from a recipe. A run folder that already holds a checkpoint "
-                      "is resumed (its config.yaml is the recipe when --recipe is left out). Scale out with "
-                      "torchrun --nproc_per_node=N -m diffwave train ...", run_dir=True)
-    p.add_argument("--data", metavar="DIR", help="shortcut for data.path=DIR")
-    args = parse_args(p, argv)
-    recipe_path = args.recipe
-    stored = Path(args.run_dir) / "config.yaml"
-    if recipe_path is None:
-        if not stored.is_file():
-            raise UsageError(f"give --recipe FILE (the run folder {args.run_dir} has no config.yaml to resume from)")
-        recipe_path = stored
-    recipe = load_diffwave_recipe(recipe_path, args.overrides, data=args.data)
-    try:
-        task = make_task(recipe)
-    except (FileNotFoundError, ConfigError) as e:
-        if recipe_path == stored and args.data is None:
-            raise _from_stored_config(e, stored) from e
-        raise
-    summary = Trainer(task, recipe.train, args.run_dir).fit()
-    if _is_main_rank():
-        print(f"trained to step {summary['step']} (loss {summary['loss']:.4g}) on {summary['device']} "
-              f"x{summary['world_size']}, {summary['precision']}; checkpoint: {summary['checkpoint']}")
-    return 0
+    return train_command(
+        argv, prog="diffwave train", data_help="shortcut for data.path=DIR", load_recipe=load_diffwave_recipe,
+        make_task=make_task,  # resolves the clips: a missing data folder is reported before the run starts
+        description="Train DiffWave from a recipe. A run folder that already holds a checkpoint is resumed (its "
+                    "config.yaml is the recipe when --recipe is left out). Scale out with torchrun "
+                    "--nproc_per_node=N -m diffwave train ...")
 
 
 # --------------------------------------------------------------------------------------------------- vocode
