@@ -46,6 +46,7 @@ __all__ = [
     "Denoiser",
     "split_variance",
     "denoiser_from_config",
+    "require_vp",
 ]
 
 Network = Callable[..., Tensor]
