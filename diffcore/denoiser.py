@@ -270,18 +270,24 @@ Denoiser = VPDenoiser | EDMDenoiser
 :class:`VPDenoiser`."""
 
 
-def denoiser_from_config(config: Any, network: Network, *, learned_variance: bool = False) -> Denoiser:
+def denoiser_from_config(config: Any, network: Network, *, learned_variance: bool = False,
+                         schedule: NoiseSchedule | None = None) -> Denoiser:
     """The denoiser a :class:`~diffcore.config.DiffusionConfig` describes, around ``network``.
 
-    ``config.edm`` set: :class:`EDMDenoiser` with its fields; else :class:`VPDenoiser` on ``config.build()`` with
+    ``config.edm`` set: :class:`EDMDenoiser` with its fields; else :class:`VPDenoiser` on ``schedule`` (default:
+    ``config.build()``; pass the one a caller already built so that a training step does not rebuild it) with
     ``config.prediction``. ``learned_variance`` comes from the model config (it is the network's output layout).
     """
     edm = getattr(config, "edm", None)
     if edm is not None:
         if learned_variance:
             raise ValueError("a learned variance is defined for the VP parameterisation only, not with diffusion.edm")
+        if schedule is not None:
+            raise ValueError("an EDM model has no discrete schedule to replace")
         return EDMDenoiser(network, edm)
-    return VPDenoiser(network, config.build(), prediction=config.prediction, learned_variance=learned_variance)
+    if schedule is None:
+        schedule = config.build()
+    return VPDenoiser(network, schedule, prediction=config.prediction, learned_variance=learned_variance)
 
 
 def require_vp(denoiser: Any, what: str) -> VPDenoiser:

@@ -29,15 +29,10 @@ Classes = int | Sequence[int] | Tensor | None
 
 def denoiser_of(model: nn.Module, schedule: NoiseSchedule | None = None) -> Denoiser:
     """The diffcore denoiser of a :class:`UNet` (or any network with a ``config`` like :class:`UNetConfig`): its
-    ``diffusion`` parameterisation and learned variance around ``model``; ``schedule`` replaces the configured
-    one (VP only)."""
+    ``diffusion`` parameterisation and learned variance around ``model``; ``schedule`` (VP only) is the one to use
+    instead of building the configured one again."""
     cfg = model.config
-    den = denoiser_from_config(cfg.diffusion, model, learned_variance=cfg.learned_variance)
-    if schedule is not None:
-        if isinstance(den, EDMDenoiser):
-            raise ValueError("an EDM model has no discrete schedule to replace")
-        den = den.with_schedule(schedule)
-    return den
+    return denoiser_from_config(cfg.diffusion, model, learned_variance=cfg.learned_variance, schedule=schedule)
 
 
 def class_labels(config: UNetConfig, n: int, classes: Classes, device: torch.device) -> Tensor | None:

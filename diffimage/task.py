@@ -69,7 +69,7 @@ class ImageTask(TrainTask):
         m = self.recipe.model
         d = m.diffusion
         cond = labels if m.num_classes is not None else None
-        return diffusion_loss(denoiser_of(model), images, cond, norm=d.loss, min_snr_gamma=d.min_snr_gamma,
+        return diffusion_loss(denoiser_of(model, self.schedule), images, cond, norm=d.loss, min_snr_gamma=d.min_snr_gamma,
                               generator=generator, vlb_weight=d.vlb_weight, decoder="discretized")
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -91,7 +91,7 @@ class ImageTask(TrainTask):
         out = {"loss": float(self._loss(ema_model, x0[:k], None if y is None else y[:k], generator=g).mean())}
         k = min(self.recipe.sample.nll_images, x0.shape[0])
         if k > 0 and self.recipe.model.diffusion.edm is None:  # the bound is defined for the VP models
-            bpd = nll_bits_per_dim(denoiser_of(ema_model), x0[:k], None if y is None else y[:k],
+            bpd = nll_bits_per_dim(denoiser_of(ema_model, self.schedule), x0[:k], None if y is None else y[:k],
                                    generator=torch.Generator(device=device).manual_seed(4321))
             out["bits_per_dim"] = float(bpd.mean())
         return out
