@@ -66,7 +66,6 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 def run_variant(name: str, data: str, out: Path, marks: list[int], eval_seconds: float,
                 with_dnsmos: bool, log) -> list[dict[str, Any]]:
     """Train variant ``name`` to each mark (a step) and score it there; returns one row per mark."""
-    from diffcore.checkpoint import find_latest
     from diffcore.train import Trainer
     from diffwave.api import evaluate_resynthesis_files, load
     from diffwave.data import split_files

@@ -10,11 +10,12 @@ Everything in it is a tensor or plain Python data, so it loads with ``torch.load
 ever unpickled. A run folder keeps its checkpoints as ``RUN/checkpoints/step_XXXXXXXX.pt`` plus a text file
 ``RUN/checkpoints/latest`` naming the newest one.
 
-Atomicity (:func:`diffcore.atomic.atomic_write`, re-exported here): a file is written to a temporary name in the same folder, flushed and fsync'ed, renamed over the final
-name with ``os.replace`` (atomic on POSIX), and the folder is fsync'ed so the rename survives a power cut. A process
-killed at any point leaves the previous checkpoint and pointer untouched (at worst a stray ``.*.tmp*`` file, removed
-by :func:`remove_stale_temp_files`). A failed write (e.g. ``OSError`` disk full) removes its temporary file and
-raises :class:`CheckpointError`; the previous checkpoint stays valid.
+Atomicity (:func:`diffcore.atomic.atomic_write`, re-exported here): a file is written to a temporary name in the
+same folder, flushed and fsync'ed, renamed over the final name with ``os.replace`` (atomic on POSIX), and the
+folder is fsync'ed so the rename survives a power cut. A process killed at any point leaves the previous checkpoint
+and pointer untouched (at worst a stray ``.*.tmp*`` file, removed by :func:`remove_stale_temp_files`). A failed
+write (e.g. ``OSError`` disk full) removes its temporary file and raises :class:`CheckpointError`; the previous
+checkpoint stays valid.
 
 An export is a folder with ``config.json`` (the resolved recipe) and ``model.safetensors`` (EMA weights, or the
 plain weights of a run without EMA); it loads with ``json`` + ``safetensors`` alone, without the training code.

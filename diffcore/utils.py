@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffcore.device import VALID_DEVICES, resolve_device  # re-exported: commands and loaders import them here
+from diffcore.device import resolve_device  # re-exported: commands and loaders import it here
 
 __all__ = ["append_dims", "gather", "mean_flat", "sum_flat", "randn", "resolve_device_dtype",
            "resolve_device"]
+
 
 def append_dims(x: Tensor, target_ndim: int) -> Tensor:
     """Append trailing singleton dimensions to ``x`` until it has ``target_ndim`` dimensions.

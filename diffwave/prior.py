@@ -29,7 +29,6 @@ frame's noise vanishes. The result depends only on the mel and the config, so in
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Literal
 

@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,6 @@ In this order, after update ``step`` (on every rank; only rank 0's logger writes
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 

@@ -44,7 +44,6 @@ Signals: SIGTERM and SIGINT finish the current step on every rank, write a check
 checkpoint stays valid thanks to atomic writes).
 """
 
-
 from __future__ import annotations
 
 import logging
