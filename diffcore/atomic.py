@@ -9,14 +9,15 @@ a failed write removes its temporary file and raises :class:`~diffcore.errors.Ch
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from diffcore.errors import CheckpointError
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "write_json"]
 
 
 def _read_umask() -> int:
@@ -68,3 +69,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
             except OSError:
                 pass
     return path
+
+
+def write_json(path: str | os.PathLike, data: Any, *, indent: int = 1,
+               default: Callable[[Any], Any] | None = None) -> Path:
+    """``data`` as indented JSON plus a newline, written with :func:`atomic_write` (``default`` as in
+    ``json.dumps``: turns values JSON cannot hold into ones it can). The metrics, manifests and summaries the
+    commands write go through here."""
+    text = json.dumps(data, indent=indent, default=default) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode()))

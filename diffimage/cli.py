@@ -15,11 +15,11 @@ written atomically; long work shows a progress bar.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from diffcore.atomic import write_json
 from diffcore.cli import UsageError, run_subcommands, train_command
 
 __all__ = ["main", "COMMANDS"]
@@ -78,13 +78,6 @@ def _check_model_options(args: argparse.Namespace, model, metrics: set[str] = fr
         if "nll" in metrics:
             raise UsageError("--metrics nll: the likelihood bound needs a discrete VP schedule, and this is an EDM "
                              "model; use --metrics fid,kid")
-
-
-def _write_json(path: Path, data: Any) -> None:
-    from diffcore.checkpoint import atomic_write
-
-    text = json.dumps(data, indent=1) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _parse_classes(text: str | None, n: int, num_classes: int | None) -> list[int] | None:
@@ -165,7 +158,7 @@ def cmd_sample(argv: list[str]) -> int:
     if args.format in ("images", "both"):
         files = save_images(images, out, prefix="sample")
         written.append(out / f"sample_*.png ({len(files)} files)")
-    _write_json(out / "manifest.json", {
+    write_json(out / "manifest.json", {
         "model": model.source, "n": args.n, "seed": args.seed, "batch_size": args.batch_size,
         **resolved_options(model.sample_defaults, model.config, **options), "classes": classes,
     })
@@ -224,7 +217,7 @@ def cmd_evaluate(argv: list[str]) -> int:
         log=lambda line: print(line, file=sys.stderr), progress=sys.stderr.isatty())
     if samples is not None:
         save_grid(samples[:64], out_dir / "samples.png")
-    _write_json(out_dir / "metrics.json", result)
+    write_json(out_dir / "metrics.json", result)
     if "nll" in result:
         r = result["nll"]
         err = f" ± {r['stderr']:.3f}" if r["stderr"] is not None else ""

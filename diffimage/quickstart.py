@@ -29,7 +29,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from diffcore.checkpoint import atomic_write, find_latest
+from diffcore.atomic import write_json
+from diffcore.checkpoint import find_latest
 from diffcore.config import ConfigError
 from diffcore.train import Trainer, read_log
 from diffimage.data import dataset_images
@@ -154,8 +155,7 @@ def run_quickstart(
     """Run the quickstart (module docstring) into ``out``; returns paths, the loss trend and the bits/dim.
 
     ``pretrained``: first draw the shipped model's grid (:func:`sample_pretrained`)."""
-    import json
-
+    
     from diffimage.api import load
     from diffimage.grid import save_grid
     from diffimage.task import ImageTask
@@ -193,8 +193,7 @@ def run_quickstart(
     metrics = {"steps": summary["step"], "device": summary["device"], "bits_per_dim": float(bpd.mean()),
                "bits_per_dim_per_image": [float(v) for v in bpd], "loss_first": trend[0] if trend else None,
                "loss_last": trend[1] if trend else None, "elapsed_s": elapsed}
-    text = json.dumps(metrics, indent=1) + "\n"
-    atomic_write(out / "metrics.json", lambda f: f.write(text.encode()))
+    write_json(out / "metrics.json", metrics)
 
     lines = ["", "=" * 78, f"image quickstart done in {elapsed / 60:.1f} min ({summary['step']} training steps on "
              f"{summary['device']})"]

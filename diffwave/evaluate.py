@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffcore.checkpoint import atomic_write
+from diffcore.atomic import atomic_write, write_json
 from diffcore.config import ConfigError
 from diffwave.sample import Inference, Steps, num_sampling_steps, vocode_mels
 
@@ -41,10 +41,6 @@ def heldout_files(info: dict) -> list[Path]:
         return []
 
 
-
-
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2, default=_jsonable) + "\n").encode()))
 
 
 def _jsonable(x: Any) -> Any:
@@ -130,8 +126,9 @@ def evaluate_resynthesis_files(
     paths["markdown"] = out / "metrics.md"
     atomic_write(paths["markdown"], lambda f: f.write((header + table.markdown()).encode()))
     paths["json"] = out / "metrics.json"
-    _write_json(paths["json"], {"model": vocoder.source, "steps": steps, "sample_rate": sr, "files": [str(f) for f in files],
-                                **table.to_dict(), "per_clip": per_clip})
+    write_json(paths["json"], {"model": vocoder.source, "steps": steps, "sample_rate": sr,
+                               "files": [str(f) for f in files], **table.to_dict(), "per_clip": per_clip},
+               indent=2, default=_jsonable)
     return {"table": table, "per_clip": per_clip, "paths": paths}
 
 
@@ -201,7 +198,7 @@ def evaluate_generation(
     text = (f"# Unconditional generation: {n} clips, {steps} sampling\n\nmodel: `{vocoder.source}`; classifier: "
             f"`{clf_path}`; reference: {len(refs)} clips\n\n" + "\n".join(md) + "\n")
     atomic_write(out / "metrics.md", lambda f: f.write(text.encode()))
-    _write_json(out / "metrics.json", {"model": vocoder.source, "steps": steps, "n": n, "classifier": str(clf_path),
-                                       **metrics})
+    write_json(out / "metrics.json", {"model": vocoder.source, "steps": steps, "n": n, "classifier": str(clf_path),
+                                       **metrics}, indent=2, default=_jsonable)
     return {"metrics": metrics, "paths": {"markdown": out / "metrics.md", "json": out / "metrics.json",
                                           "classifier": clf_path}}

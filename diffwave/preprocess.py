@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffcore.checkpoint import atomic_write
+from diffcore.atomic import atomic_write, write_json
 from diffwave.audio import AudioError, load_audio
 from diffwave.mel import MelConfig, compute_mel
 
@@ -163,6 +163,5 @@ def preprocess(
         "frames": frames,
         "out_dir": str(out),
     }
-    text = json.dumps({**summary, "mel": mel_config.to_dict()}, indent=1)
-    atomic_write(out / "summary.json", lambda f: f.write(text.encode()))
+    write_json(out / "summary.json", {**summary, "mel": mel_config.to_dict()})
     return summary

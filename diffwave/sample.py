@@ -31,7 +31,6 @@ BENCHMARKS.md gives the speed and the deviation of each path.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -45,7 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from diffcore.checkpoint import CheckpointError, atomic_write
+from diffcore.atomic import write_json
+from diffcore.checkpoint import CheckpointError
 from diffcore.inference import InferenceConfig, InferenceRunner
 from diffcore.denoiser import VPDenoiser
 from diffcore.discretization import fast_schedule
@@ -439,8 +439,7 @@ def generate_files(
                 written.append(path)
                 manifest.append({"file": path.name, "seed": seed + i, "index_in_batch": j})
             bar.update(k)
-    text = json.dumps({"model": source, "steps": steps, "clips": manifest}, indent=1) + "\n"
-    atomic_write(out / "manifest.json", lambda f: f.write(text.encode()))
+    write_json(out / "manifest.json", {"model": source, "steps": steps, "clips": manifest})
     return written
 
 
