@@ -26,7 +26,7 @@ from diffcore.losses import (
     v_loss,
     x0_loss,
 )
-from diffcore.samplers import ddim_sample, ddpm_sample, heun_sample
+from diffcore.samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample, heun_sample
 from diffcore.schedule import NoiseSchedule, validate_prior_std
 from diffcore.utils import append_dims
 
@@ -58,6 +58,7 @@ __all__ = [
     "ddpm_sample",
     "ddim_sample",
     "heun_sample",
+    "dpmpp_2m_sample",
     "respaced",
     "fast_schedule",
     "fast_sampling_steps",

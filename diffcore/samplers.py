@@ -30,6 +30,7 @@ dx/dsigma = (x - D(x; sigma)) / sigma is unchanged and starts from x_T = s * z. 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Literal, Sequence
 
 import torch
@@ -42,7 +43,7 @@ from diffcore.likelihood import reverse_log_variance
 from diffcore.schedule import NoiseSchedule, validate_prior_std
 from diffcore.utils import clip_value, randn, resolve_device_dtype
 
-__all__ = ["ddpm_sample", "ddim_sample", "heun_sample", "fast_schedule", "fast_sampling_steps", "karras_sigmas"]
+__all__ = ["ddpm_sample", "ddim_sample", "heun_sample", "dpmpp_2m_sample", "fast_schedule", "fast_sampling_steps", "karras_sigmas"]
 
 Callback = Callable[[int, Tensor], None]
 
@@ -65,6 +66,22 @@ def _noise(x: Tensor, generator, prior_std: Tensor | None) -> Tensor:
     """z ~ N(0, I) shaped like ``x``, times s under a prior."""
     z = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return z if prior_std is None else prior_std * z
+
+
+def _checked_sigmas(denoiser: Denoiser, sigmas: Tensor, what: str) -> Tensor:
+    """``sigmas`` as float64 on the CPU, refused unless they are decreasing, positive, finite, end in 0 and lie
+    within the noise levels the denoiser was trained on."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu().reshape(-1)
+    if sigmas.numel() < 2 or sigmas[-1] != 0 or not bool((sigmas[:-1] > 0).all()) \
+            or not bool((sigmas[1:] < sigmas[:-1]).all()):
+        raise ValueError("sigmas must be decreasing positive noise levels ending in 0 (karras_sigmas(...))")
+    lo, hi = float(sigmas[-2]), float(sigmas[0])
+    if not torch.isfinite(sigmas).all():
+        raise ValueError(f"{what} needs finite sigmas")
+    s_min, s_max = denoiser.sigma_min, denoiser.sigma_max
+    if lo < s_min * (1 - 1e-9) or hi > s_max * (1 + 1e-9):
+        raise ValueError(f"sigma range [{lo}, {hi}] must lie within the denoiser's [{s_min}, {s_max}]")
+    return sigmas
 
 
 def _steps_of(denoiser: VPDenoiser, steps: NoiseSchedule | None, what: str) -> VPDenoiser:
@@ -219,16 +236,7 @@ def heun_sample(
     Start: x = start_scale(sigma_0) * x_T with x_T standard normal (times s under a prior): sqrt(1 + sigma_0^2)
     for a VP denoiser (x_T is then the VP prior sample), sigma_0 for EDM. The result is x at sigma = 0.
     """
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu().reshape(-1)
-    if sigmas.numel() < 2 or sigmas[-1] != 0 or not bool((sigmas[:-1] > 0).all()) \
-            or not bool((sigmas[1:] < sigmas[:-1]).all()):
-        raise ValueError("sigmas must be decreasing positive noise levels ending in 0 (karras_sigmas(...))")
-    lo, hi = float(sigmas[-2]), float(sigmas[0])
-    if not torch.isfinite(sigmas).all():
-        raise ValueError("heun_sample needs finite sigmas")
-    s_min, s_max = denoiser.sigma_min, denoiser.sigma_max
-    if lo < s_min * (1 - 1e-9) or hi > s_max * (1 + 1e-9):
-        raise ValueError(f"sigma range [{lo}, {hi}] must lie within the denoiser's [{s_min}, {s_max}]")
+    sigmas = _checked_sigmas(denoiser, sigmas, "heun_sample")
     x, _ = _start(denoiser, shape, x_T, generator, device, dtype)
     x = x * denoiser.start_scale(sigmas[0].item())
     n = sigmas.numel() - 1
@@ -240,6 +248,60 @@ def heun_sample(
             d_next = (x_next - denoiser.denoise(x_next, s_next, cond)) / s_next
             x_next = x + (s_next - s_cur) * 0.5 * (d + d_next)
         x = x_next
+        if callback is not None:
+            callback(i, x)
+    return x
+
+
+@torch.no_grad()
+def dpmpp_2m_sample(
+    denoiser: Denoiser,
+    shape: Sequence[int],
+    sigmas: Tensor,
+    *,
+    cond: Any = None,
+    generator: torch.Generator | None = None,
+    x_T: Tensor | None = None,
+    progress: bool = False,
+    callback: Callback | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M), the deterministic second-order multistep solver of Lu et al. 2022 (arXiv 2211.01095,
+    Algorithm 2), over the noise levels ``sigmas``: one network call per level, ``N`` calls for ``N + 1`` sigmas.
+
+    ``sigmas``: decreasing ``[N + 1]`` ending in 0, as for :func:`heun_sample`. In the sigma view (x = x_0 + sigma
+    eps; alpha = 1) the probability-flow ODE in lambda = -log sigma is solved exactly for the data-prediction
+    term: with h_i = lambda_{i+1} - lambda_i and D_i = D(x_i; sigma_i),
+
+        x_{i+1} = (sigma_{i+1} / sigma_i) x_i - expm1(-h_i) D'_i,
+        D'_i = (1 + 1 / (2 r_i)) D_i - 1 / (2 r_i) D_{i-1},   r_i = h_{i-1} / h_i,
+
+    with D'_0 = D_0 (the first step is DPM-Solver++(1), i.e. DDIM) and the last step to sigma = 0 returning
+    D_{N-1} (x = D, as k-diffusion's ``sample_dpmpp_2m`` does). The same denoisers as Heun: a
+    :class:`~diffcore.denoiser.VPDenoiser` in its sigma view or an :class:`~diffcore.denoiser.EDMDenoiser`; the
+    start is x = start_scale(sigma_0) * x_T. ``callback(i, x)`` after step ``i``.
+    """
+    sigmas = _checked_sigmas(denoiser, sigmas, "dpmpp_2m_sample")
+    x, _ = _start(denoiser, shape, x_T, generator, device, dtype)
+    x = x * denoiser.start_scale(sigmas[0].item())
+    lambdas = -sigmas[:-1].log()  # lambda = log(alpha / sigma) with alpha = 1; float64 on the CPU
+    n = sigmas.numel() - 1
+    old = None
+    for i in tqdm(range(n), disable=not progress, desc="dpm++2m"):
+        s_cur, s_next = sigmas[i].item(), sigmas[i + 1].item()
+        d = denoiser.denoise(x, s_cur, cond)
+        if s_next == 0:
+            x = d
+        else:
+            h = (lambdas[i + 1] - lambdas[i]).item()
+            if old is None:
+                d_hat = d
+            else:
+                r = (lambdas[i] - lambdas[i - 1]).item() / h
+                d_hat = (1.0 + 1.0 / (2.0 * r)) * d - (1.0 / (2.0 * r)) * old
+            x = (s_next / s_cur) * x - math.expm1(-h) * d_hat
+        old = d
         if callback is not None:
             callback(i, x)
     return x
