@@ -12,26 +12,12 @@ Notation (paper → code)
                    table is indexed by the 0-based step, as in lmnt's implementation
     mel            conditioner [B, n_mels, frames], upsampled to [B, n_mels, frames · hop]
 
-Run-time switches (:meth:`DiffWave.set_runtime`; how the network runs, not what it computes, so they are neither in
-the config nor in the state dict; the default eager path is the reference computation, bit for bit lmnt's):
-
-- ``channels_last=True`` runs every convolution as a 2-D convolution over [B, C, 1, T] tensors in
-  channels-last memory (time-major, [B, T, C] in memory), the layout oneDNN and cuDNN run fastest, with the gate and
-  the residual/skip arithmetic written as single element-wise expressions that ``torch.compile`` fuses into one
-  kernel each. Same weights, same state dict; outputs agree with the default path to float32 rounding.
-- ``gradient_checkpointing=True`` recomputes each residual layer's activations in the backward pass instead of
-  keeping them (training keeps only each layer's inputs, at the cost of one more forward pass). Active only while
-  gradients are being recorded; the values and gradients are those of the plain path.
-
-Inference helpers:
-
-- ``model.prepare_condition(mel)`` → :class:`ConditionCache`: the upsampled mel and its projection for every
-  residual layer, computed once and passed as ``cond`` to every step of a sampling run instead of the mel (the mel
-  is the same at every step). Worth it on CPU, where those projections are a quarter of the arithmetic; on a GPU
-  they are cheap tensor-core work while the cache is large (BASE, 10 s at batch 1: 1.7 GB in bf16), so
-  :mod:`diffcore.inference` leaves it off there.
-- The input checks that read tensor values (a host synchronisation) are skipped while ``torch.compile`` traces the
-  model or a CUDA graph captures it, so neither breaks on them.
+Run-time switches (:meth:`DiffWave.set_runtime`: how the network runs, not what it computes, so they are neither in
+the config nor in the state dict): ``channels_last`` runs the same modules through the channels-last path of
+:mod:`diffwave.runtime` (as does a ``cond`` that is a :class:`~diffwave.runtime.ConditionCache`, from
+:meth:`DiffWave.prepare_condition`); ``gradient_checkpointing`` recomputes each residual layer's activations in the
+backward pass instead of keeping them (active only while gradients are recorded; same values and gradients). The
+code below, the default, is the reference computation, bit for bit lmnt's.
 
 Module and parameter names follow lmnt-com/diffwave's state-dict layout (``input_projection``,
 ``diffusion_embedding.projection1``, ``spectrogram_upsampler.conv1``, ``residual_layers.{i}.dilated_conv`` ...) so that
@@ -41,14 +27,16 @@ its checkpoints load without renaming (see :mod:`diffwave.lmnt`).
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from diffwave import runtime
 from diffwave.config import DiffWaveConfig
+from diffwave.runtime import ConditionCache
 
 __all__ = [
     "DiffWave",
@@ -57,60 +45,15 @@ __all__ = [
     "ResidualBlock",
     "ConditionCache",
     "step_embedding_table",
-    "gated_tanh",
-    "residual_and_skip",
 ]
-
-_SQRT2 = math.sqrt(2.0)
-
-
-class ConditionCache(NamedTuple):
-    """The conditioner's contribution to every residual layer for one mel, reused across sampling steps.
-
-    ``layers[i]`` is Conv1x1_i(mel↑) of layer i, [B, 2C, 1, T] in channels-last memory (a [B, T, 2C] buffer);
-    ``frames`` is the mel's frame count. Built by :meth:`DiffWave.prepare_condition`; pass it as ``cond``.
-    """
-
-    layers: tuple[Tensor, ...]
-    frames: int
 
 
 def _value_checks_enabled(x: Tensor) -> bool:
-    """False while torch.compile traces or a CUDA graph captures: checks that read values would break either."""
+    """False while torch.compile traces or a CUDA graph captures: the input checks that read tensor values (a host
+    synchronisation) are skipped then, so that neither breaks on them."""
     if torch.compiler.is_compiling():
         return False
     return not (x.is_cuda and torch.cuda.is_current_stream_capturing())
-
-
-def gated_tanh(y: Tensor, c: Tensor | None = None) -> Tensor:
-    """σ(y_gate + c_gate) ⊙ tanh(y_filter + c_filter): [B, 2C, ...] (+ [B, 2C, ...]) → [B, C, ...].
-
-    The gated activation unit of Figure 2 (van den Oord et al. 2016), written as one element-wise expression so that
-    a compiler emits one kernel; the conditioner term ``c`` is added after the split, which keeps ``torch.compile``
-    from folding it into the convolution as a post-op that copies ``c`` first.
-    """
-    gate, filt = y.chunk(2, dim=1)
-    if c is not None:
-        c_gate, c_filt = c.chunk(2, dim=1)
-        gate, filt = gate + c_gate, filt + c_filt
-    return torch.sigmoid(gate) * torch.tanh(filt)
-
-
-def residual_and_skip(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """Split the output projection y [B, 2C, ...] into (residual, skip) and return ((x + residual)/√2, skip)."""
-    residual, skip = y.chunk(2, dim=1)
-    return (x + residual) / _SQRT2, skip
-
-
-def _conv_nhwc(conv: nn.Conv1d, x: Tensor) -> Tensor:
-    """A Conv1d applied as a Conv2d with a 1×k kernel to x [B, C_in, 1, T] (channels-last): [B, C_out, 1, T]."""
-    return F.conv2d(
-        x, conv.weight.unsqueeze(2), conv.bias, padding=(0, conv.padding[0]), dilation=(1, conv.dilation[0])
-    )
-
-
-def _channels_last(x: Tensor) -> Tensor:
-    return x.contiguous(memory_format=torch.channels_last)
 
 
 def step_embedding_table(num_steps: int, dim: int = 128) -> Tensor:
@@ -220,28 +163,15 @@ class ResidualBlock(nn.Module):
         self.conditioner_projection = _conv1d(n_mels, 2 * c, 1) if n_mels is not None else None
         self.output_projection = _conv1d(c, 2 * c, 1)
 
-    def forward(
-        self, x: Tensor, step: Tensor, cond: Tensor | None, cond_projected: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """x [B, C, T], step embedding [B, hidden], cond = mel↑ [B, n_mels, T] (or ``cond_projected``, this layer's
-        precomputed Conv1x1(mel↑) [B, 2C, 1, T] from a :class:`ConditionCache`)."""
+    def forward(self, x: Tensor, step: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x [B, C, T], step embedding [B, hidden], cond = mel↑ [B, n_mels, T] (``None`` if unconditional)."""
         y = self.dilated_conv(x + self.diffusion_projection(step).unsqueeze(-1))
-        if cond_projected is not None:
-            cond_projected = cond_projected.squeeze(2)
-        elif self.conditioner_projection is not None:
-            cond_projected = self.conditioner_projection(cond)
-        return residual_and_skip(x, self.output_projection(gated_tanh(y, cond_projected)))
-
-    def forward_channels_last(
-        self, x: Tensor, step: Tensor, cond: Tensor | None, cond_projected: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """The fast path: the same layer on [B, C, 1, T] channels-last tensors (``cond``: mel↑ [B, n_mels, 1, T];
-        ``cond_projected``: this layer's cached projection [B, 2C, 1, T])."""
-        y = _conv_nhwc(self.dilated_conv, x + self.diffusion_projection(step)[:, :, None, None])
-        if cond_projected is None and self.conditioner_projection is not None:
-            cond_projected = _conv_nhwc(self.conditioner_projection, cond)
-        y = _conv_nhwc(self.output_projection, gated_tanh(y, cond_projected))
-        return residual_and_skip(x, y)
+        gate, filt = y.chunk(2, dim=1)
+        if self.conditioner_projection is not None:
+            c_gate, c_filt = self.conditioner_projection(cond).chunk(2, dim=1)
+            gate, filt = gate + c_gate, filt + c_filt
+        residual, skip = self.output_projection(torch.sigmoid(gate) * torch.tanh(filt)).chunk(2, dim=1)
+        return (x + residual) / math.sqrt(2.0), skip
 
 
 class DiffWave(nn.Module):
@@ -282,15 +212,15 @@ class DiffWave(nn.Module):
         self.gradient_checkpointing = False
 
     def set_runtime(self, *, channels_last: bool | None = None, gradient_checkpointing: bool | None = None) -> None:
-        """Switch how the network runs (``None`` leaves a switch as it is): ``channels_last``, the channels-last
-        convolution path; ``gradient_checkpointing``, recomputing each residual layer in the backward pass (module
-        docstring). Neither changes the function, the weights or the config."""
+        """Switch how the network runs (``None`` leaves a switch as it is): ``channels_last``, the channels-last path
+        of :mod:`diffwave.runtime`; ``gradient_checkpointing``, recomputing each residual layer in the backward pass.
+        Neither changes the function, the weights or the config."""
         if channels_last is not None:
             self.channels_last = bool(channels_last)
         if gradient_checkpointing is not None:
             self.gradient_checkpointing = bool(gradient_checkpointing)
 
-    def _run_layer(self, layer: Callable[..., tuple[Tensor, Tensor]], *args: Tensor | None) -> tuple[Tensor, Tensor]:
+    def run_layer(self, layer: Callable[..., tuple[Tensor, Tensor]], *args: Any) -> tuple[Tensor, Tensor]:
         """``layer(*args)``, through activation checkpointing when it is on and gradients are being recorded."""
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return checkpoint(layer, *args, use_reentrant=False)
@@ -300,6 +230,31 @@ class DiffWave(nn.Module):
     def hop_length(self) -> int | None:
         """Audio samples per mel frame (None for an unconditional model)."""
         return self.spectrogram_upsampler.hop_length if self.spectrogram_upsampler is not None else None
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | ConditionCache | None = None) -> Tensor:
+        if x_t.dim() == 2 or (x_t.dim() == 3 and x_t.shape[1] == 1):
+            x = x_t.reshape(x_t.shape[0], 1, x_t.shape[-1])
+        else:
+            raise ValueError(f"x_t must be audio of shape [B, T] or [B, 1, T], got {list(x_t.shape)}")
+        batch, length = x.shape[0], x.shape[-1]
+        t = self._check_step(t, batch)
+        if self.channels_last or isinstance(cond, ConditionCache):
+            return runtime.forward(self, x, t, cond).reshape(x_t.shape)
+
+        cond = self.upsampled_condition(cond, batch, length)
+        h = F.relu(self.input_projection(x))
+        step = self.diffusion_embedding(t)
+        skips: Tensor | None = None
+        for layer in self.residual_layers:
+            h, skip = self.run_layer(layer, h, step, cond)
+            skips = skip if skips is None else skips + skip
+        h = F.relu(self.skip_projection(skips / math.sqrt(len(self.residual_layers))))
+        return self.output_projection(h).reshape(x_t.shape)
+
+    def prepare_condition(self, mel: Tensor) -> ConditionCache:
+        """The upsampled ``mel`` [B, n_mels, frames] projected for every residual layer, once for a whole sampling
+        run: pass the :class:`~diffwave.runtime.ConditionCache` as ``cond`` (:func:`diffwave.runtime.prepare_condition`)."""
+        return runtime.prepare_condition(self, mel)
 
     def _check_step(self, t: Tensor, batch: int) -> Tensor:
         if not isinstance(t, Tensor):
@@ -318,88 +273,13 @@ class DiffWave(nn.Module):
             )
         return t
 
-    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        squeeze = x_t.dim() == 2
-        if squeeze:
-            x = x_t.unsqueeze(1)
-        elif x_t.dim() == 3 and x_t.shape[1] == 1:
-            x = x_t
-        else:
-            raise ValueError(f"x_t must be audio of shape [B, T] or [B, 1, T], got {list(x_t.shape)}")
-        batch, length = x.shape[0], x.shape[-1]
-        t = self._check_step(t, batch)
-
-        cache: ConditionCache | None = None
-        if isinstance(cond, ConditionCache):
-            cache, cond = self._check_cache(cond, batch, length), None
-        elif self.spectrogram_upsampler is not None:
-            cond = self._upsampled_condition(cond, batch, length)
-        elif cond is not None:
-            raise ValueError("this DiffWave model is unconditional (config.conditional is false) but got a conditioner")
-
-        if self.channels_last:
-            return self._forward_channels_last(x, t, cond, cache).reshape(x_t.shape)
-        h = F.relu(self.input_projection(x))
-        step = self.diffusion_embedding(t)
-        skips: Tensor | None = None
-        for i, layer in enumerate(self.residual_layers):
-            h, skip = self._run_layer(layer, h, step, cond, cache.layers[i] if cache is not None else None)
-            skips = skip if skips is None else skips + skip
-        h = skips / math.sqrt(len(self.residual_layers))
-        h = F.relu(self.skip_projection(h))
-        out = self.output_projection(h)
-        return out.squeeze(1) if squeeze else out
-
-    def _forward_channels_last(
-        self, x: Tensor, t: Tensor, cond: Tensor | None, cache: ConditionCache | None
-    ) -> Tensor:
-        """x [B, 1, T] → ε [B, 1, 1, T] through channels-last [B, C, 1, T] activations (``cond``: mel↑ [B, n_mels, T])."""
-        h = F.relu(_channels_last(_conv_nhwc(self.input_projection, _channels_last(x.unsqueeze(2)))))
-        up = _channels_last(cond.unsqueeze(2)) if cond is not None else None
-        step = self.diffusion_embedding(t)
-        skips: Tensor | None = None
-        for i, layer in enumerate(self.residual_layers):
-            h, skip = self._run_layer(layer.forward_channels_last, h, step, up,
-                                      cache.layers[i] if cache is not None else None)
-            skips = skip if skips is None else skips + skip
-        h = F.relu(_conv_nhwc(self.skip_projection, skips / math.sqrt(len(self.residual_layers))))
-        return _conv_nhwc(self.output_projection, h)
-
-    @torch.no_grad()
-    def prepare_condition(self, mel: Tensor) -> ConditionCache:
-        """Upsample ``mel`` [B, n_mels, frames] and project it for every residual layer, once for a whole sampling run.
-
-        Runs under the caller's autocast, so the cache takes the precision the network will run in. Memory:
-        ``residual_layers · 2C · B · frames · hop`` values (BASE, 1 s at 22.05 kHz, batch 1: 85M, 169 MB in bf16).
-        """
+    def upsampled_condition(self, cond: Tensor | None, batch: int, length: int) -> Tensor | None:
+        """mel↑ [B, n_mels, T] of the conditioner ``cond`` [B, n_mels, frames] checked against x_t's batch and
+        length T; ``None`` for an unconditional model (which refuses a conditioner)."""
         if self.spectrogram_upsampler is None:
-            raise ValueError("prepare_condition needs a mel-conditioned model (config.conditional is true)")
-        if mel.dim() != 3:
-            raise ValueError(f"the mel conditioner must have shape [B, {self.config.n_mels}, frames], got {list(mel.shape)}")
-        frames = mel.shape[-1]
-        up = self._upsampled_condition(mel, mel.shape[0], frames * self.hop_length)
-        up = _channels_last(up.unsqueeze(2))
-        layers = tuple(
-            _channels_last(_conv_nhwc(layer.conditioner_projection, up)) for layer in self.residual_layers
-        )
-        return ConditionCache(layers, frames)
-
-    def _check_cache(self, cache: ConditionCache, batch: int, length: int) -> ConditionCache:
-        if self.spectrogram_upsampler is None:
-            raise ValueError("this DiffWave model is unconditional (config.conditional is false) but got a conditioner")
-        if len(cache.layers) != len(self.residual_layers):
-            raise ValueError(
-                f"the condition cache holds {len(cache.layers)} layers, the model has {len(self.residual_layers)}: "
-                "build it with this model's prepare_condition"
-            )
-        shape = tuple(cache.layers[0].shape)
-        if shape[0] != batch or shape[-1] != length:
-            raise ValueError(
-                f"the condition cache is for batch {shape[0]} × {shape[-1]} samples, but x_t is {batch} × {length}"
-            )
-        return cache
-
-    def _upsampled_condition(self, cond: Tensor | None, batch: int, length: int) -> Tensor:
+            if cond is not None:
+                raise ValueError("this DiffWave model is unconditional (config.conditional is false) but got a conditioner")
+            return None
         n_mels, hop = self.config.n_mels, self.hop_length
         if cond is None:
             raise ValueError(f"this DiffWave model is mel-conditioned: pass cond=mel of shape [B, {n_mels}, frames]")

@@ -41,7 +41,8 @@ from diffcore.discretization import fast_schedule  # noqa: E402
 from diffcore.samplers import ddpm_sample  # noqa: E402
 from diffwave.config import DiffWaveConfig  # noqa: E402
 from diffwave.metrics import log_mel_l1  # noqa: E402
-from diffwave.model import ConditionCache, DiffWave, gated_tanh, residual_and_skip  # noqa: E402
+from diffwave.model import DiffWave  # noqa: E402
+from diffwave.runtime import ConditionCache, gated_tanh, residual_and_skip  # noqa: E402
 
 
 def tiny_model(seed: int = 0) -> DiffWave:
