@@ -36,9 +36,11 @@ from diffwave.evaluate import evaluate_generation, evaluate_resynthesis_files
 from diffwave.mel import compute_mel, validate_mel
 from diffwave.model import DiffWave
 from diffwave.pretrained import SHIPPED, available_models
+from diffwave.refiner_vocoder import RefinerVocoder, is_refiner_config
 from diffwave.sample import DEFAULT_MAX_FRAMES, Inference, Steps, generate_audio, vocode_mels
 
-__all__ = ["Vocoder", "available_models", "load", "save_export", "export_run", "import_lmnt", "resolve_device",
+__all__ = ["Vocoder", "RefinerVocoder", "available_models", "load", "save_export", "export_run", "import_lmnt",
+           "resolve_device",
            "evaluate_resynthesis_files", "evaluate_generation"]
 
 Device = Literal["auto", "cpu", "cuda"]  # or "cuda:N"
@@ -259,7 +261,7 @@ def _looks_like_lmnt(path: Path) -> bool:
     return isinstance(ckpt, dict) and "params" in ckpt and "model" in ckpt and "format" not in ckpt
 
 
-def load(path: str | os.PathLike, device: Device | str | torch.device = "auto") -> Vocoder:
+def load(path: str | os.PathLike, device: Device | str | torch.device = "auto") -> Vocoder | RefinerVocoder:
     """Load a model for inference from a run folder (its latest checkpoint), a ``.pt`` checkpoint, an export
     folder (``config.json`` + ``model.safetensors``), an lmnt-com/diffwave checkpoint, or the name of a vocoder
     shipped with the package (:func:`available_models`; an existing path of the same name wins).
@@ -273,4 +275,6 @@ def load(path: str | os.PathLike, device: Device | str | torch.device = "auto") 
         if _looks_like_lmnt(p):
             return Vocoder.from_lmnt(p, device)
         raise
+    if is_refiner_config(config):  # a Griffin-Lim refiner (diffwave.refiner), vocoding through the same interface
+        return RefinerVocoder.from_config_and_weights(config, weights, device, source=str(p))
     return Vocoder.from_config_and_weights(config, weights, device, source=str(p))

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from diffcore.atomic import atomic_write, write_json
 from diffcore.config import ConfigError
+from diffwave.refiner_vocoder import RefinerVocoder
 from diffwave.sample import Inference, Steps, num_sampling_steps, vocode_mels
 
 if TYPE_CHECKING:
@@ -94,25 +95,32 @@ def evaluate_resynthesis_files(
         refs.append(wav)
         mels.append(vocoder.mel(wav))
         names.append(Path(f).stem)
-    n_steps = num_sampling_steps(vocoder.config, steps)
-    bar = tqdm(total=n_steps * len(range(0, len(files), group)), disable=not progress, desc=f"vocode ({steps})")
+    refiner = isinstance(vocoder, RefinerVocoder)
     outs: list[Tensor] = []
-    for k, i in enumerate(range(0, len(files), group)):
-        g = torch.Generator(device=vocoder.device).manual_seed(seed * 1_000_003 + k)
-        part = vocode_mels(vocoder.model, mels[i : i + group], steps, generator=g, callback=lambda *_: bar.update(1),
-                           inference=inference)
-        outs += [w.cpu()[: r.shape[-1]] for w, r in zip(part, refs[i : i + group])]
-    bar.close()
+    if refiner:  # deterministic, one network call per mel: no schedule, no noise
+        n_steps = 1
+        for m, r in zip(tqdm(mels, disable=not progress, desc="vocode (refiner)"), refs):
+            outs.append(vocoder.vocode(m)[: r.shape[-1]])
+    else:
+        n_steps = num_sampling_steps(vocoder.config, steps)
+        bar = tqdm(total=n_steps * len(range(0, len(files), group)), disable=not progress, desc=f"vocode ({steps})")
+        for k, i in enumerate(range(0, len(files), group)):
+            g = torch.Generator(device=vocoder.device).manual_seed(seed * 1_000_003 + k)
+            part = vocode_mels(vocoder.model, mels[i : i + group], steps, generator=g,
+                               callback=lambda *_: bar.update(1), inference=inference)
+            outs += [w.cpu()[: r.shape[-1]] for w, r in zip(part, refs[i : i + group])]
+        bar.close()
     gls = [griffin_lim_from_mel(m, mel_cfg, n_iter=gl_iters) for m in mels]
     paths: dict[str, Any] = {"wavs": []}
     for name, ref, est, gl in zip(names, refs, outs, gls):
-        for kind, wav in (("reference", ref), ("diffwave", est), ("griffinlim", gl)):
+        for kind, wav in (("reference", ref), (model_kind, est), ("griffinlim", gl)):
             paths["wavs"].append(save_audio(out / "wavs" / f"{name}.{kind}.wav", wav, sr))
-    system = f"DiffWave ({steps})"
+    model_kind = "refiner" if refiner else "diffwave"
+    system = f"Refiner (Griffin-Lim {vocoder.config.gl_iters} it. + network)" if refiner else f"DiffWave ({steps})"
     table = evaluate_resynthesis(list(zip(refs, outs)), sr, list(zip(refs, gls)), system=system,
                                  with_dnsmos=with_dnsmos)
     per_clip = [
-        {"clip": name, "diffwave": evaluate_pair(r, e, sr, with_dnsmos=False),
+        {"clip": name, model_kind: evaluate_pair(r, e, sr, with_dnsmos=False),
          "griffinlim": evaluate_pair(r, g_, sr, with_dnsmos=False)}
         for name, r, e, g_ in zip(names, refs, outs, gls)
     ]

@@ -1,0 +1,182 @@
+"""The Griffin-Lim refiner (diffwave.refiner): step 0 is the baseline, chunked equals whole, the phase features are
+shift-invariant, exports load by path and through the vocoding interface, training resumes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffcore.checkpoint import CheckpointError
+from diffwave.mel import MelConfig, compute_mel
+from diffwave.metrics import griffin_lim_from_mel
+from diffwave.refiner import GriffinLimRefiner, RefinerConfig, refiner_features
+
+SR = 22050
+
+
+def _small(**kw) -> RefinerConfig:
+    return RefinerConfig.from_dict({"dim": 32, "intermediate": 64, "num_blocks": 2, "gl_iters": 8, **kw})
+
+
+def _speechlike(seconds: float = 1.0, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * SR)) / SR
+    f0 = 120 + 30 * torch.sin(2 * math.pi * 2 * t)
+    phase = 2 * math.pi * torch.cumsum(f0, 0) / SR
+    harm = sum(torch.sin(k * phase) / k for k in range(1, 12))
+    env = 0.5 * (1 + torch.sin(2 * math.pi * 3 * t)) * 0.3
+    return (env * harm + 0.01 * torch.randn(t.shape, generator=g)).float().clamp(-1, 1)
+
+
+def _perturbed(model: GriffinLimRefiner, seed: int = 1) -> GriffinLimRefiner:
+    """The zero-initialised head made non-zero, so the correction is not the identity."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.head.weight.copy_(0.05 * torch.randn(model.head.weight.shape, generator=g))
+        model.head.bias.copy_(0.05 * torch.randn(model.head.bias.shape, generator=g))
+    return model
+
+
+def test_untrained_refiner_returns_the_griffin_lim_waveform():
+    torch.manual_seed(0)
+    config = _small()
+    model = GriffinLimRefiner(config).eval()
+    mel = compute_mel(_speechlike(), config.mel)[None]
+    with torch.no_grad():
+        out = model(mel)
+    gl = griffin_lim_from_mel(mel, config.mel, n_iter=config.gl_iters, momentum=config.gl_momentum)
+    assert out.shape == gl.shape
+    assert (out - gl).abs().max() < 1e-5 * gl.abs().max()
+    # and a trained-looking (non-zero) head does change it
+    with torch.no_grad():
+        moved = _perturbed(model)(mel)
+    assert (moved - gl).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("max_frames", [20, 33, 50])
+def test_chunked_correction_equals_whole(max_frames):
+    torch.manual_seed(0)
+    model = _perturbed(GriffinLimRefiner(_small(kernel=5))).eval()
+    mel = compute_mel(_speechlike(1.5), model.config.mel)[None]
+    start = model.griffin_lim(mel)
+    with torch.no_grad():
+        whole = model(mel, start)
+        chunked = model(mel, start, max_frames=max_frames)
+    assert torch.allclose(whole, chunked, atol=1e-5), (whole - chunked).abs().max()
+
+
+def test_chunking_refuses_a_window_without_a_core():
+    model = GriffinLimRefiner(_small()).eval()
+    mel = compute_mel(_speechlike(), model.config.mel)[None]
+    with pytest.raises(ValueError, match="max_frames"):
+        model(mel, max_frames=2 * model.context_frames)
+
+
+def test_phase_features_are_invariant_to_a_shift_by_whole_hops():
+    c = MelConfig.diffwave()
+    x = _speechlike(1.0)
+    shifted = torch.cat([torch.zeros(3 * c.hop_length), x])
+    window = torch.hann_window(c.win_length, periodic=True)
+
+    def feats(w):
+        spec = torch.stft(w, c.n_fft, c.hop_length, c.win_length, window=window, center=True, return_complex=True)
+        mel = torch.zeros(c.n_mels, spec.shape[-1])
+        return refiner_features(spec[None], mel[None], c)[0]
+
+    a, b = feats(x), feats(shifted)
+    # interior frames (away from the reflect padding of both signals) agree
+    assert torch.allclose(a[:, 5:40], b[:, 8:43], atol=1e-3)
+
+
+def test_config_checks():
+    with pytest.raises(Exception, match="odd"):
+        RefinerConfig.from_dict({"kernel": 4})
+    with pytest.raises(Exception, match="positive"):
+        RefinerConfig.from_dict({"dim": 0})
+    with pytest.raises(Exception, match="gl_momentum"):
+        RefinerConfig.from_dict({"gl_momentum": 1.0})
+    assert RefinerConfig.from_dict(RefinerConfig().to_dict()) == RefinerConfig()
+    assert RefinerConfig().receptive_field == 1 + 6 * 6
+
+
+def _export(tmp_path, model):
+    from diffcore.checkpoint import write_export
+    from diffwave.refiner import NETWORK_NAME
+
+    return write_export(tmp_path / "export", model.state_dict(), {"network": NETWORK_NAME,
+                                                                  "model": model.config.to_dict()})
+
+
+def test_export_loads_through_the_vocoding_interface(tmp_path):
+    import diffwave.api as dw
+
+    torch.manual_seed(0)
+    model = _perturbed(GriffinLimRefiner(_small())).eval()
+    out = _export(tmp_path, model)
+    voc = dw.load(out, "cpu")
+    assert isinstance(voc, dw.RefinerVocoder) and "Griffin-Lim" in repr(voc)
+    wav = _speechlike()
+    mel = voc.mel(wav)
+    F = mel.shape[-1]
+    one = voc.vocode(mel)
+    assert one.shape == (F * voc.hop_length,) and one.abs().max() <= 1.0
+    with torch.no_grad():
+        direct = model(mel[None])[0]
+    n = direct.shape[-1]
+    assert torch.allclose(one[:n], direct.clamp(-1, 1), atol=1e-5)
+    batch = voc.vocode(torch.stack([mel, mel]))
+    assert batch.shape == (2, F * voc.hop_length) and torch.allclose(batch[0], one, atol=1e-5)
+    waves, lengths = voc.vocode(torch.stack([mel, mel]), lengths=[F, F // 2])
+    assert lengths.tolist() == [F * voc.hop_length, (F // 2) * voc.hop_length]
+    assert waves[1, lengths[1]:].abs().max() == 0
+    listed = voc.vocode([mel, mel[:, : F // 2]])
+    assert [w.shape[-1] for w in listed] == [F * voc.hop_length, (F // 2) * voc.hop_length]
+    assert isinstance(voc.vocode(mel.numpy()), type(mel.numpy()))
+    with pytest.raises(ValueError, match="lengths"):
+        voc.vocode(torch.stack([mel, mel]), lengths=[True, True])
+    with pytest.raises(ValueError, match="vocoder"):
+        voc.generate(2)
+
+
+def test_export_with_bad_weights_is_refused(tmp_path):
+    import diffwave.api as dw
+    from diffcore.checkpoint import write_export
+    from diffwave.refiner import NETWORK_NAME
+
+    model = GriffinLimRefiner(_small())
+    state = model.state_dict()
+    state["head.bias"] = torch.full_like(state["head.bias"], float("nan"))
+    write_export(tmp_path / "nan", state, {"network": NETWORK_NAME, "model": model.config.to_dict()})
+    with pytest.raises(CheckpointError, match="NaN"):
+        dw.load(tmp_path / "nan", "cpu")
+    write_export(tmp_path / "wrong", model.state_dict(), {"network": NETWORK_NAME,
+                                                          "model": {**model.config.to_dict(), "dim": 48}})
+    with pytest.raises(CheckpointError, match="do not fit|shape"):
+        dw.load(tmp_path / "wrong", "cpu")
+
+
+def test_training_lowers_the_loss_and_resumes(tmp_path):
+    from diffwave.audio import save_audio
+    from diffwave.refiner_train import RefinerTrainConfig, export_refiner, train_refiner
+
+    files = []
+    for i in range(2):
+        files.append(save_audio(tmp_path / f"clip{i}.wav", _speechlike(1.0, seed=i), SR))
+    tc = RefinerTrainConfig.from_dict({"batch_size": 2, "crop_frames": 16, "warmup_steps": 1, "lr": 2e-3,
+                                       "stft_sizes": [256, 512]})
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    train_refiner(run, files, model_config=_small(), train_config=tc, cpu_minutes=0.05, log=lambda s: None)
+    first = torch.load(run / "state.pt", weights_only=False)
+    assert first["step"] > 0 and first["cpu_seconds"] >= 3.0
+    train_refiner(run, files, cpu_minutes=0.02, log=lambda s: None)
+    second = torch.load(run / "state.pt", weights_only=False)
+    assert second["step"] > first["step"] and len(second["history"]["periods"]) == 2
+    # the EMA export of the last state loads and vocodes
+    import diffwave.api as dw
+
+    out = export_refiner(run, tmp_path / "exp", which="last")
+    voc = dw.load(out, "cpu")
+    assert voc.vocode(voc.mel(_speechlike(0.5))).isfinite().all()
