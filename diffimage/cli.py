@@ -38,10 +38,11 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sampler", choices=("ddim", "ddpm", "heun"), default=None,
-                   help="default: the model recipe's sample.sampler (ddim unless set)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm", "heun", "dpmpp"), default=None,
+                   help="default: the model recipe's sample.sampler (ddim unless set); dpmpp is DPM-Solver++(2M), "
+                        "one network evaluation per step")
     p.add_argument("--steps", type=int, default=None,
-                   help="sampling steps (default: the recipe's, else ddim 50, heun 18, ddpm all T)")
+                   help="sampling steps (default: the recipe's, else ddim 50, heun 18, dpmpp 20, ddpm all T)")
     p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity (default 0: deterministic)")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="classifier-free guidance for class-conditional models (1: none; default: the recipe's)")
@@ -72,9 +73,9 @@ def _check_model_options(args: argparse.Namespace, model, metrics: set[str] = fr
     if args.guidance_scale is not None and args.guidance_scale != 1.0 and model.num_classes is None:
         raise UsageError("--guidance-scale is for class-conditional models; this model is unconditional")
     if model.config.diffusion.edm is not None:
-        if args.sampler not in (None, "heun"):
+        if args.sampler not in (None, "heun", "dpmpp"):
             raise UsageError(f"--sampler {args.sampler} walks a discrete VP schedule; this is an EDM model "
-                             f"(Karras et al. preconditioning): use --sampler heun")
+                             f"(Karras et al. preconditioning): use --sampler heun or dpmpp")
         if "nll" in metrics:
             raise UsageError("--metrics nll: the likelihood bound needs a discrete VP schedule, and this is an EDM "
                              "model; use --metrics fid,kid")

@@ -1,6 +1,6 @@
 """Sampling a trained U-Net: :func:`denoiser_of` wraps the network in its diffcore denoiser (VP with ε/x0/v and an
 optional learned variance, or EDM), and :func:`generate` draws images with one of diffcore's samplers (DDPM, DDIM,
-Heun) over its discretisation, with classifier-free guidance for a class-conditional network.
+Heun, DPM-Solver++(2M)) over its discretisation, with classifier-free guidance for a class-conditional network.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from torch import Tensor, nn
 from diffcore.denoiser import Denoiser, EDMDenoiser, denoiser_from_config
 from diffcore.discretization import karras_sigmas, respaced
 from diffcore.guidance import guided
-from diffcore.samplers import ddim_sample, ddpm_sample, heun_sample
+from diffcore.samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample, heun_sample
 from diffcore.schedule import NoiseSchedule
 from diffimage.config import UNetConfig
 from diffimage.model import UNet
-from diffimage.recipe import ImageSampleConfig, SamplerName
+from diffimage.recipe import SIGMA_SAMPLERS, ImageSampleConfig, SamplerName
 
 __all__ = ["generate", "denoiser_of", "class_labels", "resolved_options", "DEFAULT_STEPS", "Classes"]
 
 #: Steps of each sampler when none are given (``None``: every step of the schedule).
-DEFAULT_STEPS: dict[str, int | None] = {"ddim": 50, "heun": 18, "ddpm": None}
+DEFAULT_STEPS: dict[str, int | None] = {"ddim": 50, "heun": 18, "dpmpp": 20, "ddpm": None}
 
 Classes = int | Sequence[int] | Tensor | None
 
@@ -76,7 +76,8 @@ def generate(
     Samplers (diffcore): ``ddpm`` — ancestral sampling, Algorithm 2 of Ho et al. 2020 with σ_t² = β_t, over all T
     steps or, with ``steps``, over an evenly respaced subsequence (Nichol & Dhariwal 2021 §4); ``ddim`` — Song et al.
     2021 eq. 12 (``eta`` 0: deterministic); ``heun`` — Karras et al. 2022 Algorithm 1 (``2·steps − 1`` network
-    calls over ``karras_sigmas``; the only sampler of an EDM model). A class-conditional network gets ``classes``
+    calls over ``karras_sigmas``); ``dpmpp`` — DPM-Solver++(2M), Lu et al. 2022 (``steps`` network calls over the
+    same levels). Heun and DPM-Solver++ walk the sigma view and are the only samplers of an EDM model. A class-conditional network gets ``classes``
     (see :func:`class_labels`) and classifier-free guidance ``ε_u + s(ε_c − ε_u)`` with ``s = guidance_scale``. A
     learned-variance network is sampled with its ε half and the sampler's fixed variance σ_t² = β_t. ``generator``
     (on the model's device) makes the result reproducible.
@@ -98,8 +99,8 @@ def generate(
         common: dict[str, Any] = dict(cond=cond, generator=generator, progress=progress, device=device,
                                       dtype=torch.float32)
         steps = steps if steps is not None else DEFAULT_STEPS[sampler]
-        if isinstance(den, EDMDenoiser) and sampler != "heun":
-            raise ValueError(f"an EDM model is sampled with sampler 'heun', got {sampler!r}")
+        if isinstance(den, EDMDenoiser) and sampler not in SIGMA_SAMPLERS:
+            raise ValueError(f"an EDM model is sampled with sampler 'heun' or 'dpmpp', got {sampler!r}")
         if sampler == "ddim":
             x = ddim_sample(den, shape, respaced(den.schedule, min(int(steps), den.schedule.num_steps)), eta=eta,
                             clip_denoised=clip_denoised, **common)
@@ -108,8 +109,10 @@ def generate(
             x = ddpm_sample(den, shape, walk, variance="beta", clip_denoised=clip_denoised, **common)
         elif sampler == "heun":
             x = heun_sample(den, shape, karras_sigmas(den.sigma_min, den.sigma_max, int(steps)), **common)
+        elif sampler == "dpmpp":
+            x = dpmpp_2m_sample(den, shape, karras_sigmas(den.sigma_min, den.sigma_max, int(steps)), **common)
         else:
-            raise ValueError(f"sampler must be 'ddim', 'ddpm' or 'heun', got {sampler!r}")
+            raise ValueError(f"sampler must be 'ddim', 'ddpm', 'heun' or 'dpmpp', got {sampler!r}")
     finally:
         model.train(was_training)
     return x.clamp(-1.0, 1.0)
