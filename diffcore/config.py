@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import reprlib
 import types
 import typing
 import warnings
@@ -29,6 +30,7 @@ import yaml
 
 from diffcore.atomic import atomic_write
 from diffcore.errors import ConfigError
+from diffcore.paths import not_a_file_reason
 
 __all__ = [
     "ConfigError",
@@ -108,7 +110,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is Literal:
         if value in get_args(tp):
             return value
-        raise ConfigError(f"{where}: {value!r} is not one of {_type_name(tp)}")
+        raise ConfigError(f"{where}: {_short(value)} is not one of {_type_name(tp)}")
     if origin in (Union, types.UnionType):
         errors = []
         args = get_args(tp)
@@ -125,16 +127,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(e))
         if len(errors) == 1:  # `X | None`: X's own message is the precise one (e.g. the presets it has)
             raise ConfigError(errors[0])
-        raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(tp)}")
+        raise ConfigError(f"{where}: {_short(value)} is not a valid {_type_name(tp)}")
     if isinstance(tp, type) and issubclass(tp, ConfigBase):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {_short(value)}")
         return tp.from_dict(value, _where=where)
     if origin in (tuple, list, Sequence) or tp in (tuple, list):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_short(value)}")
         args = [a for a in get_args(tp) if a is not Ellipsis]
         if origin is tuple and len(args) > 1 and Ellipsis not in get_args(tp):
             if len(value) != len(args):
@@ -144,18 +146,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {_short(value)}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {_short(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        raise ConfigError(f"{where}: expected an integer, got {_short(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -164,17 +166,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        raise ConfigError(f"{where}: expected a number, got {_short(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, os.PathLike):
             return os.fspath(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
+        raise ConfigError(f"{where}: expected a string, got {_short(value)}")
     if isinstance(tp, type):
         if isinstance(value, tp):
             return value
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {_short(value)}")
     return value
 
 
@@ -208,7 +210,7 @@ class ConfigBase:
     def from_dict(cls: type[C], data: Mapping[str, Any] | None = None, *, _where: str = "") -> C:
         """Build from plain data, checking every key and type (see the module docstring)."""
         if data is not None and not isinstance(data, Mapping):
-            raise ConfigError(f"{_where or cls.__name__}: expected a mapping, got {data!r}")
+            raise ConfigError(f"{_where or cls.__name__}: expected a mapping, got {_short(data)}")
         data = _renamed(cls, dict(data or {}), _where)
         preset = data.pop("preset", None)
         base: dict[str, Any] = {}
@@ -272,16 +274,127 @@ def _deep_merge(base: dict, update: Mapping) -> dict:
 # Recipes
 
 
+#: Largest recipe file that is read: a real one is a few kB, and an explicit beta list of 100,000 steps is about
+#: 1.2 MB. The size is checked before the file is read or parsed.
+MAX_RECIPE_BYTES = 4 << 20
+#: Longest command-line override (``key=value``), checked before its value is parsed.
+MAX_OVERRIDE_CHARS = 1 << 20
+#: Most YAML nodes one recipe or override value may hold, counting every alias (``*x``) at the full size of what it
+#: refers to: nested aliases (a "billion laughs" recipe of 500 bytes) would otherwise expand without limit.
+MAX_YAML_NODES = 500_000
+
+
+class _YamlRefused(Exception):
+    """A YAML document refused before it is built (too many nodes, a duplicate key); the message says why."""
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages about values that may be huge."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 3, 6, 6, 6, limit, limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader with two refusals: a key given twice in one mapping (PyYAML keeps the last one
+    silently, so a second ``train:`` section would replace the first), and more than :data:`MAX_YAML_NODES` nodes
+    (counted while composing, so a huge document stops early)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._nodes = 0
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:
+            raise _YamlRefused(f"it holds more than {MAX_YAML_NODES} values (the limit)")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` keys may be overridden by the mapping's own keys, as YAML says
+                try:
+                    key = self.construct_object(key_node, deep=True)
+                    hash(key)
+                except Exception:
+                    continue  # an unhashable key: PyYAML's own error follows
+                if key in seen:
+                    raise _YamlRefused(f"key {_short(key)} is given twice in one mapping (lines "
+                                       f"{seen[key].line + 1} and {key_node.start_mark.line + 1}); the second would "
+                                       "silently replace the first: merge them into one")
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes of ``root`` with every alias counted at the full size of its target (memoised: linear in the composed
+    nodes). Stops early above :data:`MAX_YAML_NODES`; a node that contains itself raises :class:`_YamlRefused`."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise _YamlRefused("an alias refers to a value that contains it (the value would be infinite)")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            for child in node.value:
+                total += size(child)
+                if total > MAX_YAML_NODES:
+                    break
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                total += size(k) + size(v)
+                if total > MAX_YAML_NODES:
+                    break
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(root)
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)`` within the bounds above: :class:`_YamlRefused` for a duplicate key or a document
+    whose aliases expand beyond :data:`MAX_YAML_NODES` values (checked on the composed graph, before anything is
+    built); PyYAML's own exceptions otherwise."""
+    loader = _RecipeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        expanded = _expanded_size(node)
+        if expanded > MAX_YAML_NODES:
+            raise _YamlRefused(f"its aliases (*name) expand to more than {MAX_YAML_NODES} values (the limit)")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     text = text[2:] if text.startswith("--") else text
+    if len(text) > MAX_OVERRIDE_CHARS:
+        raise ConfigError(f"override {_short(text, 40)} is {len(text)} characters long, more than the limit "
+                          f"{MAX_OVERRIDE_CHARS}")
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value (dotted keys for nesting, e.g. train.lr=1e-4)")
     key, raw = text.split("=", 1)
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except Exception:  # YAMLError, and ValueError/RecursionError from PyYAML's constructors (e.g. 2001-13-01)
+        value = _load_yaml(raw) if raw != "" else ""
+    except _YamlRefused as e:
+        raise ConfigError(f"override {key}=...: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"override {key}=...: the value is nested too deeply") from None
+    except Exception:  # YAMLError, and ValueError from PyYAML's constructors (e.g. 2001-13-01): a plain string
         value = raw
     return key.split("."), value
 
@@ -326,9 +439,18 @@ def load_recipe(cls: type[C], path: str | os.PathLike | None = None, overrides: 
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"recipe file {str(p)!r} does not exist")
+            raise ConfigError(f"recipe file {str(p)!r} {not_a_file_reason(p)}")
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            size = p.stat().st_size
+            if size > MAX_RECIPE_BYTES:
+                raise _YamlRefused(f"{size} bytes is far too large for a recipe (the limit is {MAX_RECIPE_BYTES})")
+            with open(p, "rb") as f:  # read at most the limit: the file may grow, or be a FIFO
+                raw = f.read(MAX_RECIPE_BYTES + 1)
+            if len(raw) > MAX_RECIPE_BYTES:
+                raise _YamlRefused(f"it is far too large for a recipe (over the limit of {MAX_RECIPE_BYTES} bytes)")
+            data = _load_yaml(raw.decode("utf-8")) or {}
+        except _YamlRefused as e:
+            raise ConfigError(f"recipe file {str(p)!r}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"recipe file {str(p)!r} is not valid YAML: {e}") from None
         except UnicodeDecodeError as e:

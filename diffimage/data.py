@@ -235,6 +235,49 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+#: Most bytes an ``.npz`` image set may unpack to (its ``images`` and ``labels``, after ``limit``): 8 GiB, four
+#: times CelebA at 64x64. The members' headers are checked against it before anything is decompressed.
+MAX_IMAGE_ARCHIVE_BYTES = 8 << 30
+
+
+def read_image_archive(path: str | os.PathLike, limit: int | None = None,
+                       max_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(images, labels or None)`` of an ``.npz`` image set, the first ``limit`` of each. The headers are read
+    first: an archive that claims more images than it holds, or unpacks to more than ``max_bytes`` (default
+    :data:`MAX_IMAGE_ARCHIVE_BYTES`), is a ``ValueError`` naming the file before anything is allocated; with
+    ``limit`` only those images are decompressed. ``FileNotFoundError``/``KeyError`` for a missing file or
+    ``images`` array."""
+    from diffcore.arrays import ArrayFileError, load_npz, npz_headers
+    from diffcore.paths import not_a_file_reason
+
+    reason = not_a_file_reason(path)
+    if reason == "does not exist":
+        raise FileNotFoundError(f"{str(path)!r}: no such .npz file")
+    if reason:
+        raise ValueError(f"{str(path)!r} {reason}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be at least 0, got {limit}")
+    try:
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                magic = f.read(6)
+            what = "a single .npy array" if magic == b"\x93NUMPY" else "not a zip archive"
+            raise ArrayFileError(f"{str(path)!r} is {what}, not an .npz archive with an 'images' array")
+        headers = npz_headers(path)
+        if "images" not in headers:
+            raise KeyError(f"{str(path)!r} has no 'images' array (keys: {', '.join(headers) or 'none'})")
+        for name in ("images", "labels"):
+            if name in headers and not headers[name][0].shape:
+                raise ArrayFileError(f"{str(path)!r}: '{name}' is a single value, not an array")
+        arrays = load_npz(path, {"images": limit, "labels": limit},
+                          max_bytes=MAX_IMAGE_ARCHIVE_BYTES if max_bytes is None else max_bytes)
+    except (KeyError, FileNotFoundError):
+        raise
+    except (ArrayFileError, OSError) as e:
+        raise ValueError(f"{str(path)!r} is not a readable .npz image archive: {e}") from None
+    return arrays["images"], arrays.get("labels")
+
+
 class NpzImageDataset(Dataset):
     """Images held in arrays: ``images`` uint8 ``[N, H, W]`` (grey) or ``[N, H, W, C]``, optional ``labels [N]``.
 
@@ -243,19 +286,7 @@ class NpzImageDataset(Dataset):
     """
 
     def __init__(self, path: str | os.PathLike, random_flip: bool = False, limit: int | None = None) -> None:
-        try:
-            data = np.load(path, allow_pickle=False)
-            if not hasattr(data, "files"):
-                raise ValueError("a single .npy array, not an .npz archive with an 'images' array")
-            with data:
-                if "images" not in data:
-                    raise KeyError(f"{str(path)!r} has no 'images' array (keys: {', '.join(data.files)})")
-                images = data["images"][:limit]
-                labels = data["labels"][:limit] if "labels" in data else None
-        except (KeyError, FileNotFoundError):
-            raise
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not an archive, truncated, pickled data
-            raise ValueError(f"{str(path)!r} is not a readable .npz image archive ({type(e).__name__}: {e})") from None
+        images, labels = read_image_archive(path, limit)
         self._init(images, labels, random_flip)
 
     @classmethod

@@ -105,10 +105,14 @@ def load_reference_images(
 
     p = Path(path).expanduser()
     if p.is_file():
-        with np.load(p, allow_pickle=False) as d:
-            if "images" not in d:
-                raise ConfigError(f"{p}: no 'images' array (keys: {', '.join(d.files)})")
-            arr = d["images"]
+        from diffimage.data import read_image_archive
+
+        try:
+            arr, _ = read_image_archive(p)
+        except KeyError as e:
+            raise ConfigError(str(e).strip("\"'")) from None
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if arr.dtype != np.uint8:
             raise ConfigError(f"{p}: 'images' must be uint8, got {arr.dtype}")
         arr = arr[..., None] if arr.ndim == 3 else arr

@@ -54,6 +54,20 @@ HIFIGAN_LOG_FLOOR = math.log(1e-5)
 HIFIGAN_LOG_CEIL = 6.0
 
 
+#: Longest audio a mel may stand for, as for audio files (:data:`diffwave.audio.MAX_DURATION_S`): one hour.
+MAX_MEL_SECONDS = 3600.0
+#: Most frames a mel file may claim before its model is known: one hour at 48 kHz with a hop of 64 samples. With a
+#: model, :func:`validate_mel` applies the model's own one-hour bound (310,079 frames at 22,050 Hz, hop 256).
+MAX_MEL_FILE_FRAMES = int(MAX_MEL_SECONDS * 48_000 / 64) + 1
+#: Most bytes of data a mel file may claim (1,024 bands of that length in float64 would be far more).
+MAX_MEL_FILE_BYTES = 1 << 31
+
+
+def max_mel_frames(config: "MelConfig") -> int:
+    """The most frames a mel for ``config`` may have: those of :data:`MAX_MEL_SECONDS` of audio."""
+    return config.num_frames(int(MAX_MEL_SECONDS * config.sample_rate))
+
+
 class MelError(ValueError):
     """A mel spectrogram that does not fit the front end a model expects; the message names the source."""
 
@@ -291,11 +305,16 @@ def validate_mel(mel: torch.Tensor | np.ndarray, config: MelConfig, source: str 
             raise MelError(f"{where}dtype {mel.dtype} is not floating point; {expects}")
         t = torch.from_numpy(np.asarray(mel, dtype=np.float64))
     elif isinstance(mel, torch.Tensor):
+        odd = _odd_tensor(mel)
+        if odd:
+            raise MelError(f"{where}{odd}; {expects}")
         if not mel.is_floating_point():
             raise MelError(f"{where}dtype {mel.dtype} is not floating point; {expects}")
         t = mel.detach()
     else:
-        raise MelError(f"{where}expected a numpy array or a torch tensor, got {type(mel).__name__}; {expects}")
+        what = ("a path (load it with diffwave.mel.load_mel_file)" if isinstance(mel, (str, os.PathLike))
+                else type(mel).__name__)
+        raise MelError(f"{where}expected a numpy array or a torch tensor, got {what}; {expects}")
     shape = tuple(t.shape)
     if t.ndim not in (2, 3):
         raise MelError(
@@ -308,6 +327,10 @@ def validate_mel(mel: torch.Tensor | np.ndarray, config: MelConfig, source: str 
         raise MelError(f"{where}shape {shape} has no frames; {expects}")
     if t.numel() == 0:
         raise MelError(f"{where}shape {shape} is an empty batch; {expects}")
+    if shape[-1] > max_mel_frames(config):
+        raise MelError(f"{where}{shape[-1]} frames stand for {shape[-1] * config.hop_length / config.sample_rate:.0f} s "
+                       f"of audio, more than the limit of {MAX_MEL_SECONDS:g} s ({max_mel_frames(config)} frames): "
+                       "split it into shorter mels")
     finite = torch.isfinite(t)
     if not bool(finite.all()):
         raise MelError(f"{where}{int((~finite).sum())} non-finite values (NaN or Inf); {expects}")
@@ -329,25 +352,54 @@ def validate_mel(mel: torch.Tensor | np.ndarray, config: MelConfig, source: str 
             raise MelError(f"{where}values in [{lo:.3g}, {hi:.3g}] are outside the range of {rng}; {expects}")
 
 
-def load_mel_file(path: str | os.PathLike) -> torch.Tensor:
+def _odd_tensor(t: torch.Tensor) -> str:
+    """Why ``t`` is not a plain dense tensor with data (sparse, CSR, meta, quantized, nested), or ""."""
+    if t.is_meta:
+        return "is a meta tensor: it has a shape but no values"
+    if t.layout != torch.strided:
+        return f"is a {str(t.layout).replace('torch.', '')} (sparse) tensor, not a dense array"
+    if t.is_quantized:
+        return f"is a quantized tensor ({t.dtype}), not a float array"
+    if getattr(t, "is_nested", False):
+        return "is a nested tensor, not one array"
+    return ""
+
+
+def load_mel_file(path: str | os.PathLike, config: MelConfig | None = None) -> torch.Tensor:
     """Read a mel from ``.npy`` (no pickles) or ``.pt`` (``weights_only=True``; a tensor, or a dict holding one
-    under ``mel`` or ``spectrogram``). Returns a float32 tensor; raises :class:`MelError` naming the file."""
+    under ``mel`` or ``spectrogram``). Returns a float32 tensor; raises :class:`MelError` naming the file.
+
+    The size a file claims is checked before anything is allocated: a ``.npy`` header against the file's size and
+    :data:`MAX_MEL_FILE_BYTES`, a ``.pt`` tensor (memory-mapped) before it is copied; the frames against
+    :func:`max_mel_frames` of ``config`` (without one, :data:`MAX_MEL_FILE_FRAMES`). Sparse, CSR, meta and quantized
+    tensors are refused."""
+    from diffcore.arrays import ArrayFileError, load_npy
+    from diffcore.paths import not_a_file_reason
+
     path = Path(path)
     if not path.is_file():
-        raise MelError(f"{path}: mel file not found")
+        reason = not_a_file_reason(path)
+        raise MelError(f"{path}: mel file not found" if reason == "does not exist" else f"{path}: {reason}")
     suffix = path.suffix.lower()
+    limit = max_mel_frames(config) if config is not None else MAX_MEL_FILE_FRAMES
     try:
         if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-            if arr.dtype.byteorder not in ("=", "|"):  # a big-endian .npy: torch reads native byte order only
-                arr = arr.astype(arr.dtype.newbyteorder("="))
-            obj: object = torch.from_numpy(np.array(arr))
+            _check_npy_frames(path, limit)
+            arr, _ = load_npy(path, max_bytes=MAX_MEL_FILE_BYTES)
+            obj: object = torch.from_numpy(arr)
         elif suffix in (".pt", ".pth"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            try:  # memory-mapped: a tensor's size is known before its data are read
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                obj = torch.load(path, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
         else:
             raise MelError(f"{path}: unsupported mel file type {suffix!r} (use .npy or .pt)")
     except MelError:
         raise
+    except ArrayFileError as e:
+        raise MelError(str(e)) from None
     except Exception as e:  # numpy/torch raise many types for a corrupt file
         refused, detail = load_error_detail(e)
         if refused:
@@ -357,12 +409,33 @@ def load_mel_file(path: str | os.PathLike) -> torch.Tensor:
     if isinstance(obj, dict):
         keys = [k for k in ("mel", "spectrogram") if k in obj]
         if not keys:
-            raise MelError(f"{path}: a dict without a 'mel' or 'spectrogram' entry (keys: {sorted(map(str, obj))})")
+            raise MelError(f"{path}: a dict without a 'mel' or 'spectrogram' entry (keys: "
+                           f"{sorted(map(str, obj))[:10]})")
         obj = obj[keys[0]]
     if isinstance(obj, np.ndarray):
         obj = torch.from_numpy(obj)
     if not isinstance(obj, torch.Tensor):
         raise MelError(f"{path}: holds a {type(obj).__name__}, not an array")
+    odd = _odd_tensor(obj)
+    if odd:
+        raise MelError(f"{path}: {odd}")
     if not obj.is_floating_point():
         raise MelError(f"{path}: dtype {obj.dtype} is not floating point")
-    return obj.float()
+    if obj.ndim >= 1 and obj.shape[-1] > limit:
+        raise MelError(f"{path}: {obj.shape[-1]} frames is longer than the limit of {limit} frames "
+                       f"({MAX_MEL_SECONDS:g} s of audio): split it into shorter mels")
+    if obj.numel() * 4 > MAX_MEL_FILE_BYTES:
+        raise MelError(f"{path}: shape {list(obj.shape)} is far too large for a mel")
+    return obj.to(torch.float32, copy=True).contiguous()  # a copy: not backed by the memory-mapped file
+
+
+def _check_npy_frames(path: Path, limit: int) -> None:
+    """Check a ``.npy`` mel's claimed frames (the last axis of its header) against ``limit`` before reading it."""
+    from diffcore.arrays import read_npy_header
+
+    with open(path, "rb") as f:
+        header = read_npy_header(f, str(path))
+    if header.shape and header.shape[-1] > limit:
+        raise MelError(f"{path}: its header claims {header.shape[-1]} frames (shape {list(header.shape)}), longer "
+                       f"than the limit of {limit} frames ({MAX_MEL_SECONDS:g} s of audio): split it into shorter "
+                       "mels")

@@ -56,14 +56,20 @@ def read_cached_mel(path: str | os.PathLike, config: MelConfig, num_samples: int
     path = Path(path)
     if not path.is_file():
         return None
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    from diffcore.arrays import ArrayFileError, load_npy, read_npy_header
+    from diffwave.mel import MAX_MEL_FILE_BYTES, max_mel_frames
+
+    try:  # the header's shape is checked before the data are read: a damaged cache allocates nothing
+        with open(path, "rb") as f:
+            shape = read_npy_header(f, str(path)).shape
+        expected = config.num_frames(num_samples) if num_samples is not None else (shape[-1] if shape else 0)
+        if len(shape) != 2 or shape != (config.n_mels, expected) or expected > max_mel_frames(config):
+            log.warning("ignoring cached mel %s of shape %s (expected [%d, %d])", path, shape, config.n_mels,
+                        expected)
+            return None
+        arr, _ = load_npy(path, max_bytes=MAX_MEL_FILE_BYTES)
+    except (OSError, ArrayFileError) as e:
         log.warning("ignoring unreadable cached mel %s (%s)", path, e)
-        return None
-    expected = config.num_frames(num_samples) if num_samples is not None else arr.shape[-1]
-    if arr.ndim != 2 or arr.shape != (config.n_mels, expected):
-        log.warning("ignoring cached mel %s of shape %s (expected [%d, %d])", path, arr.shape, config.n_mels, expected)
         return None
     return torch.from_numpy(arr)
 
