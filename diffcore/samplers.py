@@ -7,7 +7,7 @@ All share one signature::
 
 ``denoiser`` (:mod:`diffcore.denoiser`) holds the network and its parameterisation (eps, x_0 or v; learned
 variance; a PriorGrad prior); ``steps`` is the discretisation walked (:mod:`diffcore.discretization`): a
-``NoiseSchedule`` of steps for the ancestral and DDIM samplers, a decreasing tensor of sigma levels for Heun.
+``NoiseSchedule`` of steps for the ancestral and DDIM samplers, a decreasing tensor of sigma levels for Heun and DPM-Solver++.
 ``x_T`` is the starting point in the variance-preserving space (prior noise, drawn from ``generator`` when not
 given). ``generator`` must live on ``device``; with the same seed the output is bit-identical. ``callback(i, x)``
 is called after step ``i`` (0, 1, ... in sampling order) with the current state.
@@ -43,7 +43,8 @@ from diffcore.likelihood import reverse_log_variance
 from diffcore.schedule import NoiseSchedule, validate_prior_std
 from diffcore.utils import clip_value, randn, resolve_device_dtype
 
-__all__ = ["ddpm_sample", "ddim_sample", "heun_sample", "dpmpp_2m_sample", "fast_schedule", "fast_sampling_steps", "karras_sigmas"]
+__all__ = ["ddpm_sample", "ddim_sample", "heun_sample", "dpmpp_2m_sample", "fast_schedule", "fast_sampling_steps",
+           "karras_sigmas"]
 
 Callback = Callable[[int, Tensor], None]
 
