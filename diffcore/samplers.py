@@ -8,9 +8,9 @@ All share one signature::
 ``denoiser`` (:mod:`diffcore.denoiser`) holds the network and its parameterisation (eps, x_0 or v; learned
 variance; a PriorGrad prior); ``steps`` is the discretisation walked (:mod:`diffcore.discretization`): a
 ``NoiseSchedule`` of steps for the ancestral and DDIM samplers, a decreasing tensor of sigma levels for Heun and
-DPM-Solver++. ``x_T`` is the starting point in the variance-preserving space (prior noise, drawn from ``generator``
-when not given). ``generator`` must live on ``device``; with the same seed the output is bit-identical. ``callback(i, x)``
-is called after step ``i`` (0, 1, ... in sampling order) with the current state.
+DPM-Solver++. ``x_T`` is the starting point in the variance-preserving space (prior noise, drawn from
+``generator`` when not given). ``generator`` must live on ``device``; with the same seed the output is
+bit-identical. ``callback(i, x)`` is called after step ``i`` (0, 1, ... in sampling order) with the current state.
 
 Under a PriorGrad prior (``denoiser.prior_std`` = s, Lee et al. 2022) the prior is N(0, diag(s^2)): x_T = s * z
 when not given, every added noise is sigma_t s * z (DDIM's eta part too), and eps_hat predicts the scaled

@@ -79,8 +79,8 @@ def generate(
     calls over ``karras_sigmas``); ``dpmpp`` — DPM-Solver++(2M), Lu et al. 2022 (``steps`` network calls over the
     same levels). Heun and DPM-Solver++ walk the sigma view and are the only samplers of an EDM model. A
     class-conditional network gets ``classes`` (see :func:`class_labels`) and classifier-free guidance
-    ``ε_u + s(ε_c − ε_u)`` with ``s = guidance_scale``. A learned-variance network is sampled with its ε half and the
-    sampler's fixed variance σ_t² = β_t. ``generator`` (on the model's device) makes the result reproducible.
+    ``ε_u + s(ε_c − ε_u)`` with ``s = guidance_scale``. A learned-variance network is sampled with its ε half and
+    the sampler's fixed variance σ_t² = β_t. ``generator`` (on the model's device) makes the result reproducible.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
