@@ -106,7 +106,39 @@ def load_diffwave_recipe(
     ``data`` is the ``--data DIR`` shortcut: it sets ``data.path`` (made absolute) before the overrides apply.
     """
     extra = [f"data.path={Path(data).expanduser().resolve()}"] if data is not None else []
+    if _names_network(path, overrides) == "refiner":
+        from diffwave.refiner_task import RefinerRecipe
+
+        return load_recipe(RefinerRecipe, path, [*extra, *overrides])
     return load_recipe(DiffWaveRecipe, path, [*extra, *overrides])
+
+
+def _names_network(path: str | os.PathLike | None, overrides: Sequence[str]) -> str | None:
+    """The recipe's top-level ``network`` (an override ``network=...`` wins), or ``None`` when it names none (a
+    DiffWave recipe). The file is composed, not constructed: aliases stay references, so nothing expands, and a
+    file that cannot be read or parsed is left to :func:`diffcore.config.load_recipe` to report."""
+    for item in reversed(list(overrides)):
+        key, _, value = item.lstrip("-").partition("=")
+        if key == "network":
+            return value.strip()
+    if path is None:
+        return None
+    import yaml
+
+    from diffcore.config import MAX_RECIPE_BYTES
+
+    try:
+        p = Path(path)
+        if not p.is_file() or p.stat().st_size > MAX_RECIPE_BYTES:
+            return None
+        node = yaml.compose(p.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == "network" and isinstance(value, yaml.ScalarNode):
+                return value.value
+    return None
 
 
 def holdout_indices(n: int, k: int, scheme: HoldoutScheme = "diffwave-v1") -> list[int]:

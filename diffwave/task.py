@@ -223,4 +223,8 @@ class UnconditionalTask(_DiffWaveTask):
 
 def make_task(recipe: DiffWaveRecipe) -> _DiffWaveTask:
     """The task that trains ``recipe.model``: :class:`VocoderTask` or :class:`UnconditionalTask`."""
+    from diffwave.refiner_task import RefinerRecipe, RefinerTask
+
+    if isinstance(recipe, RefinerRecipe):  # network: refiner (diffwave.refiner_task)
+        return RefinerTask(recipe)
     return VocoderTask(recipe) if recipe.model.conditional else UnconditionalTask(recipe)

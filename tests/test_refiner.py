@@ -180,3 +180,56 @@ def test_training_lowers_the_loss_and_resumes(tmp_path):
     out = export_refiner(run, tmp_path / "exp", which="last")
     voc = dw.load(out, "cpu")
     assert voc.vocode(voc.mel(_speechlike(0.5))).isfinite().all()
+
+
+def _recipe(tmp_path, *extra):
+    from diffwave.recipe import load_diffwave_recipe
+
+    from diffwave.audio import save_audio
+
+    data = tmp_path / "clips"
+    for i in range(3):
+        save_audio(data / f"clip{i}.wav", _speechlike(0.8, seed=i), SR)
+    over = ["train.max_steps=2", "train.batch_size=2", "train.val_every=2", "train.ckpt_every=1",
+            "train.device=cpu", "train.progress=false", "train.tensorboard=false", "model.dim=32",
+            "model.intermediate=64", "model.num_blocks=1", "model.gl_iters=4", "data.holdout=1",
+            "loss.stft_sizes=[256,512]", "data.crop_frames=12", *extra]
+    return load_diffwave_recipe("recipes/ljspeech_refiner.yaml", over, data=data)
+
+
+def test_a_refiner_recipe_trains_through_the_engine_and_warm_starts(tmp_path):
+    import diffwave.api as dw
+    from diffcore.train import Trainer
+    from diffwave.refiner_task import RefinerRecipe, RefinerTask
+    from diffwave.task import make_task
+
+    recipe = _recipe(tmp_path)
+    assert isinstance(recipe, RefinerRecipe)
+    task = make_task(recipe)
+    assert isinstance(task, RefinerTask)
+    summary = Trainer(task, recipe.train, tmp_path / "run").fit()
+    assert summary["step"] == 2 and math.isfinite(summary["loss"])
+    voc = dw.load(tmp_path / "run", "cpu")
+    assert isinstance(voc, dw.RefinerVocoder)
+    export = voc.save(tmp_path / "export")
+    # a warm start begins from the export's weights exactly
+    warm = make_task(_recipe(tmp_path, f"init_from={export}")).build_model()
+    for k, v in voc.model.state_dict().items():
+        assert torch.equal(warm.state_dict()[k], v), k
+    # another network refuses to warm-start from it
+    with pytest.raises(Exception, match="differs"):
+        make_task(_recipe(tmp_path, f"init_from={export}", "model.dim=48")).build_model()
+
+
+def test_the_recipe_class_is_chosen_without_expanding_aliases(tmp_path):
+    from diffwave.recipe import DiffWaveRecipe, _names_network, load_diffwave_recipe
+
+    bomb = tmp_path / "bomb.yaml"
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]"
+              for i in range(1, 12)]
+    bomb.write_text("\n".join(lines) + "\nnetwork: refiner\n")
+    assert _names_network(bomb, []) == "refiner"  # composed, not constructed: returns at once
+    assert _names_network(bomb, ["network=diffwave"]) == "diffwave"
+    assert _names_network("recipes/ljspeech_prior.yaml", []) is None
+    assert isinstance(load_diffwave_recipe("recipes/quickstart.yaml"), DiffWaveRecipe)

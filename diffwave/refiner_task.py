@@ -1,0 +1,221 @@
+"""Training the Griffin-Lim refiner (:mod:`diffwave.refiner`) through the one engine: its recipe and its task.
+
+A recipe whose top level says ``network: refiner`` (``recipes/ljspeech_refiner.yaml``) is a :class:`RefinerRecipe`:
+``model`` is a :class:`~diffwave.refiner.RefinerConfig`, ``data`` and ``train`` are DiffWave's sections, ``loss``
+weighs the reconstruction terms, and ``init_from`` names an export (a shipped model's name or a folder) whose
+weights start the run: training accumulates over working periods by warm-starting from the shipped weights with a
+fresh optimiser and the recipe's warm-up. ``diffwave train --recipe ...`` picks the recipe class from that field
+(:func:`diffwave.recipe.load_diffwave_recipe`) and the task from the recipe (:func:`diffwave.task.make_task`).
+
+Examples are aligned crops of (recording, Griffin-Lim start) at frame boundaries, with one random gain on both; the
+start is the Griffin-Lim waveform of the whole clip's mel, computed once per clip (and kept in memory, or in
+``data.cache_dir``), as the vocoder computes it at inference. The loss is ``mr_stft_loss + loss.mel_weight ·
+log_mel_loss`` between the refined crop and the recording.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from diffcore.config import ConfigBase, ConfigError
+from diffcore.train import TrainConfig, TrainTask
+from diffwave.audio import AudioError, load_audio
+from diffwave.mel import compute_mel
+from diffwave.recipe import DataConfig
+from diffwave.refiner import GriffinLimRefiner, RefinerConfig, log_mel_loss
+
+__all__ = ["RefinerLossConfig", "RefinerRecipe", "RefinerClips", "RefinerTask"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RefinerLossConfig(ConfigBase):
+    """The refiner's reconstruction loss: a multi-resolution STFT loss over ``stft_sizes`` plus ``mel_weight`` × the
+    log-mel L1; ``gain_db``: the range of the random gain (dB) applied to each training crop and its start."""
+
+    mel_weight: float = 1.0
+    stft_sizes: tuple[int, ...] = (256, 512, 1024, 2048)
+    gain_db: tuple[float, float] = (-6.0, 3.0)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mel_weight <= 100.0:
+            raise ConfigError(f"loss.mel_weight must lie in [0, 100], got {self.mel_weight}")
+        if not self.stft_sizes or any(not 16 <= n <= 16384 for n in self.stft_sizes):
+            raise ConfigError(f"loss.stft_sizes must be FFT sizes in [16, 16384], got {list(self.stft_sizes)}")
+        lo, hi = self.gain_db
+        if not (-40.0 <= lo <= hi <= 20.0):
+            raise ConfigError(f"loss.gain_db must be a range [lo, hi] within [-40, 20] dB, got {list(self.gain_db)}")
+
+
+def _refiner_data() -> DataConfig:
+    return DataConfig(crop_frames=32)
+
+
+def _refiner_train() -> TrainConfig:
+    return TrainConfig(batch_size=16, lr=5e-4, optimizer="adamw", betas=(0.8, 0.99), weight_decay=0.01,
+                       warmup_steps=200, ema_decay=0.999, grad_clip=1.0, precision="fp32")
+
+
+@dataclass
+class RefinerRecipe(ConfigBase):
+    """A refiner run: ``network: refiner`` (what marks the recipe), the model, the data, the training settings, the
+    loss and an optional ``init_from`` export to warm-start from."""
+
+    network: Literal["refiner"] = "refiner"
+    model: RefinerConfig = field(default_factory=RefinerConfig)
+    data: DataConfig = field(default_factory=_refiner_data)
+    train: TrainConfig = field(default_factory=_refiner_train)
+    loss: RefinerLossConfig = field(default_factory=RefinerLossConfig)
+    init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.data.crop_frames < 8:
+            raise ConfigError(f"data.crop_frames must be at least 8 for the refiner, got {self.data.crop_frames}")
+        if max(self.loss.stft_sizes) > self.data.crop_frames * self.model.mel.hop_length:
+            raise ConfigError(f"loss.stft_sizes {list(self.loss.stft_sizes)} has a size longer than a crop of "
+                              f"{self.data.crop_frames} frames ({self.data.crop_frames * self.model.mel.hop_length} "
+                              f"samples)")
+
+
+class RefinerClips(Dataset):
+    """Whole recordings with their Griffin-Lim starts; item ``i`` is a random crop of clip ``i`` (the global torch
+    RNG draws the offset and the gain, so the engine's checkpointed RNG makes resume exact)."""
+
+    def __init__(self, files: list[Path], recipe: RefinerRecipe, *, random_crop: bool = True) -> None:
+        self.recipe, self.random_crop = recipe, random_crop
+        self.model = GriffinLimRefiner(recipe.model)  # only its griffin_lim() is used: no weights involved
+        self.clips: list[tuple[torch.Tensor, torch.Tensor]] = []
+        skipped = 0
+        for f in files:
+            try:
+                wav, _ = load_audio(f, recipe.model.sample_rate, strict=recipe.data.strict, log_resample=False)
+            except AudioError as e:
+                log.warning("skipping %s", e)
+                skipped += 1
+                continue
+            wav = wav.clamp(-1.0, 1.0)
+            if wav.shape[-1] < recipe.model.mel.min_samples():
+                log.warning("skipping %s: shorter than one STFT window", f)
+                skipped += 1
+                continue
+            start = self._start(Path(f), wav)
+            self.clips.append((wav[: start.shape[-1]], start))
+        if not self.clips:
+            raise FileNotFoundError(f"none of the {len(files)} clips could be read ({skipped} skipped)")
+
+    def _start(self, path: Path, wav: torch.Tensor) -> torch.Tensor:
+        cache = self.recipe.data.cache_dir
+        key = hashlib.sha1(f"{path.resolve()}|{path.stat().st_size}|{self.recipe.model.mel.to_dict()}|"
+                           f"{self.recipe.model.gl_iters}|{self.recipe.model.gl_momentum}".encode()).hexdigest()[:16]
+        target = Path(cache) / f"gl_{key}.pt" if cache else None
+        if target is not None and target.is_file():
+            try:
+                return torch.load(target, weights_only=True)
+            except Exception:
+                log.warning("%s: unreadable cached Griffin-Lim start, recomputing", target)
+        with torch.no_grad():
+            start = self.model.griffin_lim(compute_mel(wav, self.recipe.model.mel)[None])[0]
+        if target is not None:
+            from diffcore.atomic import atomic_write
+
+            atomic_write(target, lambda fh: torch.save(start, fh))
+        return start
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        wav, start = self.clips[index]
+        hop, frames = self.recipe.model.mel.hop_length, self.recipe.data.crop_frames
+        length = frames * hop
+        available = start.shape[-1] // hop - frames
+        if self.random_crop:
+            o = int(torch.randint(max(1, available), ())) * hop
+            lo, hi = self.recipe.loss.gain_db
+            gain = 10 ** (float(torch.empty(()).uniform_(lo, hi)) / 20)
+        else:
+            o, gain = max(0, available // 2) * hop, 1.0
+        r, s = wav[o : o + length], start[o : o + length]
+        if r.shape[-1] < length:  # a clip shorter than a crop: both end there
+            r, s = (torch.nn.functional.pad(v, (0, length - v.shape[-1])) for v in (r, s))
+        return {"audio": r * gain, "start": s * gain}
+
+
+def refiner_loss(model: nn.Module, audio: torch.Tensor, start: torch.Tensor, recipe: RefinerRecipe) -> torch.Tensor:
+    """``[B]``: MR-STFT + ``mel_weight`` · log-mel L1 of the refined ``start`` against ``audio`` (both ``[B, T]``)."""
+    from diffwave.task import mr_stft_loss
+
+    with torch.no_grad():
+        mel = compute_mel(audio, recipe.model.mel)
+    est = model(mel, start)
+    return mr_stft_loss(est, audio, recipe.loss.stft_sizes) + recipe.loss.mel_weight * log_mel_loss(
+        est, audio, recipe.model.mel)
+
+
+class RefinerTask(TrainTask):
+    """The refiner's model, data and loss for the engine (module docstring)."""
+
+    def __init__(self, recipe: RefinerRecipe) -> None:
+        from diffwave.data import split_files
+
+        self.recipe = recipe
+        self.config = recipe.to_dict()
+        self.train_files, self.heldout_files = split_files(recipe.data)
+        self._val_batch: dict[str, torch.Tensor] | None = None
+
+    def build_model(self) -> nn.Module:
+        model = GriffinLimRefiner(self.recipe.model)
+        if self.recipe.init_from:
+            model.load_state_dict(_init_weights(self.recipe.init_from, model))
+            log.info("warm start from %s", self.recipe.init_from)
+        return model
+
+    def train_dataset(self) -> Dataset:
+        from diffwave.task import RepeatedDataset
+
+        ds = RefinerClips(self.train_files, self.recipe)
+        times = max(self.recipe.data.repeat, math.ceil(self.recipe.train.batch_size / len(ds)))
+        return RepeatedDataset(ds, times) if times > 1 else ds
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return refiner_loss(model, batch["audio"], batch["start"], self.recipe)
+
+    def validate(self, ema_model: nn.Module, step: int, logger: Any) -> dict[str, float]:
+        if not self.heldout_files:
+            return {}
+        if self._val_batch is None:
+            ds = RefinerClips(self.heldout_files, self.recipe, random_crop=False)
+            items = [ds[i] for i in range(len(ds))]
+            self._val_batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+        device = next(ema_model.parameters()).device
+        b = {k: v.to(device) for k, v in self._val_batch.items()}
+        return {"loss": float(refiner_loss(ema_model, b["audio"], b["start"], self.recipe).mean())}
+
+
+def _init_weights(source: str, model: GriffinLimRefiner) -> dict[str, torch.Tensor]:
+    """The float32 weights of the export (or shipped model name) ``source``, checked against ``model``."""
+    from diffcore.checkpoint import CheckpointError, load_for_inference
+    from diffwave.pretrained import SHIPPED
+    from diffwave.refiner_vocoder import is_refiner_config
+
+    path = SHIPPED.resolve(source)
+    config, weights = load_for_inference(path)
+    if not is_refiner_config(config):
+        raise ConfigError(f"init_from {source!r}: {path} holds no refiner (its config.json has no 'network: refiner')")
+    if RefinerConfig.from_dict(config["model"]) != model.config:
+        raise ConfigError(f"init_from {source!r}: its model section differs from this recipe's; warm starts need the "
+                          f"same network")
+    try:
+        return {k: v.float() for k, v in weights.items()}
+    except Exception as e:  # pragma: no cover - load_for_inference already validated the file
+        raise CheckpointError(f"{path}: {e}") from None
