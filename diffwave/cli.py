@@ -40,7 +40,7 @@ def _user_errors(fn: Callable[[list[str]], int | None]) -> Callable[[list[str]],
         from diffwave.audio import AudioError
         from diffwave.lmnt import LmntImportError
         from diffwave.mel import MelError
-        from diffwave.sample import VocodeError
+        from diffwave.jobs import VocodeError
 
         try:
             return fn(argv)
@@ -164,7 +164,8 @@ def cmd_train(argv: list[str]) -> int:
 def cmd_vocode(argv: list[str]) -> int:
     from diffwave.api import load
     from diffwave.audio import OUTPUT_FORMATS
-    from diffwave.sample import DEFAULT_MAX_FRAMES, collect_inputs, vocode_files
+    from diffwave.jobs import collect_inputs, vocode_files
+    from diffwave.sample import DEFAULT_MAX_FRAMES
 
     p = _parser("vocode", "Turn mel spectrograms (.npy/.pt, in the model's mel preset) or recordings (their mel is "
                 "computed with the model's preset) into waveforms.")
@@ -235,7 +236,7 @@ def _output_bytes_estimate(path: Path, is_mel: bool) -> int:
 @_user_errors
 def cmd_generate(argv: list[str]) -> int:
     from diffwave.api import load
-    from diffwave.sample import generate_files
+    from diffwave.jobs import generate_files
 
     p = _parser("generate", "Generate clips with an unconditional model.")
     _add_model_args(p)

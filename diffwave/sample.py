@@ -1,11 +1,11 @@
 """Sampling with a trained DiffWave: vocoding mels of any length, in batches, without seams; unconditional
-generation; vocoding files and folders, generating clips into a folder.
+generation. (Jobs over files and folders are :mod:`diffwave.jobs`.)
 
 Long inputs. A DiffWave output sample depends on the input only within its receptive field: ``R = Σ_i 2^(i mod
 cycle)`` samples on each side (kernel-3 dilated convolutions; the 1×1 convolutions add nothing) plus about one mel
 frame of the transposed-convolution upsampler. So the network can be evaluated on overlapping windows of the mel
 and the noisy waveform, and each window's ε-prediction is exact (equal to the whole-input one) everywhere farther
-than ``R`` samples from the window's cut edges. :class:`ChunkedDenoiser` does exactly that inside the sampler:
+than ``R`` samples from the window's cut edges. :class:`ChunkedNetwork` does exactly that inside the sampler:
 
     windows  = cores of ``max_frames - 2·context`` frames, each widened by ``context`` frames on both sides
     ε(x_t)   = Σ_k w_k · ε_θ(x_t[window_k], t, mel[window_k])      (placed back at the window's position)
@@ -21,7 +21,8 @@ boundary (each input sees zero padding at its own edges, as when it is vocoded a
 share a network call (at most ``batch_size`` windows per call). ``pad_multiple`` pads each mel with the preset's
 silence to a multiple of that many frames (the padding is cut off), so inputs of similar length share calls.
 
-Speed. Sampling runs through :class:`diffcore.inference.InferenceRunner` unless told otherwise (``inference=``):
+Speed. Sampling runs through :class:`diffcore.inference.InferenceRunner` unless told otherwise (``inference=``;
+the chunked network is built once around the runner, so every window goes through it):
 bf16 autocast where the hardware has it (the sampler state stays float32), channels-last convolutions, and on the
 CPU the conditioner cache (each window's upsampled, per-layer-projected mel is computed once per run instead of once
 per step, within :data:`CONDITION_CACHE_BYTES`). CUDA graphs are opt-in (``inference=InferenceConfig()``) until they
@@ -31,28 +32,22 @@ BENCHMARKS.md gives the speed and the deviation of each path.
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from diffcore.atomic import write_json
-from diffcore.checkpoint import CheckpointError
-from diffcore.inference import InferenceConfig, InferenceRunner
-from diffcore.denoiser import VPDenoiser
+from diffcore.denoiser import Network, VPDenoiser, denoiser_from_config, require_vp
 from diffcore.discretization import fast_schedule
+from diffcore.inference import InferenceConfig, InferenceRunner
 from diffcore.samplers import ddpm_sample
-from diffwave.audio import AUDIO_EXTENSIONS, AudioError, load_audio, save_audio
+from diffcore.schedule import NoiseSchedule
 from diffwave.config import DiffWaveConfig
-from diffwave.mel import HIFIGAN_LOG_FLOOR, MelConfig, MelError, compute_mel, load_mel_file, validate_mel
+from diffwave.mel import HIFIGAN_LOG_FLOOR, MelConfig
 from diffwave.prior import sample_prior_std
 
 __all__ = [
@@ -62,26 +57,20 @@ __all__ = [
     "Chunk",
     "plan_chunks",
     "chunk_weights",
-    "ChunkedDenoiser",
+    "ChunkedNetwork",
+    "denoiser_of",
     "sample_waveform",
+    "num_sampling_steps",
     "Inference",
     "inference_runner",
     "CONDITION_CACHE_BYTES",
     "CALL_BYTES",
+    "DEFAULT_MAX_FRAMES",
     "vocode_mels",
     "generate_audio",
-    "generate_files",
-    "MEL_EXTENSIONS",
-    "VocodeError",
-    "VocodeInput",
-    "collect_inputs",
-    "vocode_files",
 ]
 
-log = logging.getLogger(__name__)
-
 Steps = Literal["fast", "full"]
-MEL_EXTENSIONS = frozenset({".npy", ".pt", ".pth"})
 
 #: Default longest window (frames) vocoded in one piece: about 12 s at 22.05 kHz with hop 256.
 DEFAULT_MAX_FRAMES = 1024
@@ -188,35 +177,40 @@ def chunk_weights(chunks: Sequence[Chunk], k: int, hop: int, crossfade: int) -> 
     return w
 
 
-class ChunkedDenoiser:
+class ChunkedNetwork:
     """``ε(x [1, N], t, cond=None) -> [1, N]``: a DiffWave network evaluated window by window over several packed
-    inputs (see the module docstring). ``mels[i]`` ``[n_mels, F_i]`` conditions samples
-    ``offsets[i] : offsets[i] + F_i · hop`` of the packed state; ``length`` is ``Σ F_i · hop``."""
+    inputs (see the module docstring); a network of the model contract, not a denoiser (its output is the network's
+    ε, which a :class:`~diffcore.denoiser.VPDenoiser` around it interprets). ``mels[i]`` ``[n_mels, F_i]`` conditions
+    samples ``offsets[i] : offsets[i] + F_i · hop`` of the packed state; ``length`` is ``Σ F_i · hop``."""
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        network: Network,
         mels: Sequence[Tensor],
         *,
+        config: DiffWaveConfig | None = None,
         max_frames: int | None = DEFAULT_MAX_FRAMES,
         context: int | None = None,
         crossfade: int = DEFAULT_CROSSFADE,
         batch_size: int = 16,
         prepare: Callable[[Tensor], object] | None = None,
     ) -> None:
-        """``model`` is the DiffWave network (its config gives the hop and the context); ``self.model``, the callable
-        each window goes through, may be replaced afterwards by another with the same contract (a
-        :class:`~diffcore.inference.InferenceRunner` of it). ``prepare(mel_windows)``, if given, turns each call's
-        stacked mel windows into the conditioner once, at the first step
+        """``network``: what each window goes through, the DiffWave itself or an
+        :class:`~diffcore.inference.InferenceRunner` of it; ``config``: the DiffWave's config, which gives the hop
+        and the context (default: ``network.config``, for a bare DiffWave). ``prepare(mel_windows)``, if given,
+        turns each call's stacked mel windows into the conditioner once, at the first step
         (:meth:`~diffcore.inference.InferenceRunner.prepare_condition`)."""
-        config: DiffWaveConfig = model.config
+        config = getattr(network, "config", None) if config is None else config
+        if not isinstance(config, DiffWaveConfig):
+            raise TypeError(f"ChunkedNetwork needs the DiffWave's config: pass config= for a "
+                            f"{type(network).__name__}")
         hop = config.hop_length
         if hop is None:
-            raise ValueError("ChunkedDenoiser needs a mel-conditioned model")
+            raise ValueError("ChunkedNetwork needs a mel-conditioned model")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         context = context_frames(config, crossfade) if context is None else context
-        self.model = model
+        self.network = network
         self.hop = hop
         self.offsets: list[int] = []
         groups: dict[int, list[tuple[Tensor, int, Tensor]]] = defaultdict(list)
@@ -253,7 +247,7 @@ class ChunkedDenoiser:
                     torch.stack([w for _, _, w in part]),
                 ))
 
-    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "ChunkedDenoiser":
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "ChunkedNetwork":
         self.calls = [(m.to(device, dtype), s, w.to(device, dtype)) for m, s, w in self.calls]
         return self
 
@@ -268,10 +262,19 @@ class ChunkedDenoiser:
         for (_, starts, weights), mel in zip(self.calls, self._prepared):
             n = weights.shape[-1]
             xb = torch.stack([flat[s : s + n] for s in starts])
-            eps = self.model(xb, step.expand(len(starts)), mel).to(flat.dtype)
+            eps = self.network(xb, step.expand(len(starts)), mel).to(flat.dtype)
             for j, s in enumerate(starts):
                 out[s : s + n] += eps[j] * weights[j]
         return out.unsqueeze(0)
+
+
+def denoiser_of(network: Network, config: DiffWaveConfig, *, schedule: NoiseSchedule | None = None,
+                prior_std: Tensor | None = None) -> VPDenoiser:
+    """The diffcore denoiser of a DiffWave: ``config.diffusion``'s VP parameterisation around ``network`` (the
+    DiffWave of ``config`` or any callable of its contract), under the PriorGrad prior ``prior_std`` when given;
+    ``schedule`` is the one to use instead of building the configured one again."""
+    den = require_vp(denoiser_from_config(config.diffusion, network, schedule=schedule), "DiffWave")
+    return den.with_prior(prior_std) if prior_std is not None else den
 
 
 def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -280,43 +283,39 @@ def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dty
 
 
 def sample_waveform(
-    model: torch.nn.Module,
+    network: Network,
+    config: DiffWaveConfig,
     shape: Sequence[int],
     steps: Steps,
     *,
-    denoiser: Callable | None = None,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
     generator: torch.Generator | None = None,
     callback: Callable[[int, Tensor], None] | None = None,
     progress: bool = False,
-    runner: InferenceRunner | None = None,
     prior_std: Tensor | None = None,
 ) -> Tensor:
-    """Run DiffWave's reverse process for a waveform of ``shape`` and clamp it to [-1, 1].
+    """Run DiffWave's reverse process through ``network`` for a waveform of ``shape`` and clamp it to [-1, 1].
 
-    ``fast``: the model's ``inference_betas`` schedule (:func:`~diffcore.discretization.fast_schedule`, Kong et al.
-    2021, Alg. 2 at the aligned fractional steps, σ_s² = β̃ of the inference schedule), clamping the state to
-    [-1, 1] after every step as lmnt's reference
-    does. ``full``: ancestral sampling over all T training steps (:func:`~diffcore.samplers.ddpm_sample` with
-    σ_t² = β̃_t, the DiffWave paper's choice), clamping after every step in the same way. ``denoiser`` replaces the model call (e.g. a
-    :class:`ChunkedDenoiser`); noise comes from ``generator`` (on the model's device). ``runner``: an
-    :class:`~diffcore.inference.InferenceRunner` of ``model``; sampling then runs inside its context (inference mode, autocast) and calls
-    it instead of the bare network (default: the eager network in float32). ``prior_std``: the per-sample standard
-    deviation of the model's prior (PriorGrad; :func:`diffwave.prior.sample_prior_std`), broadcastable to ``shape``.
+    ``network``: the callable every step goes through (the DiffWave of ``config``, its
+    :class:`~diffcore.inference.InferenceRunner`, or a :class:`ChunkedNetwork` of either); the caller holds the
+    context it runs in (``torch.no_grad()`` or the runner's ``context()``). ``fast``: the model's
+    ``inference_betas`` schedule (:func:`~diffcore.discretization.fast_schedule`, Kong et al. 2021, Alg. 2 at the
+    aligned fractional steps, σ_s² = β̃ of the inference schedule). ``full``: ancestral sampling over all T training
+    steps (:func:`~diffcore.samplers.ddpm_sample` with σ_t² = β̃_t, the DiffWave paper's choice). Either way the
+    state is clamped to [-1, 1] after every step, as lmnt's reference does. Noise comes from ``generator`` (on
+    ``device``); the state is ``dtype``. ``prior_std``: the per-sample standard deviation of the model's prior
+    (PriorGrad; :func:`diffwave.prior.sample_prior_std`), broadcastable to ``shape``.
     """
-    config: DiffWaveConfig = model.config
-    schedule = config.diffusion.build()
-    device, dtype = _model_device_dtype(model)
-    net = denoiser if denoiser is not None else (runner if runner is not None else model)
-    den = VPDenoiser(net, schedule, prediction=config.diffusion.prediction, prior_std=prior_std)
+    den = denoiser_of(network, config, prior_std=prior_std)
     if steps == "fast":
-        walk = fast_schedule(schedule, config.inference_betas)
+        walk = fast_schedule(den.schedule, config.inference_betas)
     elif steps == "full":
-        walk = schedule
+        walk = den.schedule
     else:
         raise ValueError(f"steps must be 'fast' or 'full', got {steps!r}")
-    with runner.context() if runner is not None else torch.no_grad():
-        x = ddpm_sample(den, tuple(shape), walk, variance="posterior", clip_sample=1.0, generator=generator,
-                        device=device, dtype=dtype, callback=callback, progress=progress)
+    x = ddpm_sample(den, tuple(shape), walk, variance="posterior", clip_sample=1.0, generator=generator,
+                    device=device, dtype=dtype, callback=callback, progress=progress)
     return x.float().clamp(-1.0, 1.0)
 
 
@@ -365,17 +364,18 @@ def vocode_mels(
     total = sum(m.shape[-1] for m in mels) * config.hop_length * (1 + 2 * (max_frames is not None))
     cache_bytes = config.residual_layers * 2 * config.residual_channels * total * (2 if runner.precision != "fp32" else 4)
     prepare = runner.prepare_condition if runner.cache_condition and cache_bytes <= CONDITION_CACHE_BYTES else None
-    denoiser = ChunkedDenoiser(model, [m.to(device, dtype) for m in mels], max_frames=max_frames, context=context,
-                               crossfade=crossfade, batch_size=batch_size, prepare=prepare).to(device, dtype)
-    denoiser.model = runner
+    network = ChunkedNetwork(runner, [m.to(device, dtype) for m in mels], config=config, max_frames=max_frames,
+                             context=context, crossfade=crossfade, batch_size=batch_size,
+                             prepare=prepare).to(device, dtype)
     prior_std = None
     if config.prior is not None:  # the packed state's prior: each mel's s[n], in packing order
         prior_std = torch.cat([sample_prior_std(m.float(), config.mel, config.prior) for m in mels])
         prior_std = prior_std.to(device, dtype).unsqueeze(0)
-    x = sample_waveform(model, (1, denoiser.length), steps, denoiser=denoiser, generator=generator,
-                        callback=callback, progress=progress, runner=runner, prior_std=prior_std)[0]
-    hop = denoiser.hop
-    return [x[o : o + f * hop] for o, f in zip(denoiser.offsets, frames)]
+    with runner.context():
+        x = sample_waveform(network, config, (1, network.length), steps, device=device, dtype=dtype,
+                            generator=generator, callback=callback, progress=progress, prior_std=prior_std)[0]
+    hop = network.hop
+    return [x[o : o + f * hop] for o, f in zip(network.offsets, frames)]
 
 
 @torch.no_grad()
@@ -397,201 +397,10 @@ def generate_audio(
         raise ValueError("this model is mel-conditioned: vocode a mel instead of generating unconditionally")
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    return sample_waveform(model, (n, length or config.audio_length), steps, generator=generator,
-                           callback=callback, progress=progress, runner=inference_runner(model, inference))
+    runner = inference_runner(model, inference)
+    device, dtype = _model_device_dtype(model)
+    with runner.context():
+        return sample_waveform(runner, config, (n, length or config.audio_length), steps, device=device, dtype=dtype,
+                               generator=generator, callback=callback, progress=progress)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Files and folders
-
-
-def generate_files(
-    model: torch.nn.Module,
-    n: int,
-    out_dir: str | os.PathLike,
-    steps: Steps = "fast",
-    *,
-    seed: int = 0,
-    batch_size: int = 8,
-    length: int | None = None,
-    source: str = "<memory>",
-    progress: bool = True,
-    inference: Inference = None,
-) -> list[Path]:
-    """``n`` clips of an unconditional model written as ``out_dir/sample_{i:04d}.wav`` (16-bit, atomically) with
-    ``out_dir/manifest.json`` (``source``: the model's name there; each clip's file, seed and index in its batch).
-
-    Clips ``i .. i + batch_size - 1`` come from one sampling run with a generator seeded by ``seed + i``, so with
-    ``batch_size=1`` clip ``i`` is seed ``seed + i``. Returns the written clip paths.
-    """
-    config: DiffWaveConfig = model.config
-    device, _ = _model_device_dtype(model)
-    out = Path(out_dir)
-    written: list[Path] = []
-    manifest = []
-    with tqdm(total=n, desc=f"generate ({steps})", unit="clip", disable=not progress) as bar:
-        for i in range(0, n, batch_size):
-            k = min(batch_size, n - i)
-            g = torch.Generator(device=device).manual_seed(seed + i)
-            clips = generate_audio(model, k, steps, generator=g, length=length, inference=inference).cpu()
-            for j, clip in enumerate(clips):
-                path = save_audio(out / f"sample_{i + j:04d}.wav", clip, config.sample_rate)
-                written.append(path)
-                manifest.append({"file": path.name, "seed": seed + i, "index_in_batch": j})
-            bar.update(k)
-    write_json(out / "manifest.json", {"model": source, "steps": steps, "clips": manifest})
-    return written
-
-
-class VocodeError(ValueError):
-    """Inputs or outputs that cannot be used as given (not audio or a mel, clashing or overwriting outputs)."""
-
-
-@dataclass(frozen=True)
-class VocodeInput:
-    """One input file and the relative name of its output (``.wav``)."""
-
-    path: Path
-    out_name: Path
-
-    @property
-    def is_mel(self) -> bool:
-        return self.path.suffix.lower() in MEL_EXTENSIONS
-
-
-def collect_inputs(paths: Sequence[str | os.PathLike]) -> list[VocodeInput]:
-    """Expand files and folders (recursively: audio files and ``.npy``/``.pt`` mels) into inputs with output names
-    (the path relative to the folder given, ``.wav``). Raises ``FileNotFoundError``/:class:`VocodeError` for a missing
-    path, an empty folder or two inputs that would write the same output."""
-    out: list[VocodeInput] = []
-    for given in paths:
-        p = Path(given)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*")
-                           if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS | MEL_EXTENSIONS)
-            if not found:
-                raise FileNotFoundError(f"{p}: no audio or mel (.npy/.pt) files in this folder")
-            out += [VocodeInput(f, f.relative_to(p).with_suffix(".wav")) for f in found]
-        elif p.is_file():
-            if p.suffix.lower() not in AUDIO_EXTENSIONS | MEL_EXTENSIONS:
-                raise VocodeError(f"{p}: not an audio file or a mel (.npy/.pt)")
-            out.append(VocodeInput(p, Path(p.with_suffix(".wav").name)))
-        else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
-    seen: dict[Path, Path] = {}
-    for item in out:
-        if item.out_name in seen:
-            raise VocodeError(f"{seen[item.out_name]} and {item.path} would both be written as {item.out_name}")
-        seen[item.out_name] = item.path
-    return out
-
-
-def _load_input(item: VocodeInput, config: DiffWaveConfig, strict: bool) -> tuple[Tensor, int | None]:
-    """``(mel [n_mels, F], samples to keep or None)`` of one input; raises ``MelError``/``AudioError``."""
-    if item.is_mel:
-        mel = load_mel_file(item.path)
-        validate_mel(mel, config.mel, source=str(item.path))
-        if mel.ndim == 3:
-            if mel.shape[0] != 1:
-                raise MelError(f"{item.path}: holds a batch of {mel.shape[0]} mels; save one mel per file")
-            mel = mel[0]
-        return mel.float(), None
-    wav, _ = load_audio(item.path, config.sample_rate, strict=strict)
-    wav = wav.clamp(-1.0, 1.0)
-    if wav.shape[-1] < config.mel.min_samples():
-        raise AudioError(f"{item.path}: {wav.shape[-1]} samples is too short to vocode")
-    return compute_mel(wav, config.mel), wav.shape[-1]
-
-
-def vocode_files(
-    model: torch.nn.Module,
-    inputs: Sequence[VocodeInput],
-    out_dir: str | os.PathLike,
-    steps: Steps = "fast",
-    *,
-    seed: int = 0,
-    batch_size: int = 16,
-    max_frames: int | None = DEFAULT_MAX_FRAMES,
-    pad_multiple: int = 16,
-    strict: bool = False,
-    progress: bool = True,
-    single_output: str | os.PathLike | None = None,
-    inference: Inference = None,
-) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Vocode ``inputs`` into ``out_dir/<out_name>`` (each written atomically as 16-bit WAV at the model's rate).
-
-    Inputs are taken in order and grouped until a group fills ``batch_size`` windows; each group is one sampling
-    run with a generator seeded by ``(seed, group index)``. Wav inputs are cut back to their own length; mel
-    inputs give ``frames · hop`` samples. An input that fails to load is reported and skipped.
-    ``single_output``: write the only input to this exact path instead. ``inference``: the inference speed-ups.
-
-    Returns ``(written paths, [(input, reason)] of the failures)``.
-    """
-    config: DiffWaveConfig = model.config
-    device, _ = _model_device_dtype(model)
-    out_dir = Path(out_dir)
-    for item in inputs:
-        target = Path(single_output) if single_output is not None else out_dir / item.out_name
-        if target.resolve() == item.path.resolve():
-            raise VocodeError(f"{item.path}: the output would overwrite this input; choose another output folder")
-    context = context_frames(config)
-    written: list[Path] = []
-    failed: list[tuple[Path, str]] = []
-    per_group = num_sampling_steps(config, steps)
-    # Created once the first input has loaded, so that a single bad input fails before any output.
-    bar = tqdm(total=len(inputs), disable=True)
-    group: list[tuple[VocodeInput, Tensor, int | None]] = []
-    windows = 0
-    groups_done = 0
-
-    def flush() -> None:
-        nonlocal group, windows, groups_done
-        if not group:
-            return
-        g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + groups_done)
-        seconds = sum(m.shape[-1] for _, m, _ in group) * config.hop_length / config.sample_rate
-        bar.set_postfix_str(f"{len(group)} file(s), {seconds:.1f} s: step 0/{per_group}")
-
-        def on_step(i: int, x: Tensor) -> None:
-            bar.set_postfix_str(f"{len(group)} file(s), {seconds:.1f} s: step {i + 1}/{per_group}")
-
-        wavs = vocode_mels(model, [m for _, m, _ in group], steps, generator=g, max_frames=max_frames,
-                           context=context, batch_size=batch_size, pad_multiple=pad_multiple, callback=on_step,
-                           inference=inference)
-        for (item, _, keep), wav in zip(group, wavs):
-            wav = wav[:keep] if keep is not None else wav
-            target = Path(single_output) if single_output is not None else out_dir / item.out_name
-            try:
-                written.append(save_audio(target, wav.cpu(), config.sample_rate))
-            except CheckpointError as e:  # a full disk, a folder gone read-only: say which outputs are complete
-                done = ", ".join(str(p) for p in written[:5]) + (", ..." if len(written) > 5 else "")
-                raise VocodeError(f"{e}; {len(written)} of {len(inputs)} output(s) are complete"
-                                  f"{f' ({done})' if written else ''} and no partial file is left") from None
-        bar.update(len(group))
-        groups_done += 1
-        group, windows = [], 0
-
-    try:
-        for item in inputs:
-            try:
-                mel, keep = _load_input(item, config, strict)
-            except (MelError, AudioError) as e:
-                if len(inputs) == 1:
-                    raise
-                log.warning("skipping %s", e)
-                if bar.disable and progress:
-                    bar = tqdm(total=len(inputs), desc="vocode", unit="file")
-                failed.append((item.path, str(e)))
-                bar.update(1)
-                continue
-            if bar.disable and progress:
-                bar = tqdm(total=len(inputs), initial=len(failed), desc="vocode", unit="file")
-            group.append((item, mel, keep))
-            frames = mel.shape[-1] + (-mel.shape[-1] % pad_multiple if pad_multiple > 1 else 0)
-            windows += len(plan_chunks(frames, max_frames, context))
-            if windows >= batch_size:
-                flush()
-        flush()
-    finally:
-        bar.close()
-    return written, failed

@@ -378,12 +378,12 @@ def test_vocoding_a_long_mel_keeps_each_network_call_within_the_memory_budget():
     """Memory is bounded by the window, not the input: no call holds more windows than CALL_BYTES allows (a 20k-
     frame mel at 16 windows per call took 9 GB), and the chunked result does not depend on the calls' grouping."""
     from diffwave import sample as sampling
-    from diffwave.sample import ACTIVATION_FLOATS, CALL_BYTES, ChunkedDenoiser
+    from diffwave.sample import ACTIVATION_FLOATS, CALL_BYTES, ChunkedNetwork
 
     config = DiffWaveConfig.preset("tiny")
     model = DiffWave(config).eval()
     mel = torch.rand(config.n_mels, 20_000)
-    den = ChunkedDenoiser(model, [mel], batch_size=16)
+    den = ChunkedNetwork(model, [mel], batch_size=16)
     assert den.num_windows >= 20
     for mels, starts, weights in den.calls:
         per_window = weights.shape[-1] * config.residual_channels * 4 * ACTIVATION_FLOATS
@@ -396,11 +396,11 @@ def test_vocoding_a_long_mel_keeps_each_network_call_within_the_memory_budget():
     x = torch.randn(1, 300 * small.hop_length)
     t = torch.tensor([3])
     with torch.no_grad():
-        ref = ChunkedDenoiser(net, [m], max_frames=40, batch_size=64)(x, t)
+        ref = ChunkedNetwork(net, [m], max_frames=40, batch_size=64)(x, t)
         saved = sampling.CALL_BYTES
         try:
             sampling.CALL_BYTES = 1
-            one = ChunkedDenoiser(net, [m], max_frames=40, batch_size=64)
+            one = ChunkedNetwork(net, [m], max_frames=40, batch_size=64)
             assert max(len(s) for _, s, _ in one.calls) == 1
             got = one(x, t)
         finally:

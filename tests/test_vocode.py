@@ -1,4 +1,5 @@
-"""Chunked, batched vocoding (diffwave/sample.py) and the Python API (diffwave/api.py)."""
+"""Chunked, batched vocoding (diffwave/sample.py), jobs over files (diffwave/jobs.py) and the Python API
+(diffwave/api.py)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,13 @@ from diffwave.config import DiffWaveConfig
 from diffwave.mel import MelError, compute_mel
 from diffwave.model import DiffWave
 from diffwave.synth import speech_like
+from diffwave.jobs import VocodeError, collect_inputs, vocode_files
 from diffwave.sample import (
-    ChunkedDenoiser,
-    VocodeError,
+    ChunkedNetwork,
     chunk_weights,
-    collect_inputs,
     context_frames,
     plan_chunks,
     receptive_field,
-    vocode_files,
     vocode_mels,
 )
 
@@ -92,7 +91,7 @@ def test_chunked_network_equals_the_whole_input_network():
     t = torch.tensor([7])
     whole = model(x, t, mel.unsqueeze(0))  # the independent computation: one call on the whole input
     for max_frames in (12, 25):
-        chunked = ChunkedDenoiser(model, [mel], max_frames=max_frames)
+        chunked = ChunkedNetwork(model, [mel], max_frames=max_frames)
         assert chunked.num_windows > 1
         torch.testing.assert_close(chunked(x, t), whole, atol=2e-5, rtol=1e-4)
 
@@ -100,7 +99,7 @@ def test_chunked_network_equals_the_whole_input_network():
 def test_packed_inputs_never_see_each_other():
     model = small_model(1)
     mels = [torch.rand(80, 9), torch.rand(80, 31), torch.rand(80, 5)]
-    packed = ChunkedDenoiser(model, mels, max_frames=16)
+    packed = ChunkedNetwork(model, mels, max_frames=16)
     x = torch.randn(1, packed.length)
     t = torch.tensor([3.5])  # a fractional step, as fast sampling uses
     eps = packed(x, t)
