@@ -53,6 +53,7 @@ __all__ = [
     "check_export_target",
     "first_shape_mismatch",
     "weights_misfit",
+    "weights_problem",
     "expected_state",
 ]
 
@@ -358,6 +359,26 @@ def weights_misfit(model_cls: Callable[[Any], torch.nn.Module], model_config: An
     return None
 
 
+def weights_problem(weights: Mapping[str, Any], expected: Mapping[str, torch.Tensor] | None = None) -> str | None:
+    """Why ``weights`` would silently give wrong results, or ``None``: a tensor that is not a dense floating-point
+    tensor where the model holds floating-point values (an ``int8`` or ``bool`` tensor loads into a float
+    parameter without a word and gives full-scale noise), or a tensor with NaN/Inf values (an all-black grid, NaN
+    audio). ``expected``: the model's own state (on the meta device), whose non-float buffers may be integers."""
+    for key, value in weights.items():
+        if not isinstance(value, torch.Tensor):
+            return f"{key} is a {type(value).__name__}, not a tensor"
+        if value.layout != torch.strided or value.is_meta:
+            return f"{key} is a {'meta' if value.is_meta else str(value.layout).replace('torch.', '')} tensor"
+        needs_float = expected is None or key not in expected or expected[key].is_floating_point()
+        if needs_float and not value.is_floating_point():
+            return f"{key} has dtype {str(value.dtype).replace('torch.', '')}; the model's weights are floating point"
+        if value.is_floating_point() and value.numel():
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                return f"{key} holds {int((~finite).sum())} non-finite values (NaN or Inf)"
+    return None
+
+
 def rebuild_model(
     config: Mapping[str, Any],
     weights: Mapping[str, torch.Tensor],
@@ -381,6 +402,9 @@ def rebuild_model(
     problem = weights_misfit(model_cls, model_config, weights)
     if problem:  # found on the meta device, before a model of the config's size is allocated
         raise CheckpointError(f"{source}: the weights do not fit the stored model config ({problem})")
+    problem = weights_problem(weights, expected_state(model_cls, model_config))
+    if problem:
+        raise CheckpointError(f"{source}: damaged weights: {problem}")
     model = model_cls(model_config)
     try:
         model.load_state_dict(dict(weights))

@@ -20,6 +20,7 @@ from typing import Any, Callable, Literal, Mapping
 import torch
 from torch import Tensor
 
+from diffcore.arguments import ArgumentError, check_count, check_generator, check_integer_array, check_real, describe
 from diffcore.checkpoint import check_export_target, export, load_for_inference, rebuild_model, write_export
 from diffcore.config import ConfigError
 from diffcore.utils import resolve_device
@@ -129,14 +130,16 @@ class ImageModel:
         same ``generator`` (which must live on :attr:`device`).
         """
         d = self.sample_defaults
+        n = check_count("n", n, 1, 1_000_000)
         sampler = sampler or d.sampler
         if steps is None and sampler == d.sampler:
             steps = d.steps
+        steps, eta, guidance_scale = self._checked_options(sampler, steps, eta, guidance_scale, generator)
         scale = d.guidance_scale if guidance_scale is None else guidance_scale
         if self.num_classes is None and guidance_scale is None:
             scale = 1.0
-        labels = class_labels(self.config, n, classes, torch.device("cpu"))
-        bs = n if batch_size is None else max(1, int(batch_size))
+        labels = class_labels(self.config, n, _checked_classes(classes), torch.device("cpu"))
+        bs = n if batch_size is None else check_count("batch_size", batch_size, 1)
         out = []
         for i in range(0, n, bs):
             k = min(bs, n - i)
@@ -146,7 +149,35 @@ class ImageModel:
                          clip_denoised=d.clip_denoised if clip_denoised is None else clip_denoised,
                          progress=progress)
             out.append(x.float().cpu())
-        return torch.cat(out)
+        images = torch.cat(out)
+        finite = torch.isfinite(images)
+        if not bool(finite.all()):  # clamp(-1, 1) keeps NaN: the promise of [-1, 1] would be broken silently
+            raise FloatingPointError(f"{self.source}: the model produced {int((~finite).sum())} non-finite values "
+                                     "(NaN or Inf); its weights or schedule are broken")
+        return images
+
+    def _checked_options(self, sampler: Any, steps: Any, eta: Any, guidance_scale: Any,
+                         generator: Any) -> tuple[int | None, float | None, float | None]:
+        """Sampling options checked against this model: ``steps`` at most T for the samplers that walk the
+        discrete schedule (``steps=5000`` on a T = 1000 model ran 1000 while the manifest said 5000), a finite
+        ``eta`` in [0, 10] and guidance scale, a ``torch.Generator`` on the model's device. ArgumentError names the
+        argument."""
+        from typing import get_args
+
+        if sampler not in get_args(SamplerName):
+            raise ArgumentError(f"sampler must be one of {', '.join(get_args(SamplerName))}, got {describe(sampler)}")
+        if steps is not None:
+            steps = check_count("steps", steps, 1, 100_000)
+            t = self.config.diffusion.num_steps
+            if sampler in ("ddim", "ddpm") and self.schedule is not None and steps > t:
+                raise ArgumentError(f"steps={steps} is more than the model's T = {t} diffusion steps; sampler "
+                                    f"{sampler!r} walks a subsequence of them (give at most {t})")
+        if eta is not None:
+            eta = check_real("eta", eta, 0.0, 10.0)
+        if guidance_scale is not None:
+            guidance_scale = check_real("guidance_scale", guidance_scale, -1000.0, 1000.0)
+        check_generator("generator", generator, self.device)
+        return steps, eta, guidance_scale
 
     def sample_seeded(self, n: int, seed: int = 0, batch_size: int = 64, on_batch: Callable[[int], None] | None = None,
                       **options: Any) -> Tensor:
@@ -154,7 +185,10 @@ class ImageModel:
         (so with ``batch_size=1`` image ``i`` is seed ``seed + i``). ``on_batch(k)`` is called after each batch of
         ``k`` images (a progress bar). ``classes`` may be one label per image."""
         classes = options.pop("classes", None)
-        labels = class_labels(self.config, n, classes, torch.device("cpu"))
+        n = check_count("n", n, 1, 1_000_000)
+        seed = check_count("seed", seed, 0, 2**63 - 1)
+        batch_size = check_count("batch_size", batch_size, 1)
+        labels = class_labels(self.config, n, _checked_classes(classes), torch.device("cpu"))
         out = []
         for i in range(0, n, batch_size):
             k = min(batch_size, n - i)
@@ -179,6 +213,34 @@ class ImageModel:
                 **dict(metadata or {})}
         return write_export(out_dir, self.model.state_dict(), info, dtype=dtype, metadata=meta)
 
+    def _checked_images(self, images: Any) -> Tensor:
+        """``images`` for :meth:`bits_per_dim`: a uint8 or float tensor ``[N, C, H, W]`` of this model's image shape
+        with N ≥ 1 (16x16 images were scored by a 28x28 model without a word), float values finite in [-1, 1]."""
+        if not isinstance(images, Tensor):
+            import numpy as np
+
+            if not isinstance(images, np.ndarray):
+                raise ArgumentError(f"images must be a tensor [N, C, H, W], got {describe(images)}")
+            images = torch.from_numpy(images)
+        if images.layout != torch.strided or images.is_meta:
+            raise ArgumentError("images must be a dense tensor with values")
+        if images.dtype != torch.uint8 and not images.is_floating_point():
+            raise ArgumentError(f"images must be uint8 or float in [-1, 1], got dtype {images.dtype}")
+        want = self.image_shape
+        if images.ndim != 4 or tuple(images.shape[1:]) != want:
+            raise ArgumentError(f"images of shape {list(images.shape)} do not fit this model, which makes [N, "
+                                f"{want[0]}, {want[1]}, {want[2]}] images")
+        if images.shape[0] == 0:
+            raise ArgumentError("images is an empty batch (N = 0): there is nothing to score")
+        if images.is_floating_point():
+            finite = torch.isfinite(images)
+            if not bool(finite.all()):
+                raise ArgumentError(f"images holds {int((~finite).sum())} non-finite values")
+            if float(images.min()) < -1 - 1e-6 or float(images.max()) > 1 + 1e-6:
+                raise ArgumentError(f"float images must lie in [-1, 1], got [{float(images.min()):.3g}, "
+                                    f"{float(images.max()):.3g}] (pass uint8 images for [0, 255])")
+        return images
+
     def bits_per_dim(
         self,
         images: Tensor,
@@ -189,12 +251,30 @@ class ImageModel:
     ) -> Tensor:
         """Discretised-ELBO bits/dim ``[N]`` of 8-bit images (see :func:`nll_bits_per_dim`; T network evaluations
         per batch). A conditional model is scored with ``labels`` (``None``: the null label, i.e. unconditional)."""
+        images = self._checked_images(images)
+        batch_size = check_count("batch_size", batch_size, 1)
+        check_generator("generator", generator, self.device)
+        if labels is not None:
+            labels = check_integer_array("labels", labels)
+            if labels.shape[0] != images.shape[0]:
+                raise ArgumentError(f"labels holds {labels.shape[0]} labels for {images.shape[0]} images")
         if labels is None and self.num_classes is not None:
             labels = torch.full((images.shape[0],), -1, dtype=torch.long)
         if labels is not None and self.num_classes is None:
             labels = None
         return nll_bits_per_dim(denoiser_of(self.model, self.schedule), images, labels, generator=generator,
                                 batch_size=batch_size, progress=progress)
+
+
+def _checked_classes(classes: Any) -> Any:
+    """``classes`` as :func:`class_labels` takes them, with bools, floats, ``None`` entries and strings refused
+    (ArgumentError naming the entry) instead of torch's conversion errors or a silent cast."""
+    if classes is None:
+        return None
+    if isinstance(classes, (int, torch.Tensor)) and not isinstance(classes, bool) and (
+            not isinstance(classes, torch.Tensor) or classes.ndim == 0):
+        return check_count("classes", classes, -1)
+    return check_integer_array("classes", classes)
 
 
 def export_run(source: str | os.PathLike, out_dir: str | os.PathLike,

@@ -28,8 +28,10 @@ from diffcore.checkpoint import (
     export,
     load_for_inference,
     rebuild_model,
+    weights_problem,
     write_export,
 )
+from diffcore.arguments import ArgumentError, check_count, check_generator, check_integer_array, describe
 from diffcore.utils import resolve_device
 from diffwave.config import DiffWaveConfig
 from diffwave.evaluate import evaluate_generation, evaluate_resynthesis_files
@@ -76,6 +78,9 @@ class Vocoder:
         from diffwave.lmnt import load_lmnt_checkpoint
 
         model, config = load_lmnt_checkpoint(path)
+        problem = weights_problem(model.state_dict())
+        if problem:
+            raise CheckpointError(f"{path}: damaged weights: {problem}")
         info = {"model": config.to_dict(), "source": {"kind": "lmnt", "path": str(path)}}
         return cls(model.to(resolve_device(device)), str(path), info)
 
@@ -111,10 +116,37 @@ class Vocoder:
 
     def mel(self, wav: Tensor | np.ndarray) -> Tensor:
         """The model's own mel ``[..., n_mels, frames]`` of ``wav`` ``[..., T]`` (float in [-1, 1] at
-        ``sample_rate``), on the CPU."""
+        ``sample_rate``), on the CPU.
+
+        Integer samples are refused rather than guessed at (int16 samples clamped to ±1 gave a full-scale square
+        wave): divide by their full scale first (``wav / 32768`` for int16). Float samples beyond ±1 are clipped,
+        as when audio files are read; NaN/Inf samples, paths and other types are :class:`ArgumentError`."""
         if not self.conditional:
             raise ValueError("this model is unconditional: it takes no mel")
-        return compute_mel(torch.as_tensor(wav, dtype=torch.float32).clamp(-1.0, 1.0), self.config.mel)
+        if isinstance(wav, (str, os.PathLike)):
+            raise ArgumentError(f"wav must be samples (a tensor or numpy array), got the path {describe(wav)}: read "
+                                "it with diffwave.audio.load_audio(path, voc.sample_rate) first")
+        if not isinstance(wav, (Tensor, np.ndarray)):
+            raise ArgumentError(f"wav must be a tensor or numpy array of float samples, got {describe(wav)}")
+        t = torch.as_tensor(wav) if not isinstance(wav, np.ndarray) or wav.dtype != object else None
+        if t is None or not t.is_floating_point():
+            dtype = wav.dtype
+            hint = ""
+            if t is not None and t.dtype in (torch.int16, torch.int32, torch.int8, torch.uint8):
+                bits = {torch.int16: 16, torch.int32: 32, torch.int8: 8, torch.uint8: 8}[t.dtype]
+                hint = (f": divide by its full scale first (wav / {2 ** (bits - 1)}"
+                        f"{' after subtracting 128' if t.dtype == torch.uint8 else ''})")
+            raise ArgumentError(f"wav has dtype {dtype}; float samples in [-1, 1] are needed{hint}")
+        if t.layout != torch.strided or t.is_meta:
+            raise ArgumentError(f"wav must be a dense tensor with values, got a {t.layout} "
+                                f"{'meta ' if t.is_meta else ''}tensor")
+        if t.ndim == 0 or t.shape[-1] < self.config.mel.min_samples():
+            raise ArgumentError(f"wav of shape {tuple(t.shape)} is too short: at least "
+                                f"{self.config.mel.min_samples()} samples are needed")
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            raise ArgumentError(f"wav holds {int((~finite).sum())} non-finite samples (NaN or Inf)")
+        return compute_mel(t.detach().cpu().float().clamp(-1.0, 1.0), self.config.mel)
 
     def vocode(
         self,
@@ -166,8 +198,8 @@ class Vocoder:
             out = out if mel_t.ndim == 3 else out[0]
             return out.numpy() if as_np else out
         mel_t = self._checked_mel(mel, "mel", 3)
-        frames = torch.as_tensor(np.asarray(lengths) if not isinstance(lengths, Tensor) else lengths).cpu()
-        if frames.ndim != 1 or len(frames) != mel_t.shape[0] or frames.is_floating_point() or frames.is_complex():
+        frames = check_integer_array("lengths", lengths)  # bools (True = 1 frame) and floats are refused
+        if frames.ndim != 1 or len(frames) != mel_t.shape[0]:
             raise ValueError(f"lengths must be {mel_t.shape[0]} integer frame counts [B] for a batch of "
                              f"{mel_t.shape[0]} mels, got {tuple(frames.shape)} {frames.dtype}")
         if int(frames.min()) < 1 or int(frames.max()) > mel_t.shape[-1]:
@@ -183,6 +215,12 @@ class Vocoder:
         return (out.numpy(), wave_lengths.numpy()) if as_np else (out, wave_lengths)
 
     def _checked_mel(self, mel: Tensor | np.ndarray, source: str, ndim: int | None) -> Tensor:
+        if not isinstance(mel, (Tensor, np.ndarray)):  # None, a path, a list of numbers: named, not torch's error
+            validate_mel(mel, self.config.mel, source=source)
+        if isinstance(mel, np.ndarray) and not np.issubdtype(mel.dtype, np.floating):
+            validate_mel(mel, self.config.mel, source=source)
+        if isinstance(mel, Tensor) and (mel.layout != torch.strided or mel.is_meta):
+            validate_mel(mel, self.config.mel, source=source)
         mel_t = torch.as_tensor(mel)
         if ndim is not None and mel_t.ndim != ndim:
             want = "[n_mels, F]" if ndim == 2 else "[B, n_mels, F]"
@@ -192,9 +230,19 @@ class Vocoder:
 
     def _vocode_list(self, mels: list[Tensor], steps, generator, max_frames, batch_size, progress,
                      inference) -> list[Tensor]:
+        self._check_options(steps, generator, batch_size=batch_size, max_frames=max_frames)
         wavs = vocode_mels(self.model, mels, steps, generator=generator, max_frames=max_frames,
                            batch_size=batch_size, progress=progress, inference=inference)
-        return [w.float().cpu() for w in wavs]
+        return _checked_audio([w.float().cpu() for w in wavs], self.source)
+
+    def _check_options(self, steps: Any, generator: Any, **counts: Any) -> None:
+        """Refuse options torch would misread or report deep inside the sampler (ArgumentError naming them)."""
+        if steps not in ("fast", "full"):
+            raise ArgumentError(f"steps must be 'fast' or 'full', got {describe(steps)}")
+        check_generator("generator", generator, self.device)
+        for name, value in counts.items():
+            if value is not None or name != "max_frames":
+                check_count(name, value, 1)
 
     def generate(
         self, n: int, generator: torch.Generator | None = None, steps: Steps = "fast", *, length: int | None = None,
@@ -202,13 +250,27 @@ class Vocoder:
     ) -> Tensor:
         """``n`` clips ``[n, length]`` (default ``config.audio_length``) from an unconditional model, on the CPU
         (``inference``: as in :meth:`vocode`)."""
-        return generate_audio(self.model, n, steps, generator=generator, length=length, progress=progress,
-                              inference=inference).cpu()
+        check_count("n", n, 1, 100_000)
+        self._check_options(steps, generator, length=length if length is not None else 1)
+        wav = generate_audio(self.model, n, steps, generator=generator, length=length, progress=progress,
+                             inference=inference).cpu()
+        return _checked_audio([wav], self.source)[0]
 
     def save(self, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write this model as an export folder (``config.json`` + ``model.safetensors``) that :func:`load` reads;
         ``dtype=torch.float16`` halves the file (loaded back into float32)."""
         return save_export(self.model, self.info or {"model": self.config.to_dict()}, out_dir, dtype=dtype)
+
+
+def _checked_audio(wavs: list[Tensor], source: str) -> list[Tensor]:
+    """``wavs``, after checking the promise of [-1, 1]: non-finite samples (a model whose weights were damaged
+    after loading, or an unstable schedule) are an error instead of NaN audio returned as if it were sound."""
+    for w in wavs:
+        finite = torch.isfinite(w)
+        if not bool(finite.all()):
+            raise FloatingPointError(f"{source}: the model produced {int((~finite).sum())} non-finite samples "
+                                     "(NaN or Inf); its weights or schedule are broken")
+    return wavs
 
 
 def save_export(model: DiffWave, config: Mapping[str, Any], out_dir: str | os.PathLike,

@@ -187,3 +187,197 @@ def test_a_cached_mel_whose_header_lies_is_ignored_without_reading_it(tmp_path):
     assert read_cached_mel(path, MelConfig()) is None
     np.save(path, np.ones((80, 5), np.float32))
     assert torch.equal(read_cached_mel(path, MelConfig()), torch.ones(80, 5))
+
+
+# ================================================================== silent wrong results from bad weights and options
+
+TINY_UNET = {"preset": "tiny", "image_size": 8, "channel_mult": [1], "attention_resolutions": [8],
+             "diffusion": {"num_steps": 20}}
+
+
+@pytest.fixture(scope="module")
+def image_model():
+    from diffimage.api import ImageModel
+    from diffimage.config import UNetConfig
+    from diffimage.model import UNet
+
+    torch.manual_seed(0)
+    return ImageModel(UNet(UNetConfig.from_dict(TINY_UNET)), "tiny")
+
+
+@pytest.fixture(scope="module")
+def image_export(image_model, tmp_path_factory) -> Path:
+    return image_model.save(tmp_path_factory.mktemp("image_export") / "export")
+
+
+@pytest.fixture(scope="module")
+def wave_export(tmp_path_factory) -> Path:
+    from diffwave.api import Vocoder
+    from diffwave.config import DiffWaveConfig
+    from diffwave.model import DiffWave
+
+    torch.manual_seed(0)
+    config = DiffWaveConfig.from_dict({"preset": "tiny", "residual_layers": 2, "residual_channels": 4,
+                                       "dilation_cycle": 2, "embedding_hidden": 16})
+    return Vocoder(DiffWave(config), "tiny").save(tmp_path_factory.mktemp("wave_export") / "export")
+
+
+def _tampered(export_dir: Path, out: Path, change) -> Path:
+    """A copy of an export folder whose first floating-point tensor is replaced by ``change(tensor)``."""
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir()
+    (out / "config.json").write_text((export_dir / "config.json").read_text())
+    weights = load_file(str(export_dir / "model.safetensors"))
+    key = next(k for k, v in weights.items() if v.is_floating_point() and v.numel() > 1)
+    weights[key] = change(weights[key])
+    save_file(weights, str(out / "model.safetensors"))
+    return out
+
+
+_DAMAGE = {
+    "nan": (lambda w: w.clone().index_fill_(0, torch.tensor([0]), float("nan")), r"non-finite values \(NaN or Inf\)"),
+    "inf": (lambda w: torch.full_like(w, float("inf")), r"non-finite values"),
+    "int8": (lambda w: (w * 100).to(torch.int8), r"has dtype int8; the model's weights are floating point"),
+    "bool": (lambda w: w > 0, r"has dtype bool"),
+    "int64": (lambda w: w.long(), r"has dtype int64"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(_DAMAGE))
+@pytest.mark.parametrize("package", ["diffwave", "diffimage"])
+def test_an_export_with_non_finite_or_non_float_weights_is_refused_at_load_in_both_packages(
+        tmp_path, damage, package, request):
+    from diffcore.checkpoint import CheckpointError
+
+    change, message = _DAMAGE[damage]
+    source = request.getfixturevalue("wave_export" if package == "diffwave" else "image_export")
+    bad = _tampered(source, tmp_path / "bad", change)
+    load = __import__(f"{package}.api", fromlist=["load"]).load
+    with pytest.raises(CheckpointError, match=rf"bad: damaged weights: .*{message}"):
+        load(bad, "cpu")
+    load(source, "cpu")  # the untouched export still loads
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_and_fp16_weights_still_load(tmp_path, wave_export):
+    from diffcore.checkpoint import CheckpointError, save_checkpoint
+    from diffwave.api import Vocoder, load
+
+    voc = load(wave_export, "cpu")
+    state = {k: v.clone() for k, v in voc.model.state_dict().items()}
+    next(v for v in state.values() if v.is_floating_point()).fill_(float("nan"))
+    save_checkpoint({"format": 1, "step": 1, "model": state, "ema": None, "config": voc.info}, tmp_path / "run", 1)
+    with pytest.raises(CheckpointError, match=r"damaged weights: .*non-finite"):
+        load(tmp_path / "run", "cpu")
+    half = voc.save(tmp_path / "half", dtype=torch.float16)
+    assert isinstance(load(half, "cpu"), Vocoder)
+
+
+def test_the_image_api_refuses_non_finite_or_out_of_range_options_like_the_command_line(image_model):
+    from diffcore.arguments import ArgumentError
+
+    for kwargs, message in [
+        ({"eta": float("nan")}, r"eta must be a finite number in \[0.0, 10.0\], got nan"),
+        ({"eta": float("inf")}, r"eta must be a finite number"),
+        ({"eta": -1.0}, r"eta must be"),
+        ({"guidance_scale": float("nan")}, r"guidance_scale must be a finite number"),
+        ({"steps": 5000}, r"steps=5000 is more than the model's T = 20 diffusion steps"),
+        ({"steps": 21, "sampler": "ddpm"}, r"steps=21 is more than the model's T = 20"),
+        ({"steps": 0}, r"steps must be in \[1, 100000\], got 0"),
+        ({"sampler": "euler"}, r"sampler must be one of ddim, ddpm, heun, dpmpp, got 'euler'"),
+    ]:
+        with pytest.raises(ArgumentError, match=message):
+            image_model.sample(2, **kwargs)
+    x = image_model.sample(2, steps=20, generator=torch.Generator().manual_seed(0))  # exactly T is fine
+    assert x.shape == (2, 3, 8, 8) and bool(torch.isfinite(x).all())
+
+
+def test_the_image_command_refuses_more_steps_than_the_model_has_and_writes_nothing(tmp_path, capsys, image_export):
+    out = tmp_path / "samples"
+    code, err = image_cli(capsys, "sample", "-m", image_export, "--n", "2", "--steps", "5000", "--out", out,
+                          "--device", "cpu")
+    assert code == 2
+    error_line(err, "steps=5000 is more than the model's T = 20")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bits_per_dim_refuses_images_of_another_size_or_channels_and_an_empty_batch(image_model):
+    from diffcore.arguments import ArgumentError
+
+    for images, message in [
+        (torch.zeros(2, 3, 16, 16, dtype=torch.uint8), r"shape \[2, 3, 16, 16\] do not fit this model, which makes "
+                                                       r"\[N, 3, 8, 8\]"),
+        (torch.zeros(2, 1, 8, 8, dtype=torch.uint8), r"do not fit"),
+        (torch.zeros(2, 8, 8, 3, dtype=torch.uint8), r"do not fit"),
+        (torch.zeros(0, 3, 8, 8, dtype=torch.uint8), r"empty batch"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.int32), r"uint8 or float"),
+        (torch.full((2, 3, 8, 8), 200.0), r"float images must lie in \[-1, 1\]"),
+        (torch.full((2, 3, 8, 8), float("nan")), r"non-finite"),
+        ("images.npz", r"images must be a tensor"),
+    ]:
+        with pytest.raises(ArgumentError, match=message):
+            image_model.bits_per_dim(images)
+
+
+def test_vocoder_mel_refuses_integer_samples_instead_of_clamping_them(wave_export):
+    from diffcore.arguments import ArgumentError
+    from diffwave.api import load
+
+    voc = load(wave_export, "cpu")
+    x = (np.sin(np.arange(4096) / 10) * 20000).astype(np.int16)
+    with pytest.raises(ArgumentError, match=r"wav has dtype int16; float samples in \[-1, 1\] are needed: divide by "
+                                            r"its full scale first \(wav / 32768\)"):
+        voc.mel(x)
+    with pytest.raises(ArgumentError, match=r"dtype torch.int32"):
+        voc.mel(torch.from_numpy(x.astype(np.int32)))
+    with pytest.raises(ArgumentError, match=r"dtype bool"):
+        voc.mel(x > 0)
+    with pytest.raises(ArgumentError, match=r"non-finite samples"):
+        voc.mel(np.full(4096, np.nan, np.float32))
+    # the clear rule gives the same mel as the float samples it stands for
+    assert torch.equal(voc.mel(x / 32768.0), voc.mel(torch.from_numpy(x.astype(np.float64) / 32768)))
+
+
+def test_lengths_of_bools_or_floats_are_refused_not_read_as_one_frame(wave_export):
+    from diffcore.arguments import ArgumentError
+    from diffwave.api import load
+
+    voc = load(wave_export, "cpu")
+    mel = torch.rand(2, 80, 6)
+    for lengths, message in [([True, True], r"lengths\[0\] must be an integer, got True \(a bool\)"),
+                             (torch.tensor([True, True]), r"lengths must hold integers, got dtype torch.bool"),
+                             (np.array([True, False]), r"dtype torch.bool"),
+                             ([6.0, 3.0], r"lengths\[0\] must be an integer, got 6.0"),
+                             ([6, None], r"lengths\[1\] must be an integer, got None")]:
+        with pytest.raises(ArgumentError, match=message):
+            voc.vocode(mel, lengths=lengths)
+
+
+def test_duplicate_yaml_keys_are_refused_naming_the_key_and_both_lines(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  lr: 0.001\nmodel:\n  residual_layers: 4\ntrain:\n  batch_size: 2\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml.*key 'train' is given twice in one mapping \(lines 1 and 5\)"):
+        load_recipe(DiffWaveRecipe, path)
+    path.write_text("train:\n  lr: 0.001\n  lr: 0.002\n")
+    with pytest.raises(ConfigError, match=r"key 'lr' is given twice"):
+        load_recipe(DiffWaveRecipe, path)
+    with pytest.raises(ConfigError, match=r"override train=\.\.\..*key 'lr' is given twice"):
+        load_recipe(DiffWaveRecipe, None, ["train={lr: 1, lr: 2}"])
+
+
+def test_weights_damaged_after_loading_give_an_error_not_nan_audio_or_images(wave_export, image_model):
+    import copy
+
+    from diffwave.api import load
+
+    voc = load(wave_export, "cpu")
+    with torch.no_grad():
+        next(voc.model.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"produced \d+ non-finite samples"):
+        voc.vocode(torch.rand(80, 4))
+    broken = copy.deepcopy(image_model)
+    with torch.no_grad():
+        for p in broken.model.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"produced \d+ non-finite values"):
+        broken.sample(1, steps=2)
