@@ -84,6 +84,8 @@ def check_generator(name: str, generator: Any, device: torch.device) -> torch.Ge
 def check_integer_array(name: str, value: Any) -> torch.Tensor:
     """``value`` (a list, a numpy array or a tensor) as a 1-D int64 tensor; :class:`ArgumentError` for bools,
     floats, ``None`` entries, strings or another rank."""
+    if isinstance(value, (str, bytes)) or value is None or isinstance(value, (bool, float)):
+        raise ArgumentError(f"{name} must be a list of integers, got {describe(value)}")
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu()
     else:
@@ -96,8 +98,8 @@ def check_integer_array(name: str, value: Any) -> torch.Tensor:
                     raise ArgumentError(f"{name}[{i}] must be an integer, got {describe(v)}")
         try:
             t = torch.as_tensor(np.asarray(value))
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise ArgumentError(f"{name} must be a list of integers, got {describe(value)} ({e})") from None
+        except (TypeError, ValueError, RuntimeError):
+            raise ArgumentError(f"{name} must be a list of integers, got {describe(value)}") from None
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
         raise ArgumentError(f"{name} must hold integers, got dtype {t.dtype}")
     if t.ndim != 1:

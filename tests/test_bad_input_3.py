@@ -381,3 +381,113 @@ def test_weights_damaged_after_loading_give_an_error_not_nan_audio_or_images(wav
             p.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match=r"produced \d+ non-finite values"):
         broken.sample(1, steps=2)
+
+
+# ======================================================================= tracebacks from odd tensors and API calls
+
+
+def _odd_mels(folder: Path) -> dict[str, str]:
+    """Mel files holding tensors torch loads but a vocoder cannot use, and the words their error must hold."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dense = torch.rand(80, 6) * 0.6 + 0.2
+    torch.save(dense.to_sparse(), folder / "sparse.pt")
+    with pytest.warns(UserWarning):  # torch: "Sparse CSR tensor support is in beta state"
+        torch.save(dense.to_sparse_csr(), folder / "csr.pt")
+    torch.save(torch.empty(80, 6, device="meta"), folder / "meta.pt")
+    torch.save({"mel": dense.to_sparse()}, folder / "dict_sparse.pt")
+    torch.save(torch.quantize_per_tensor(dense, 0.01, 0, torch.quint8), folder / "quantized.pt")
+    torch.save([dense], folder / "list.pt")
+    return {"sparse.pt": "sparse_coo (sparse) tensor", "csr.pt": "sparse_csr (sparse) tensor",
+            "meta.pt": "meta tensor", "dict_sparse.pt": "sparse_coo", "quantized.pt": "quantized tensor",
+            "list.pt": "holds a list, not an array"}
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
+def test_sparse_csr_meta_and_quantized_mel_files_are_one_clear_error_each(tmp_path):
+    for name, words in _odd_mels(tmp_path).items():
+        with pytest.raises(MelError, match=rf"{name}: .*{words}"):
+            load_mel_file(tmp_path / name)
+    config = MelConfig()
+    for tensor, words in [(torch.rand(80, 6).to_sparse(), "sparse_coo"), (torch.empty(80, 6, device="meta"), "meta")]:
+        with pytest.raises(MelError, match=rf"mel: .*{words}"):
+            validate_mel(tensor, config, source="mel")
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
+def test_in_a_folder_each_odd_tensor_file_is_reported_and_skipped_and_the_good_mels_are_vocoded(
+        tmp_path, capsys, wave_export):
+    inputs = tmp_path / "in"
+    expected = _odd_mels(inputs)
+    np.save(inputs / "good.npy", np.random.default_rng(0).uniform(0.2, 0.8, (80, 6)).astype(np.float32))
+    out = tmp_path / "out"
+    code, err = wave_cli(capsys, "vocode", inputs, "-m", wave_export, "--out", out, "--device", "cpu")
+    assert code != 0 and "Traceback" not in err
+    for name, words in expected.items():
+        assert name in err and words in err, (name, err)
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["good.wav"]
+
+
+def test_the_vocoder_api_names_the_argument_for_wrong_types(wave_export):
+    from diffcore.arguments import ArgumentError
+    from diffwave.api import load
+
+    voc = load(wave_export, "cpu")
+    mel = torch.rand(80, 6) * 0.6 + 0.2
+    for call, error, message in [
+        (lambda: voc.vocode([mel, None]), MelError, r"mel\[1\]: expected a numpy array or a torch tensor, got NoneType"),
+        (lambda: voc.vocode("speech.npy"), MelError, r"mel: expected .* got a path \(load it with .*load_mel_file\)"),
+        (lambda: voc.vocode(mel, generator=0), ArgumentError, r"generator must be a torch.Generator or None, got 0 "
+                                                               r"\(an int\); for a seed write torch.Generator"),
+        (lambda: voc.vocode(mel, steps="fst"), ArgumentError, r"steps must be 'fast' or 'full', got 'fst'"),
+        (lambda: voc.vocode(mel, batch_size=0), ArgumentError, r"batch_size must be at least 1, got 0"),
+        (lambda: voc.vocode(mel, max_frames=2.5), ArgumentError, r"max_frames must be an integer, got 2.5"),
+        (lambda: voc.vocode(mel.to_sparse()), MelError, r"mel: is a sparse_coo"),
+        (lambda: voc.mel("speech.wav"), ArgumentError, r"wav must be samples .* got the path 'speech.wav'.*load_audio"),
+        (lambda: voc.mel([0.1, 0.2]), ArgumentError, r"wav must be a tensor or numpy array of float samples, got "
+                                                     r"\[0.1, 0.2\] \(a list\)"),
+        (lambda: voc.mel(torch.zeros(3)), ArgumentError, r"too short"),
+    ]:
+        with pytest.raises(error, match=message):
+            call()
+    assert voc.vocode([]) == []
+
+
+@pytest.fixture(scope="module")
+def conditional_model():
+    from diffimage.api import ImageModel
+    from diffimage.config import UNetConfig
+    from diffimage.model import UNet
+
+    torch.manual_seed(0)
+    return ImageModel(UNet(UNetConfig.from_dict({**TINY_UNET, "num_classes": 3})), "tiny-cond")
+
+
+def test_the_image_api_names_the_argument_for_wrong_types(image_model, conditional_model):
+    from diffcore.arguments import ArgumentError
+
+    for model, call, message in [
+        (image_model, lambda m: m.sample(0), r"n must be in \[1, 1000000\], got 0"),
+        (image_model, lambda m: m.sample(2.0), r"n must be an integer, got 2.0 \(a float\)"),
+        (image_model, lambda m: m.sample(True), r"n must be an integer, got True \(a bool\)"),
+        (image_model, lambda m: m.sample("4"), r"n must be an integer, got '4' \(a str\)"),
+        (image_model, lambda m: m.sample(2, generator=0), r"generator must be a torch.Generator or None, got 0"),
+        (image_model, lambda m: m.sample(2, batch_size=0), r"batch_size must be at least 1, got 0"),
+        (image_model, lambda m: m.sample_seeded(2, seed=-1), r"seed must be in \[0, "),
+        (image_model, lambda m: m.sample_seeded(2, seed=1.5), r"seed must be an integer"),
+        (conditional_model, lambda m: m.sample(2, classes=[1, None]), r"classes\[1\] must be an integer, got None"),
+        (conditional_model, lambda m: m.sample(2, classes=[1.5, 2]), r"classes\[0\] must be an integer, got 1.5"),
+        (conditional_model, lambda m: m.sample(2, classes=True), r"classes must be a list of integers, got True"),
+        (conditional_model, lambda m: m.sample(2, classes=torch.tensor([0.5, 1.0])), r"classes must hold integers"),
+        (conditional_model, lambda m: m.sample(2, classes="1,2"), r"classes must be a list of integers, got '1,2' \(a str\)"),
+        (image_model, lambda m: m.bits_per_dim(torch.zeros(0, 3, 8, 8, dtype=torch.uint8)), r"empty batch"),
+        (image_model, lambda m: m.bits_per_dim(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), generator=1),
+         r"generator must be"),
+        (conditional_model, lambda m: m.bits_per_dim(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), labels=[1]),
+         r"labels holds 1 labels for 2 images"),
+    ]:
+        with pytest.raises(ArgumentError, match=message):
+            call(model)
+    x = conditional_model.sample(2, classes=[0, 2], steps=2, generator=torch.Generator().manual_seed(1))
+    assert x.shape == (2, 3, 8, 8)
