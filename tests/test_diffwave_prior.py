@@ -60,6 +60,25 @@ def test_calibrated_energy_is_the_rms_of_speech_tilted_noise(preset):
         assert abs(float(s[2:-2].mean()) / rms - 1.0) < 0.05, (preset, rms, c)
 
 
+def test_noise_calibration_is_measured_once_per_mel_configuration(monkeypatch):
+    """The docstring's promise: the 20 s measurement runs once per mel configuration (an equal config built anew
+    reads it back; another front end gets its own), and the cached value is the measurement's."""
+    import diffwave.prior as prior_mod
+
+    calls = []
+    measure = prior_mod._measure_calibration
+    monkeypatch.setattr(prior_mod, "_CALIBRATIONS", {})
+    monkeypatch.setattr(prior_mod, "_measure_calibration", lambda cfg: calls.append(cfg) or measure(cfg))
+    cfg = MelConfig.from_dict({"preset": "diffwave"})
+    first = noise_calibration(cfg)
+    assert noise_calibration(MelConfig.from_dict({"preset": "diffwave"})) == first and len(calls) == 1
+    frame_prior_std(torch.rand(80, 6), cfg, PriorConfig())  # every prior computation reads the same value
+    assert len(calls) == 1
+    other = MelConfig.from_dict({"preset": "diffwave", "n_fft": 512, "win_length": 512})
+    assert noise_calibration(other) == measure(other) and len(calls) == 2
+    assert first == measure(cfg)
+
+
 def test_the_two_presets_give_the_same_prior_for_the_same_audio():
     env = torch.linspace(0.01, 0.3, 40).repeat_interleave(2205)  # a crescendo, 4 s
     audio = env * _tilted_noise(4.0, 1.0, seed=5)
