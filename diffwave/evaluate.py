@@ -96,6 +96,7 @@ def evaluate_resynthesis_files(
         mels.append(vocoder.mel(wav))
         names.append(Path(f).stem)
     refiner = isinstance(vocoder, RefinerVocoder)
+    model_kind = "refiner" if refiner else "diffwave"
     outs: list[Tensor] = []
     if refiner:  # deterministic, one network call per mel: no schedule, no noise
         n_steps = 1
@@ -115,7 +116,6 @@ def evaluate_resynthesis_files(
     for name, ref, est, gl in zip(names, refs, outs, gls):
         for kind, wav in (("reference", ref), (model_kind, est), ("griffinlim", gl)):
             paths["wavs"].append(save_audio(out / "wavs" / f"{name}.{kind}.wav", wav, sr))
-    model_kind = "refiner" if refiner else "diffwave"
     system = f"Refiner (Griffin-Lim {vocoder.config.gl_iters} it. + network)" if refiner else f"DiffWave ({steps})"
     table = evaluate_resynthesis(list(zip(refs, outs)), sr, list(zip(refs, gls)), system=system,
                                  with_dnsmos=with_dnsmos)
