@@ -1,7 +1,7 @@
 """``diffwave quickstart``: the whole job on a CPU in a few minutes, on a fresh machine without any data.
 
-0. A vocoder that speaks: the shipped model (:data:`PRETRAINED_MODEL`, trained by this project on LJSpeech, see
-   its ``MODEL_CARD.md``) vocodes the few seconds of real, public-domain speech that ship with the package
+0. A vocoder that speaks: the shipped default vocoder (:data:`PRETRAINED_MODEL`, ``ljspeech-refiner``: Griffin-Lim
+   refined by a frame-rate network, trained by this project on LJSpeech, see its ``MODEL_CARD.md``) vocodes the few seconds of real, public-domain speech that ship with the package
    (:mod:`diffwave.speech`, clips it never trained on) in seconds, beside Griffin-Lim on the same mels:
    ``pretrained/wavs``, ``pretrained/spectrograms.png``, ``pretrained/metrics.md``. ``--no-pretrained`` skips it.
 1. Data: 43 clips of 2 s of speech-like audio at 22 050 Hz from :mod:`diffwave.synth` (voiced harmonics with moving
@@ -36,7 +36,7 @@ __all__ = ["QUICKSTART_RECIPE", "DEFAULT_MINUTES", "PRETRAINED_MODEL", "quicksta
            "vocode_shipped_speech", "run_quickstart"]
 
 #: The shipped vocoder the quickstart starts with (:func:`diffwave.api.available_models`).
-PRETRAINED_MODEL = "ljspeech-tiny"
+PRETRAINED_MODEL = "ljspeech-refiner"
 
 DEFAULT_MINUTES = 4.0
 SAMPLE_RATE = 22050

@@ -56,7 +56,8 @@ class RefinerConfig(ConfigBase):
 
     ``dim``/``intermediate``/``num_blocks``/``kernel``: the ConvNeXt backbone (Vocos-base: 512/1536/8/7; the default
     here is small enough for a CPU and for an 8 MiB fp16 export). ``gl_iters``/``gl_momentum``: the Griffin-Lim
-    start (the baseline's own settings by default, so step 0 is the baseline).
+    start (the baseline's own settings by default, so step 0 is the baseline). ``correct_phase: false`` keeps
+    Griffin-Lim's phase and learns only the gains (an ablation of the bake-off).
     """
 
     mel: MelConfig = field(default_factory=MelConfig)
@@ -69,6 +70,7 @@ class RefinerConfig(ConfigBase):
     gl_iters: int = 64
     gl_momentum: float = 0.99
     layer_scale: float = 1e-2
+    correct_phase: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.mel, dict):
@@ -91,6 +93,15 @@ class RefinerConfig(ConfigBase):
     @property
     def n_freqs(self) -> int:
         return self.mel.n_fft // 2 + 1
+
+    @property
+    def hop_length(self) -> int:
+        return self.mel.hop_length
+
+    @property
+    def conditional(self) -> bool:
+        """Always: the refiner inverts a mel (the vocoding code asks every model config this)."""
+        return True
 
     @property
     def receptive_field(self) -> int:
@@ -172,7 +183,7 @@ class GriffinLimRefiner(nn.Module):
         self.blocks = nn.ModuleList(ConvNeXtBlock(c.dim, c.intermediate, c.kernel, c.layer_scale)
                                     for _ in range(c.num_blocks))
         self.final_norm = nn.LayerNorm(c.dim, eps=1e-6)
-        self.head = nn.Linear(c.dim, 2 * K)
+        self.head = nn.Linear(c.dim, (2 if c.correct_phase else 1) * K)
         nn.init.zeros_(self.head.weight)  # step 0 returns the Griffin-Lim waveform itself
         nn.init.zeros_(self.head.bias)
 
@@ -189,8 +200,8 @@ class GriffinLimRefiner(nn.Module):
         h = self.norm(h.transpose(1, 2)).transpose(1, 2)
         for block in self.blocks:
             h = block(h)
-        out = self.head(self.final_norm(h.transpose(1, 2))).transpose(1, 2)  # [B, 2K, F]
-        dm, dphi = out.chunk(2, dim=1)
+        out = self.head(self.final_norm(h.transpose(1, 2))).transpose(1, 2)  # [B, 2K, F] (K: gains only)
+        dm, dphi = out.chunk(2, dim=1) if self.config.correct_phase else (out, torch.zeros_like(out))
         return MAX_LOG_GAIN * torch.tanh(dm / MAX_LOG_GAIN), dphi
 
     @property

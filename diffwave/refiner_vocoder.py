@@ -108,12 +108,11 @@ class RefinerVocoder:
         validate_mel(mel_t, self.config.mel, source=source)
         return mel_t.float()
 
-    @torch.no_grad()
     def _one(self, mel: Tensor, max_frames: int | None) -> Tensor:
         """``[n_mels, F]`` → ``[F · hop]`` on the CPU, in [-1, 1]."""
-        frames = mel.shape[-1]
-        wav = self.model(mel[None].to(self.device), max_frames=max_frames)[0].clamp(-1.0, 1.0).float().cpu()
-        return _fit(wav, frames * self.hop_length)
+        from diffwave.sample import vocode_mels
+
+        return vocode_mels(self.model, [mel], max_frames=max_frames)[0].float().cpu()
 
     def vocode(
         self,
@@ -169,14 +168,6 @@ class RefinerVocoder:
         from diffcore.checkpoint import write_export
 
         return write_export(out_dir, self.model.state_dict(), self.info, dtype=dtype, metadata={"source": "model"})
-
-
-def _fit(wav: Tensor, length: int) -> Tensor:
-    """``wav`` cut or zero-padded to ``length`` samples (a ``diffwave`` mel of F frames covers (F − 1)·hop samples of
-    Griffin-Lim; the vocoder interface returns F·hop, as DiffWave does)."""
-    if wav.shape[-1] >= length:
-        return wav[..., :length]
-    return torch.nn.functional.pad(wav, (0, length - wav.shape[-1]))
 
 
 def _progress(items: list, on: bool):

@@ -49,6 +49,7 @@ from diffcore.schedule import NoiseSchedule
 from diffwave.config import DiffWaveConfig
 from diffwave.mel import HIFIGAN_LOG_FLOOR, MelConfig
 from diffwave.prior import sample_prior_std
+from diffwave.refiner import GriffinLimRefiner, RefinerConfig
 
 __all__ = [
     "Steps",
@@ -115,6 +116,8 @@ def receptive_field(config: DiffWaveConfig) -> int:
 def context_frames(config: DiffWaveConfig, crossfade: int = DEFAULT_CROSSFADE) -> int:
     """Context frames per side that make a chunk exact over its core and its crossfade ramps:
     ``⌈R / hop⌉ + 2 + crossfade`` (2 frames for the upsampler's reach)."""
+    if isinstance(config, RefinerConfig):  # a frame-rate network: its own receptive field, in frames
+        return config.receptive_field // 2 + 1
     if config.hop_length is None:
         raise ValueError("an unconditional model has no mel frames to chunk")
     return math.ceil(receptive_field(config) / config.hop_length) + 2 + crossfade
@@ -320,13 +323,28 @@ def sample_waveform(
 
 
 def num_sampling_steps(config: DiffWaveConfig, steps: Steps) -> int:
-    """Network evaluations per sample: ``len(inference_betas)`` or the training T."""
+    """Network evaluations per sample: ``len(inference_betas)`` or the training T (1 for the refiner)."""
+    if isinstance(config, RefinerConfig):
+        return 1
     return len(config.inference_betas) if steps == "fast" else config.diffusion.num_steps
 
 
 def mel_pad_value(mel_config: MelConfig) -> float:
     """The value of silence in a preset's mel: 0 for ``diffwave``, ln(1e-5) for ``hifigan``."""
     return 0.0 if mel_config.preset == "diffwave" else HIFIGAN_LOG_FLOOR
+
+
+def _refine_mels(model: GriffinLimRefiner, mels: Sequence[Tensor], max_frames: int | None,
+                 callback: Callable[[int, Tensor], None] | None) -> list[Tensor]:
+    """The refiner's waveforms ``[F_i · hop]`` (Griffin-Lim covers ``(F_i − 1) · hop`` samples; zero-padded)."""
+    device = next(model.parameters()).device
+    hop, out = model.config.mel.hop_length, []
+    for m in mels:
+        wav = model(m[None].to(device, torch.float32), max_frames=max_frames)[0].clamp(-1.0, 1.0)
+        out.append(F.pad(wav, (0, max(0, m.shape[-1] * hop - wav.shape[-1])))[: m.shape[-1] * hop])
+    if callback is not None:
+        callback(0, out[-1])
+    return out
 
 
 @torch.no_grad()
@@ -352,6 +370,8 @@ def vocode_mels(
     """
     if not mels:
         return []
+    if isinstance(model, GriffinLimRefiner):  # deterministic: no schedule, no noise, one network pass per mel
+        return _refine_mels(model, mels, max_frames, callback)
     config: DiffWaveConfig = model.config
     if not config.conditional:
         raise ValueError("this model is unconditional: use generate_audio")

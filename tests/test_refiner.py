@@ -233,3 +233,21 @@ def test_the_recipe_class_is_chosen_without_expanding_aliases(tmp_path):
     assert _names_network(bomb, ["network=diffwave"]) == "diffwave"
     assert _names_network("recipes/ljspeech_prior.yaml", []) is None
     assert isinstance(load_diffwave_recipe("recipes/quickstart.yaml"), DiffWaveRecipe)
+
+
+def test_the_vocode_command_takes_a_refiner_and_chunks_exactly(tmp_path):
+    import soundfile as sf
+
+    from diffwave.audio import save_audio
+    from diffwave.cli import main
+
+    torch.manual_seed(0)
+    export = _export(tmp_path, _perturbed(GriffinLimRefiner(_small())).eval())
+    wav = save_audio(tmp_path / "in" / "clip.wav", _speechlike(1.5), SR)
+    assert main(["vocode", "--model", str(export), str(wav), "--out", str(tmp_path / "whole.wav")]) == 0
+    assert main(["vocode", "--model", str(export), str(wav), "--out", str(tmp_path / "chunked"),
+                 "--max-frames", "40"]) == 0
+    whole, sr = sf.read(tmp_path / "whole.wav")
+    chunked, _ = sf.read(tmp_path / "chunked" / "clip.wav")
+    assert sr == SR and whole.shape == chunked.shape == (int(1.5 * SR),)
+    assert abs(whole - chunked).max() <= 2 / 32768  # equal up to 16-bit rounding
