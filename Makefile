@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart quickstart-image test bench-cpu bench-gpu lock
+.PHONY: install quickstart quickstart-image test bench-cpu bench-gpu lock gpu-dryrun
 
 # The install is checked before it is marked done: `pip check` (declared requirements agree) and
 # tools/check_install.py (every compiled extension loads and runs: an ABI mismatch such as torchaudio built for
@@ -34,6 +34,11 @@ bench-cpu: install
 
 bench-gpu: install
 	$(BIN)/python benchmarks/run_gpu.py
+
+# The GPU call of tools/gpu_checks.sh run on this CPU, as the GPU machine would run it (docs/gpu.md): a venv of its
+# versions (torch 2.11.0; about 3.5 GB downloaded once), the wheels and data that travel, no network, toy sizes.
+gpu-dryrun: install
+	nice -n 10 bash tools/gpu_checks.sh dry-run
 
 # Remake constraints.txt: a fresh environment with what pyproject.toml admits today, checked, then frozen.
 # Review the diff, run `make test` in a clean clone, and commit it only if CI passes.

@@ -10,7 +10,41 @@ preconditioning — and is what losses, the likelihood and the samplers take. Sa
 (:mod:`diffcore.discretization` makes them).
 """
 
-from diffcore.config import ConfigBase, ConfigError, DiffusionConfig, EDMConfig, load_recipe
+import re
+
+MIN_TORCH = (2, 11)  # the oldest torch tested (the GPU machines' 2.11.0); pyproject.toml's lower bound
+
+
+def torch_version_problem(torch_version: str, torchaudio_version: str | None = None) -> str | None:
+    """What is wrong with this pair of versions, or None: torch older than MIN_TORCH, or torchaudio 2.11.1 (whose
+    compiled library loads only with torch 2.14.x) beside an older torch."""
+    tv = tuple(int(re.match(r"\d+", p).group()) for p in torch_version.split("+")[0].split(".")[:2])
+    if tv < MIN_TORCH:
+        return (f"diffstack needs torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]} (tested: 2.11.0 and 2.14.1), but torch "
+                f"{torch_version} is installed: pip install 'torch>=2.11,<2.15'")
+    if torchaudio_version and torchaudio_version.split("+")[0] == "2.11.1" and tv < (2, 14):
+        return (f"torchaudio 2.11.1 loads only with torch 2.14.x, but torch {torch_version} is installed: pip install "
+                f"'torchaudio==2.11.0' (for torch 2.11.0) or 'torch>=2.14,<2.15'")
+    return None
+
+
+def _check_torch() -> None:
+    import importlib.metadata as md
+
+    import torch
+
+    try:
+        ta = md.version("torchaudio")
+    except md.PackageNotFoundError:
+        ta = None
+    problem = torch_version_problem(torch.__version__, ta)
+    if problem:
+        raise ImportError(problem)
+
+
+_check_torch()
+
+from diffcore.config import ConfigBase, ConfigError, DiffusionConfig, EDMConfig, load_recipe  # noqa: E402
 from diffcore.ema import EMA
 from diffcore.denoiser import EDMDenoiser, VPDenoiser, denoiser_from_config
 from diffcore.discretization import fast_sampling_steps, fast_schedule, karras_sigmas, respaced
