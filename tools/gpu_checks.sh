@@ -20,7 +20,7 @@ cd "$here"
 py_here="${PYTHON:-$here/.venv/bin/python}"
 [ -x "$py_here" ] || py_here=python3
 gpu_python="${GPU_PYTHON:-python3}"
-venv=.gpu_dryrun_venv
+venv="${GPU_DRYRUN_VENV:-$here/.gpu_dryrun_venv}"   # made once, reused (a clean clone may point at an existing one)
 stage="${GPU_DRYRUN_STAGE:-/tmp/gpu_dryrun_tree}"
 
 find_python312() {
@@ -71,7 +71,7 @@ dry-run)
     #    "python3", the CUDA parts on the CPU at toy size
     net="unshare -n"; $net true 2>/dev/null || net=""
     ( cd "$stage" && env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 OMP_NUM_THREADS=1 \
-        GPU_PYTHON="$here/$venv/bin/python" OUT="$out" $net bash tools/gpu_checks.sh run "${2:-env,bench,refiner,mnist}" --dry-run )
+        GPU_PYTHON="$venv/bin/python" OUT="$out" $net bash tools/gpu_checks.sh run "${2:-env,bench,refiner,mnist}" --dry-run )
     rc=$?
     t3=$(date +%s)
     ls -la "$out"
