@@ -5,7 +5,8 @@
 Every system vocodes the same mel (``--seconds`` of LJSpeech from the shared data, else of synthetic speech-like
 audio) at batch 1 through its default path, ``--repeats`` times; the figure is seconds of audio per second of wall
 time (× real time) and per CPU second of this process, the median of the repeats, with the ratio to the first row
-(the refiner). Systems: the shipped refiner (``ljspeech-refiner``; its speed does not depend on its weights) and
+(the refiner). The DiffWave BASE rows vocode the first ``--base-seconds`` of the same mel (their cost is linear in
+the length, and 10 s takes minutes per repeat on a CPU). Systems: the shipped refiner (``ljspeech-refiner``; its speed does not depend on its weights) and
 its Griffin-Lim part alone; the shipped ``ljspeech-tiny`` (6-step fast schedule, default inference path); DiffWave
 BASE (30 × 64, untrained weights: speed does not depend on them) with the default path, and with eager float32
 (``inference="eager"``: lmnt-com/diffwave's computation, the same arithmetic as its ``inference.py`` loop).
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-base", action="store_true", help="leave out DiffWave BASE (minutes per repeat on a CPU)")
+    p.add_argument("--base-seconds", type=float, default=2.0,
+                   help="audio for the DiffWave BASE rows (its cost is linear in the length; default 2 s)")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     a = p.parse_args(argv)
 
@@ -65,28 +68,30 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(a.threads)
     mel, source = _mel(a.seconds)
+    base_mel = mel[:, : max(2, round(a.base_seconds * 22050 / 256))]
     audio_s = mel.shape[-1] * 256 / 22050
     if "ljspeech-refiner" in dw.available_models():
         refiner = dw.load("ljspeech-refiner", "cpu")
     else:
         refiner = RefinerVocoder(GriffinLimRefiner(RefinerConfig()))
-    systems = [("refiner (Griffin-Lim + network), default path", lambda: refiner.vocode(mel)),
-               ("its Griffin-Lim part alone (64 it.)", lambda: refiner.model.griffin_lim(mel[None]))]
+    systems = [("refiner (Griffin-Lim + network), default path", mel, lambda: refiner.vocode(mel)),
+               ("its Griffin-Lim part alone (64 it.)", mel, lambda: refiner.model.griffin_lim(mel[None]))]
     if "ljspeech-tiny" in dw.available_models():
         tiny = dw.load("ljspeech-tiny", "cpu")
-        systems.append(("ljspeech-tiny DiffWave, 6 steps, default path",
+        systems.append(("ljspeech-tiny DiffWave, 6 steps, default path", mel,
                         lambda: tiny.vocode(mel, generator=torch.Generator().manual_seed(0))))
     if not a.skip_base:
         torch.manual_seed(0)
         base = dw.Vocoder(DiffWave(DiffWaveConfig.preset("base")))
-        systems.append(("DiffWave BASE, 6 steps, default path",
-                        lambda: base.vocode(mel, generator=torch.Generator().manual_seed(0))))
-        systems.append(("DiffWave BASE, 6 steps, eager fp32 (lmnt's computation)",
-                        lambda: base.vocode(mel, generator=torch.Generator().manual_seed(0), inference="eager")))
+        systems.append(("DiffWave BASE, 6 steps, default path", base_mel,
+                        lambda: base.vocode(base_mel, generator=torch.Generator().manual_seed(0))))
+        systems.append(("DiffWave BASE, 6 steps, eager fp32 (lmnt's computation)", base_mel,
+                        lambda: base.vocode(base_mel, generator=torch.Generator().manual_seed(0), inference="eager")))
     rows = []
     print(f"{cpu_name()}, {a.threads} thread(s), torch {torch.__version__}; {audio_s:.2f} s of audio ({source}), "
           f"batch 1, median of {a.repeats}", flush=True)
-    for name, fn in systems:
+    for name, m, fn in systems:
+        seconds = m.shape[-1] * 256 / 22050
         walls, cpus = [], []
         with torch.inference_mode():
             for _ in range(a.repeats):
@@ -94,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 fn()
                 walls.append(time.perf_counter() - w0)
                 cpus.append(time.process_time() - c0)
-        row = {"system": name, "x_realtime_wall": audio_s / statistics.median(walls),
-               "x_realtime_cpu": audio_s / statistics.median(cpus), "wall_s": walls, "cpu_s": cpus}
+        row = {"system": name, "audio_seconds": seconds, "x_realtime_wall": seconds / statistics.median(walls),
+               "x_realtime_cpu": seconds / statistics.median(cpus), "wall_s": walls, "cpu_s": cpus}
         rows.append(row)
         ratio = row["x_realtime_wall"] / rows[0]["x_realtime_wall"]
         print(f"  {name:58s} {row['x_realtime_wall']:8.2f}x real time (wall)  {row['x_realtime_cpu']:8.2f}x "

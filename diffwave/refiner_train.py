@@ -29,7 +29,12 @@ from diffcore.atomic import atomic_write
 from diffcore.config import ConfigBase, ConfigError
 from diffwave.refiner import NETWORK_NAME, GriffinLimRefiner, RefinerConfig, log_mel_loss
 
-__all__ = ["RefinerTrainConfig", "ClipBank", "train_refiner", "score_refiner", "export_refiner"]
+#: Fields of :class:`RefinerConfig` that a resumed run may change: they shape the start, not the network.
+START_FIELDS = ("gl_iters", "gl_momentum")
+#: Griffin-Lim iterations of the baseline every score is compared with (the evaluation's default).
+BASELINE_GL_ITERS = 64
+
+__all__ = ["BASELINE_GL_ITERS", "RefinerTrainConfig", "ClipBank", "train_refiner", "score_refiner", "export_refiner"]
 
 
 @dataclass
@@ -112,11 +117,12 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 @torch.no_grad()
 def score_refiner(model: GriffinLimRefiner, files: Sequence[str | os.PathLike], *, with_dnsmos: bool = True,
                   max_seconds: float | None = None) -> dict[str, Any]:
-    """Mean metrics of the refined waveform and of its Griffin-Lim start over whole recordings (or their first
-    ``max_seconds``): ``{"refiner": {...}, "griffinlim": {...}, "clips": n}``."""
+    """Mean metrics of the refined waveform and of the baseline (Griffin-Lim, :data:`BASELINE_GL_ITERS` iterations,
+    whatever start the model uses) over whole recordings (or their first ``max_seconds``):
+    ``{"refiner": {...}, "griffinlim": {...}, "clips": n}``."""
     from diffwave.audio import load_audio
     from diffwave.mel import compute_mel
-    from diffwave.metrics import evaluate_resynthesis
+    from diffwave.metrics import evaluate_resynthesis, griffin_lim_from_mel
 
     c = model.config
     pairs, base = [], []
@@ -127,10 +133,9 @@ def score_refiner(model: GriffinLimRefiner, files: Sequence[str | os.PathLike], 
         if max_seconds:
             wav = wav[: int(max_seconds * c.sample_rate)]
         mel = compute_mel(wav, c.mel)[None]
-        start = model.griffin_lim(mel)
-        est = model(mel, start)[0].clamp(-1, 1)
+        est = model(mel)[0].clamp(-1, 1)
         pairs.append((wav, est))
-        base.append((wav, start[0]))
+        base.append((wav, griffin_lim_from_mel(mel, c.mel, n_iter=BASELINE_GL_ITERS)[0]))  # the baseline's own
     table = evaluate_resynthesis(pairs, c.sample_rate, base, system="refiner", with_dnsmos=with_dnsmos).to_dict()
     return {"refiner": table["means"]["refiner"], "griffinlim": table["means"]["Griffin-Lim"], "clips": len(pairs)}
 
@@ -166,10 +171,19 @@ def train_refiner(
     run.mkdir(parents=True, exist_ok=True)
     state_path, record_path = run / "state.pt", run / "record.jsonl"
     tc = train_config or RefinerTrainConfig()
+    start_change: dict[str, Any] = {}
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         mc = RefinerConfig.from_dict(state["model_config"])
         tc = RefinerTrainConfig.from_dict(state["train_config"])
+        if model_config is not None and model_config != mc:
+            # only the Griffin-Lim start may change on resume: the network's shape is in its weights
+            start_change = {k: getattr(model_config, k) for k in START_FIELDS
+                            if getattr(model_config, k) != getattr(mc, k)}
+            if RefinerConfig.from_dict({**mc.to_dict(), **start_change}) != model_config:
+                raise ConfigError(f"{run}: a resumed run keeps its network; only {', '.join(START_FIELDS)} may "
+                                  f"change (the Griffin-Lim start)")
+            mc = model_config
     else:
         state = None
         mc = model_config or RefinerConfig()
@@ -206,7 +220,8 @@ def train_refiner(
 
     def evaluate() -> dict[str, Any]:
         nonlocal best
-        row: dict[str, Any] = {"step": step, "cpu_minutes": cpu_s / 60, "date": time.strftime("%Y-%m-%d %H:%M")}
+        row: dict[str, Any] = {"step": step, "cpu_minutes": cpu_s / 60, "date": time.strftime("%Y-%m-%d %H:%M"),
+                               "gl_iters": mc.gl_iters}
         if val_files:
             row["val"] = score_refiner(ema, val_files)
             pesq = row["val"]["refiner"].get("pesq_wb") or -math.inf
@@ -228,13 +243,25 @@ def train_refiner(
     budget_end = cpu_s + 60 * cpu_minutes
     next_eval = (math.floor(cpu_s / (60 * eval_every_minutes)) + 1) * 60 * eval_every_minutes
     next_save = cpu_s + 60 * save_every_minutes
-    period = {"start_step": step, "start_cpu_minutes": cpu_s / 60, "threads": torch.get_num_threads()}
+    period = {"start_step": step, "start_cpu_minutes": cpu_s / 60, "threads": torch.get_num_threads(),
+              "gl_iters": mc.gl_iters}
+    if start_change:
+        period["start_changed"] = start_change
+        log(f"the Griffin-Lim start changes from this step on: {start_change}")
     if step == 0:
         evaluate()
     row: dict[str, Any] = {}
     model.train()
     losses: list[float] = []
-    while cpu_s < budget_end:
+    import signal
+
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):  # finish the step in flight, save, return
+        stop["signal"] = signum
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    while cpu_s < budget_end and stop["signal"] is None:
         t0 = time.process_time()
         ref, start = bank.batch(tc.batch_size, tc.crop_frames, hop, tc.gain_db, gen)
         from diffwave.task import mr_stft_loss
@@ -262,9 +289,13 @@ def train_refiner(
         if cpu_s >= next_save:
             save()
             next_save = cpu_s + 60 * save_every_minutes
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
     period.update(end_step=step, end_cpu_minutes=cpu_s / 60)
     history["periods"].append(period)
     save()
+    if stop["signal"] is not None:
+        log(f"stopped by signal {stop['signal']} at step {step}; saved {state_path}")
     return row
 
 

@@ -251,3 +251,20 @@ def test_the_vocode_command_takes_a_refiner_and_chunks_exactly(tmp_path):
     chunked, _ = sf.read(tmp_path / "chunked" / "clip.wav")
     assert sr == SR and whole.shape == chunked.shape == (int(1.5 * SR),)
     assert abs(whole - chunked).max() <= 2 / 32768  # equal up to 16-bit rounding
+
+
+def test_a_resumed_run_may_change_its_start_but_not_its_network(tmp_path):
+    from diffcore.config import ConfigError
+    from diffwave.audio import save_audio
+    from diffwave.refiner_train import RefinerTrainConfig, train_refiner
+
+    files = [save_audio(tmp_path / "clip.wav", _speechlike(1.0), SR)]
+    tc = RefinerTrainConfig.from_dict({"batch_size": 2, "crop_frames": 16, "stft_sizes": [256, 512]})
+    run = tmp_path / "run"
+    train_refiner(run, files, model_config=_small(), train_config=tc, cpu_minutes=0.01, log=lambda s: None)
+    train_refiner(run, files, model_config=_small(gl_iters=2), cpu_minutes=0.01, log=lambda s: None)
+    state = torch.load(run / "state.pt", weights_only=False)
+    assert state["model_config"]["gl_iters"] == 2
+    assert state["history"]["periods"][-1]["start_changed"] == {"gl_iters": 2}
+    with pytest.raises(ConfigError, match="keeps its network"):
+        train_refiner(run, files, model_config=_small(gl_iters=2, dim=48), cpu_minutes=0.01, log=lambda s: None)

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--val", type=int, default=2, help="training clips kept out as the validation set")
     p.add_argument("--warm-start", default=None)
-    p.add_argument("--set", nargs="*", default=[], help="model.X=V or train.X=V overrides (new runs only)")
+    p.add_argument("--set", nargs="*", default=[], help="model.X=V or train.X=V overrides (new runs; on resume only "
+                   "model.gl_iters and model.gl_momentum, the Griffin-Lim start, may change)")
     a = p.parse_args(argv)
 
     import torch
@@ -61,7 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     train, val, heldout = split(a.data, a.val)
     print(f"train {len(train)} clips, validation {[f.name for f in val]}, held-out {[f.name for f in heldout]}",
           flush=True)
-    train_refiner(a.run_dir, train, model_config=RefinerConfig.from_dict(over["model"]),
+    resumed = (Path(a.run_dir) / "state.pt").is_file()
+    model_config = None
+    if resumed and over["model"]:
+        state = torch.load(Path(a.run_dir) / "state.pt", map_location="cpu", weights_only=False)
+        model_config = RefinerConfig.from_dict({**state["model_config"], **over["model"]})
+    elif not resumed:
+        model_config = RefinerConfig.from_dict(over["model"])
+    train_refiner(a.run_dir, train, model_config=model_config,
                   train_config=RefinerTrainConfig.from_dict(over["train"]), cpu_minutes=a.cpu_minutes,
                   eval_every_minutes=a.eval_every, val_files=val, heldout_files=heldout, warm_start=a.warm_start,
                   log=lambda s: print(s, flush=True))
