@@ -9,13 +9,19 @@ business (k-diffusion's ``external.py`` wrappers and EDM's ``VPPrecond``/``EDMPr
 - :class:`EDMDenoiser` — Karras et al. 2022's preconditioning D(x; sigma) = c_skip x + c_out F(c_in x, c_noise).
 
 Both give D(x; sigma) (``denoise``) for sigma-space samplers such as Heun; the VP denoiser also gives eps_hat and
-x0_hat at a step of its schedule (``predict``) for ancestral samplers, the bound and the losses.
+x0_hat at a step of its schedule (``predict``) for ancestral samplers, the bound and the losses. The VP denoiser is
+the one owner of its parameterisation: every conversion between a network output, eps, x_0 and v
+(``from_output``, ``in_space``, ``target``) and the prior's scaling of noise (``prior_noise``) is here; the
+schedule holds only the process's coefficients.
 
 | symbol                        | name here                                                         |
 | ----------------------------- | ----------------------------------------------------------------- |
+| what the network outputs      | ``prediction``: ``"eps"``, ``"x0"`` or ``"v"`` (``PredictionKind``) |
 | eps_hat, x0_hat               | ``Prediction.eps``, ``Prediction.x0`` (``predict(x_t, t, cond)``)  |
-| v (variance interpolation)    | ``Prediction.var`` (raw second half of a learned-variance output)  |
+| v = sqrt(abar) eps - sqrt(1-abar) x_0 | the v-prediction target (``target("v", ...)``, Salimans & Ho 2022) |
+| learned-variance output       | ``Prediction.var`` (raw second half of a learned-variance output; Nichol & Dhariwal's v) |
 | s (PriorGrad prior std)       | ``prior_std`` (``None`` = N(0, I)); ``with_prior(s)`` binds one    |
+| eps = s z, z ~ N(0, I)        | ``prior_noise(z)``: the one place noise takes the prior's scale    |
 | sigma (EDM) = sqrt((1-abar)/abar) | ``schedule.sigmas`` for a VP denoiser                         |
 | x = x_vp / sqrt(abar)         | the sigma-space state of a VP model                               |
 | D(x; sigma)                   | ``denoise(x, sigma, cond)``                                        |
@@ -28,18 +34,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from diffcore.config import EDMConfig
-from diffcore.schedule import NoiseSchedule, Prediction as PredictionKind, eps_x0_from_output, validate_prior_std
+from diffcore.schedule import NoiseSchedule, validate_prior_std
 from diffcore.utils import append_dims
 
 __all__ = [
     "Network",
+    "PredictionKind",
     "Prediction",
     "VPDenoiser",
     "EDMDenoiser",
@@ -52,7 +59,32 @@ __all__ = [
 Network = Callable[..., Tensor]
 """The model contract: ``network(x, t, cond=None) -> Tensor`` (see :mod:`diffcore`)."""
 
+PredictionKind = Literal["eps", "x0", "v"]
+"""What a VP network's output means: eps, x_0 or v (Salimans & Ho 2022); ``DiffusionConfig.prediction``."""
+
 _PREDICTIONS = ("eps", "x0", "v")
+
+
+def _eps_x0(output: Tensor, x_t: Tensor, sqrt_abar: Tensor, sqrt_one_minus_abar: Tensor,
+            prediction: PredictionKind) -> tuple[Tensor, Tensor]:
+    """``(eps, x_0)`` of a network output that predicts ``prediction``, at the noise level of ``x_t``.
+
+    ``x_t = sqrt_abar * x_0 + sqrt_one_minus_abar * eps`` (coefficients broadcast against ``x_t``). For ``"v"``:
+    x_0 = sqrt(abar) x_t - sqrt(1-abar) v and eps = sqrt(1-abar) x_t + sqrt(abar) v (Salimans & Ho 2022, eq. after
+    (9)).
+    """
+    if prediction == "eps":
+        eps = output
+        x0 = (x_t - sqrt_one_minus_abar * eps) / sqrt_abar
+    elif prediction == "x0":
+        x0 = output
+        eps = (x_t - sqrt_abar * x0) / sqrt_one_minus_abar
+    elif prediction == "v":
+        x0 = sqrt_abar * x_t - sqrt_one_minus_abar * output
+        eps = sqrt_one_minus_abar * x_t + sqrt_abar * output
+    else:
+        raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+    return eps, x0
 
 
 def split_variance(out: Tensor, learned_variance: bool) -> tuple[Tensor, Tensor | None]:
@@ -127,6 +159,14 @@ class VPDenoiser:
         """``prior_std`` checked against and cast to ``like`` (``None`` without a prior)."""
         return validate_prior_std(self.prior_std, like.shape, like.dtype, like.device)
 
+    def prior_noise(self, z: Tensor) -> Tensor:
+        """Noise of this denoiser's prior from the standard normal ``z``: eps = s * z under N(0, diag(s^2)), z itself
+        under N(0, I). The one place that scales noise by the prior (losses, the bound and the samplers draw z and
+        call this); ``s`` should have been checked against the data (``checked_prior``) once."""
+        if self.prior_std is None:
+            return z
+        return z * self.prior_std.to(device=z.device, dtype=z.dtype)
+
     # -- network calls -----------------------------------------------------------------------------------------
     def output(self, x_t: Tensor, t: Tensor, cond: Any = None) -> tuple[Tensor, Tensor | None]:
         """The network's raw output at steps ``t`` ``[B]`` of ``schedule``, split into (prediction, variance)."""
@@ -144,8 +184,46 @@ class VPDenoiser:
     def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Prediction:
         """eps_hat, x0_hat and the variance output at steps ``t`` (long or fractional ``[B]``) of ``schedule``."""
         out, var = self.output(x_t, t, cond)
-        eps, x0 = self.schedule.eps_x0_from_output(x_t, t, out, self.prediction)
+        eps, x0 = self.from_output(x_t, t, out)
         return Prediction(eps, x0, var)
+
+    # -- the parameterisation ----------------------------------------------------------------------------------
+    def _coefficients(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """(sqrt(abar_t), sqrt(1 - abar_t)) at steps ``t`` of ``schedule``, broadcast to ``like``."""
+        return (self.schedule.at("sqrt_alphas_cumprod", t, like),
+                self.schedule.at("sqrt_one_minus_alphas_cumprod", t, like))
+
+    def from_output(self, x_t: Tensor, t: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
+        """``(eps_hat, x0_hat)`` from the network's (mean) output ``out`` at ``x_t``, step ``t``."""
+        a, b = self._coefficients(t, x_t)
+        return _eps_x0(out, x_t, a, b, self.prediction)
+
+    def in_space(self, space: PredictionKind, x_t: Tensor, t: Tensor, out: Tensor) -> Tensor:
+        """The network's output ``out`` expressed as a prediction of ``space`` (``out`` itself when the network
+        predicts it): eps_hat, x0_hat or v_hat = (eps_hat - sqrt(1 - abar) x_t) / sqrt(abar)."""
+        if space == self.prediction:
+            return out
+        eps, x0 = self.from_output(x_t, t, out)
+        if space == "eps":
+            return eps
+        if space == "x0":
+            return x0
+        if space == "v":
+            a, b = self._coefficients(t, x_t)
+            return (eps - b * x_t) / a
+        raise ValueError(f"space must be 'eps', 'x0' or 'v', got {space!r}")
+
+    def target(self, space: PredictionKind, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """The regression target of ``space`` for data ``x0`` noised with ``eps`` at step ``t``: eps, x_0 or
+        v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022)."""
+        if space == "eps":
+            return eps
+        if space == "x0":
+            return x0
+        if space == "v":
+            a, b = self._coefficients(t, x0)
+            return a * eps - b * x0
+        raise ValueError(f"space must be 'eps', 'x0' or 'v', got {space!r}")
 
     # -- the sigma view (EDM) ----------------------------------------------------------------------------------
     @property
@@ -181,7 +259,7 @@ class VPDenoiser:
         out, _ = self.output(x_vp, t, cond)
         a = torch.tensor(sqrt_abar, dtype=x.dtype, device=x.device)
         b = torch.tensor(sigma * sqrt_abar, dtype=x.dtype, device=x.device)
-        eps, _ = eps_x0_from_output(out, x_vp, a, b, self.prediction)
+        eps, _ = _eps_x0(out, x_vp, a, b, self.prediction)
         return x - sigma * eps
 
 

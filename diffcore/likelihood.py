@@ -196,11 +196,11 @@ def nll_terms(
     ``denoiser``: the model (its schedule, parameterisation, learned variance and PriorGrad prior; see
     :mod:`diffcore.denoiser`). ``variance``: sigma_t^2 of the reverse steps, ``"beta"`` or ``"posterior"``; ``None``
     (default) = the learned interpolation for a learned-variance denoiser, else ``"beta"``.
-    Noise: for step t = 0, 1, ..., T - 1 in that order one ``randn(x0.shape)`` is drawn from ``generator`` and
-    x_t = q_sample(x0, t, noise). The network is called batch-parallel at each step. ``clip_denoised`` clamps the
-    predicted x_0 to [-c, c] (True = 1.0, images). Under a prior s (PriorGrad, broadcastable to ``x0``) the bound
-    is that of the model with prior N(0, s^2), whose network predicts the scaled eps = s * z; every variance is
-    scaled by s^2 (module docstring).
+    Noise: for step t = 0, 1, ..., T - 1 in that order one ``randn(x0.shape)`` z is drawn from ``generator`` and
+    x_t = q_sample(x0, t, denoiser.prior_noise(z)). The network is called batch-parallel at each step.
+    ``clip_denoised`` clamps the predicted x_0 to [-c, c] (True = 1.0, images). Under a prior s (PriorGrad,
+    broadcastable to ``x0``) the bound is that of the model with prior N(0, s^2), whose network predicts the scaled
+    eps = s * z; every variance is scaled by s^2 (module docstring).
     """
     den = require_vp(denoiser, "nll_terms")
     if variance not in ("beta", "posterior", None):
@@ -214,9 +214,7 @@ def nll_terms(
     terms = torch.empty(batch, schedule.num_steps + 1, dtype=x0.dtype, device=x0.device)
     for k in tqdm(range(schedule.num_steps), disable=not progress, desc="nll"):
         t = torch.full((batch,), k, device=x0.device, dtype=torch.long)
-        noise = randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        if prior_std is not None:
-            noise = noise * prior_std  # eps = s * z, as q_sample(..., prior_std=s) draws it
+        noise = den.prior_noise(randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype))
         x_t = schedule.q_sample(x0, t, noise)
         _, pred_x0, v = den.predict(x_t, t, cond)
         if clip is not None:

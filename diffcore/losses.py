@@ -38,9 +38,9 @@ from typing import Any, Callable, Literal
 import torch
 from torch import Tensor
 
-from diffcore.denoiser import EDMDenoiser, VPDenoiser, require_vp
+from diffcore.denoiser import EDMDenoiser, PredictionKind, VPDenoiser, require_vp
 from diffcore.likelihood import Decoder, reverse_log_variance, vlb_term
-from diffcore.schedule import NoiseSchedule, Prediction
+from diffcore.schedule import NoiseSchedule
 from diffcore.utils import append_dims, mean_flat, randn
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "hybrid_loss",
     "hybrid_loss_terms",
     "diffusion_loss",
+    "diffusion_loss_terms",
     "edm_loss",
 ]
 
@@ -80,7 +81,7 @@ class UniformTimesteps:
         return t, torch.ones(batch, device=device)
 
 
-def min_snr_weights(schedule: NoiseSchedule, t: Tensor, gamma: float, space: Prediction = "eps") -> Tensor:
+def min_snr_weights(schedule: NoiseSchedule, t: Tensor, gamma: float, space: PredictionKind = "eps") -> Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023), float64 ``[B]``, for an error measured in ``space``.
 
     The weight min(SNR_t, gamma) applies to the x_0-space error; for errors in the other spaces it reads
@@ -117,17 +118,18 @@ def _distance(pred: Tensor, target: Tensor, norm: Norm, prior_std: Tensor | None
     raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
 
 
-def _prepare(schedule, x0, t, noise, generator, prior_std=None):
-    """``(t, eps, x_t)``: steps, the eps of x_t (= z, or s * z under the prior) and x_t = q_sample(x0, t, z)."""
+def _prepare(den: VPDenoiser, x0, t, noise, generator):
+    """``(t, eps, x_t)``: steps, the eps of x_t (the denoiser's ``prior_noise(z)``: z, or s * z under the prior)
+    and x_t = q_sample(x0, t, eps)."""
+    schedule = den.schedule
     if t is None:
         t, _ = UniformTimesteps(schedule.num_steps).sample(x0.shape[0], x0.device, generator)
     if noise is None:
         noise = randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     elif noise.shape != x0.shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(x0.shape)}")
-    if prior_std is not None:
-        noise = noise * prior_std
-    return t, noise, schedule.q_sample(x0, t, noise)
+    eps = den.prior_noise(noise)
+    return t, eps, schedule.q_sample(x0, t, eps)
 
 
 def _apply_weighting(loss: Tensor, t: Tensor, weighting: Weighting) -> Tensor:
@@ -137,8 +139,8 @@ def _apply_weighting(loss: Tensor, t: Tensor, weighting: Weighting) -> Tensor:
     return loss * w.to(device=loss.device, dtype=loss.dtype)
 
 
-def _target_loss(
-    target_kind: Prediction,
+def _target_loss_terms(
+    target_kind: PredictionKind,
     denoiser: VPDenoiser,
     x0: Tensor,
     cond,
@@ -147,21 +149,24 @@ def _target_loss(
     noise: Tensor | None,
     generator: torch.Generator | None,
     weighting: Weighting,
-) -> Tensor:
+    with_x0: bool = False,
+) -> dict[str, Tensor]:
+    """``{"loss", "t"}`` of the loss in ``target_kind``'s space: the weighted per-example loss ``[B]`` and the
+    steps; with ``with_x0`` also ``"x0_hat"``, the denoiser's x_0 prediction from the same network call."""
     den = require_vp(denoiser, f"{target_kind}-loss")
-    schedule = den.schedule
     prior_std = den.checked_prior(x0)
-    t, noise, x_t = _prepare(schedule, x0, t, noise, generator, prior_std)
+    t, eps, x_t = _prepare(den, x0, t, noise, generator)
     out, _ = den.output(x_t, t, cond)
-    if den.prediction != target_kind:
-        eps, x0_hat = schedule.eps_x0_from_output(x_t, t, out, den.prediction)
-        out = {"eps": eps, "x0": x0_hat}.get(target_kind)
-        if out is None:
-            out = schedule.v_from_eps(x_t, t, eps)
-    target = {"eps": noise, "x0": x0}.get(target_kind)
-    if target is None:
-        target = schedule.v_target(x0, t, noise)
-    return _apply_weighting(_distance(out, target, norm, prior_std), t, weighting)
+    pred = den.in_space(target_kind, x_t, t, out)
+    loss = _apply_weighting(_distance(pred, den.target(target_kind, x0, eps, t), norm, prior_std), t, weighting)
+    terms = {"loss": loss, "t": t}
+    if with_x0:
+        terms["x0_hat"] = den.from_output(x_t, t, out)[1]
+    return terms
+
+
+def _target_loss(target_kind: PredictionKind, denoiser: VPDenoiser, *args: Any) -> Tensor:
+    return _target_loss_terms(target_kind, denoiser, *args)["loss"]
 
 
 def epsilon_loss(
@@ -231,8 +236,10 @@ def hybrid_loss_terms(
     weighting: Weighting = None,
     vlb_weight: float = 1e-3,
     decoder: Decoder = "gaussian",
+    with_x0: bool = False,
 ) -> dict[str, Tensor]:
-    """The parts of ``hybrid_loss``: dict of ``[B]`` tensors ``loss``, ``simple``, ``vlb`` and the long ``t``.
+    """The parts of ``hybrid_loss``: dict of ``[B]`` tensors ``loss``, ``simple``, ``vlb`` and the long ``t``; with
+    ``with_x0`` also ``x0_hat`` (the denoiser's x_0 prediction from the same network call, with gradients).
 
     The denoiser must predict eps with a learned variance: its network outputs ``[B, 2C, ...]`` for ``x0`` of
     ``[B, C, ...]``: eps and the variance interpolation v, Sigma = exp(v log beta_t + (1 - v) log beta~_t)
@@ -254,15 +261,18 @@ def hybrid_loss_terms(
                          f"prediction={den.prediction!r}, learned_variance={den.learned_variance}")
     schedule = den.schedule
     prior_std = den.checked_prior(x0)
-    t, noise, x_t = _prepare(schedule, x0, t, noise, generator, prior_std)
+    t, noise, x_t = _prepare(den, x0, t, noise, generator)
     eps, v = den.output(x_t, t, cond)
     simple = _distance(eps, noise, norm, prior_std)
-    pred_x0 = schedule.predict_x0_from_eps(x_t, t, eps.detach())
+    _, pred_x0 = den.from_output(x_t, t, eps.detach())
     log_var = reverse_log_variance(schedule, t, x_t, None, v)
     dims = x0[0].numel()
     vlb = vlb_term(schedule, x0, x_t, t, pred_x0, log_var, decoder, prior_std=prior_std) / (dims * math.log(2.0))
     loss = simple + vlb_weight * schedule.num_steps * vlb
-    return {"loss": _apply_weighting(loss, t, weighting), "simple": simple, "vlb": vlb, "t": t}
+    terms = {"loss": _apply_weighting(loss, t, weighting), "simple": simple, "vlb": vlb, "t": t}
+    if with_x0:
+        terms["x0_hat"] = den.from_output(x_t, t, eps)[1]
+    return terms
 
 
 def hybrid_loss(
@@ -348,7 +358,32 @@ def diffusion_loss(
         if norm != "l2" or min_snr_gamma is not None or timesteps is not None:
             raise ValueError("the EDM loss has its own weighting: norm='l2', no min_snr_gamma, no timesteps")
         return edm_loss(denoiser, x0, cond, generator=generator)
-    den = require_vp(denoiser, "diffusion_loss")
+    return _vp_loss_terms(require_vp(denoiser, "diffusion_loss"), x0, cond, norm, min_snr_gamma, generator,
+                          timesteps, vlb_weight, decoder, with_x0=False)["loss"]
+
+
+def diffusion_loss_terms(
+    denoiser: VPDenoiser,
+    x0: Tensor,
+    cond: Any = None,
+    *,
+    norm: Norm = "l2",
+    min_snr_gamma: float | None = None,
+    generator: torch.Generator | None = None,
+    timesteps: UniformTimesteps | None = None,
+    vlb_weight: float = 1e-3,
+    decoder: Decoder = "gaussian",
+) -> dict[str, Tensor]:
+    """``diffusion_loss`` of a VP denoiser with what else its one network call gives: ``{"loss" [B], "t" [B],
+    "x0_hat" [B, ...]}`` (plus ``simple`` and ``vlb`` for a learned variance). ``x0_hat`` is the denoiser's x_0
+    prediction (for any parameterisation, with gradients), for a loss on x_0 such as DiffWave's STFT term."""
+    return _vp_loss_terms(require_vp(denoiser, "diffusion_loss_terms"), x0, cond, norm, min_snr_gamma, generator,
+                          timesteps, vlb_weight, decoder, with_x0=True)
+
+
+def _vp_loss_terms(den: VPDenoiser, x0: Tensor, cond: Any, norm: Norm, min_snr_gamma: float | None,
+                   generator: torch.Generator | None, timesteps: UniformTimesteps | None, vlb_weight: float,
+                   decoder: Decoder, with_x0: bool) -> dict[str, Tensor]:
     schedule = den.schedule
     sampler = timesteps if timesteps is not None else UniformTimesteps(schedule.num_steps)
     t, weights = sampler.sample(x0.shape[0], x0.device, generator)
@@ -358,5 +393,6 @@ def diffusion_loss(
     if den.learned_variance:
         if den.prediction != "eps":
             raise ValueError("a learned variance (hybrid loss) is defined for prediction='eps' only")
-        return hybrid_loss(den, x0, cond, norm, t, None, generator, weights, vlb_weight=vlb_weight, decoder=decoder)
-    return _target_loss(den.prediction, den, x0, cond, norm, t, None, generator, weights)
+        return hybrid_loss_terms(den, x0, cond, norm, t, None, generator, weights, vlb_weight=vlb_weight,
+                                 decoder=decoder, with_x0=with_x0)
+    return _target_loss_terms(den.prediction, den, x0, cond, norm, t, None, generator, weights, with_x0)

@@ -22,14 +22,12 @@ paper (= 1) is ``alphas_cumprod_prev[0]``.
 | coefficient of x_t in mu~_t | ``posterior_mean_coef2``       | [T]   |
 | SNR_t = abar/(1-abar)   | ``snr(t)``                         | [B]   |
 | sigma_t = sqrt((1-abar)/abar) (EDM / variance-exploding view) | ``sigmas`` | [T] |
-| eps, x_0, v = sqrt(abar) eps - sqrt(1-abar) x_0 (Salimans & Ho 2022) | prediction targets | like x |
-| s (PriorGrad prior std, Sigma = diag(s^2)) | ``prior_std`` (``None`` = the N(0, I) prior) | broadcastable to x |
 
-Data-dependent prior (PriorGrad, Lee et al. 2022): with ``prior_std`` s the noise is eps = s * z, z ~ N(0, I), so
-q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) s^2) and q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t s^2) with the
-same mu~_t. Everything that relates x_t, x_0, eps and v is linear algebra on x_t = sqrt(abar) x_0 + sqrt(1-abar) eps,
-so the conversions below hold unchanged for the scaled eps; only variances (and drawn noise) carry s^2. ``noise``
-arguments always mean the standard normal z; the scaling by s happens inside.
+What a network's output means (eps, x_0 or v) and how it converts is the denoiser's (:mod:`diffcore.denoiser`), and
+so is PriorGrad's prior N(0, diag(s^2)) (Lee et al. 2022): its noise eps = s * z is drawn by the denoiser's
+``prior_noise`` and passed here as ``noise``; q(x_t | x_0) then has variance (1 - abar_t) s^2 and
+q(x_{t-1} | x_t, x_0) variance beta~_t s^2 with the same mean, which the bound and the samplers apply. This module
+is the process's coefficients only. ``validate_prior_std`` is the one check of an s against the data.
 
 Storage: every per-step array is a **read-only float64 numpy array** computed once at construction. Methods take
 torch tensors ``x`` of any rank ``[B, ...]`` and ``t`` ``[B]`` (long: 0-based step; float: fractional step, arrays
@@ -40,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -48,9 +46,7 @@ from torch import Tensor
 
 from diffcore.utils import gather, randn
 
-__all__ = ["NoiseSchedule", "Prediction", "eps_x0_from_output", "evenly_spaced_indices", "validate_prior_std"]
-
-Prediction = Literal["eps", "x0", "v"]
+__all__ = ["NoiseSchedule", "evenly_spaced_indices", "validate_prior_std"]
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -115,36 +111,6 @@ def validate_prior_std(
         raise ValueError("prior_std must be positive and finite everywhere (it is a standard deviation s of the "
                          "prior N(0, diag(s^2))); clamp it below, e.g. prior_std.clamp(min=0.1)")
     return s
-
-
-def eps_x0_from_output(
-    output: Tensor,
-    x_t: Tensor,
-    sqrt_abar: Tensor,
-    sqrt_one_minus_abar: Tensor,
-    prediction: Prediction,
-) -> tuple[Tensor, Tensor]:
-    """Turn a network output into (eps, x_0) given the noise level of ``x_t``.
-
-    ``x_t = sqrt_abar * x_0 + sqrt_one_minus_abar * eps``; the coefficient tensors broadcast against ``x_t``.
-    For ``"v"``: x_0 = sqrt(abar) x_t - sqrt(1-abar) v and eps = sqrt(1-abar) x_t + sqrt(abar) v
-    (Salimans & Ho 2022, eq. after (9)).
-
-    Returns:
-        ``(eps, x0)``, both shaped like ``x_t``.
-    """
-    if prediction == "eps":
-        eps = output
-        x0 = (x_t - sqrt_one_minus_abar * eps) / sqrt_abar
-    elif prediction == "x0":
-        x0 = output
-        eps = (x_t - sqrt_abar * x0) / sqrt_one_minus_abar
-    elif prediction == "v":
-        x0 = sqrt_abar * x_t - sqrt_one_minus_abar * output
-        eps = sqrt_one_minus_abar * x_t + sqrt_abar * output
-    else:
-        raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
-    return eps, x0
 
 
 def evenly_spaced_indices(num_steps: int, count: int) -> list[int]:
@@ -368,64 +334,35 @@ class NoiseSchedule:
             return self._at("timestep_map", t, t.to(torch.float64)).to(t.dtype)
         return self._at("timestep_map", t, t)
 
-    def q_mean_variance(
-        self, x0: Tensor, t: Tensor, *, prior_std: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Mean ``[B, ...]`` and variance of q(x_t | x_0) (Ho et al. eq. 4).
-
-        The variance is (1 - abar_t) (``[B, 1, ...]``, rank of ``x0``), times s^2 with ``prior_std`` s (then the
-        broadcast of ``[B, 1, ...]`` and s's shape).
-        """
+    def q_mean_variance(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean ``[B, ...]`` and variance (1 - abar_t) (``[B, 1, ...]``, rank of ``x0``) of q(x_t | x_0) (Ho et al.
+        eq. 4)."""
         mean = self._at("sqrt_alphas_cumprod", t, x0) * x0
         var = 1.0 - self._at("alphas_cumprod", t, x0)
-        prior_std = validate_prior_std(prior_std, x0.shape, x0.dtype, x0.device)
-        if prior_std is not None:
-            var = var * prior_std.square()
         return mean, var
 
     def q_sample(
-        self,
-        x0: Tensor,
-        t: Tensor,
-        noise: Tensor | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        prior_std: Tensor | None = None,
+        self, x0: Tensor, t: Tensor, noise: Tensor | None = None, *, generator: torch.Generator | None = None
     ) -> Tensor:
         """Draw x_t ~ q(x_t | x_0): sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (Ho et al. eq. 4). Shape of ``x0``.
 
-        ``noise`` is the standard normal z (drawn from ``generator`` when ``None``); eps = z, or s * z with
-        ``prior_std`` s (PriorGrad).
+        ``noise`` is eps (drawn as a standard normal from ``generator`` when ``None``); under a PriorGrad prior the
+        caller passes the denoiser's ``prior_noise(z)`` = s * z.
         """
         if noise is None:
             noise = randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        prior_std = validate_prior_std(prior_std, x0.shape, x0.dtype, x0.device)
-        if prior_std is not None:
-            noise = noise * prior_std
         return self._at("sqrt_alphas_cumprod", t, x0) * x0 + self._at("sqrt_one_minus_alphas_cumprod", t, x0) * noise
 
-    def q_posterior(
-        self, x0: Tensor, x_t: Tensor, t: Tensor, *, prior_std: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean mu~_t ``[B, ...]`` and variance beta~_t (``[B, 1, ...]``) of q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7).
-
-        With ``prior_std`` s the mean is the same and the variance is beta~_t s^2 (broadcast with s's shape).
-        """
+        (Under a prior s the mean is the same and the variance beta~_t s^2: the bound and the samplers scale it.)"""
         mean = self._at("posterior_mean_coef1", t, x_t) * x0 + self._at("posterior_mean_coef2", t, x_t) * x_t
         var = self._at("posterior_variance", t, x_t)
-        prior_std = validate_prior_std(prior_std, x_t.shape, x_t.dtype, x_t.device)
-        if prior_std is not None:
-            var = var * prior_std.square()
         return mean, var
 
-    def posterior_log_variance(self, t: Tensor, like: Tensor, *, prior_std: Tensor | None = None) -> Tensor:
-        """log beta~_t, clipped at index 0 (see ``posterior_log_variance_clipped``), broadcast to ``like``;
-        plus 2 log s with ``prior_std`` s."""
-        log_var = self._at("posterior_log_variance_clipped", t, like)
-        prior_std = validate_prior_std(prior_std, like.shape, like.dtype, like.device)
-        if prior_std is not None:
-            log_var = log_var + 2.0 * torch.log(prior_std)
-        return log_var
+    def posterior_log_variance(self, t: Tensor, like: Tensor) -> Tensor:
+        """log beta~_t, clipped at index 0 (see ``posterior_log_variance_clipped``), broadcast to ``like``."""
+        return self._at("posterior_log_variance_clipped", t, like)
 
     def at(self, name: str, t: Tensor, like: Tensor) -> Tensor:
         """Any per-step array of this schedule (e.g. ``"betas"``) read at ``t`` and broadcast to ``like``."""
@@ -433,43 +370,10 @@ class NoiseSchedule:
             raise ValueError(f"NoiseSchedule has no per-step array {name!r}")
         return self._at(name, t, like)
 
-    # ----------------------------------------------------------------------------------------------------------
-    # conversions between eps, x0 and v (all at the noise level of x_t)
-
-    def predict_x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (Ho et al. eq. 4 inverted). Shape of ``x_t``."""
-        return (x_t - self._at("sqrt_one_minus_alphas_cumprod", t, x_t) * eps) / self._at("sqrt_alphas_cumprod", t, x_t)
-
     def predict_eps_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
-        """eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t). Shape of ``x_t``."""
+        """eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t), shape of ``x_t`` (DDIM's eps of a clipped x_0; the
+        conversions of a network output live on the denoiser, :class:`diffcore.denoiser.VPDenoiser`)."""
         return (x_t - self._at("sqrt_alphas_cumprod", t, x_t) * x0) / self._at("sqrt_one_minus_alphas_cumprod", t, x_t)
-
-    def v_target(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022), the training target of v-prediction."""
-        return self._at("sqrt_alphas_cumprod", t, x0) * eps - self._at("sqrt_one_minus_alphas_cumprod", t, x0) * x0
-
-    def v_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """v given x_t and eps: (eps - sqrt(1 - abar_t) x_t) / sqrt(abar_t)."""
-        return (eps - self._at("sqrt_one_minus_alphas_cumprod", t, x_t) * x_t) / self._at("sqrt_alphas_cumprod", t, x_t)
-
-    def v_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
-        """v given x_t and x_0: (sqrt(abar_t) x_t - x_0) / sqrt(1 - abar_t)."""
-        return (self._at("sqrt_alphas_cumprod", t, x_t) * x_t - x0) / self._at("sqrt_one_minus_alphas_cumprod", t, x_t)
-
-    def x0_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
-        """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v."""
-        return self._at("sqrt_alphas_cumprod", t, x_t) * x_t - self._at("sqrt_one_minus_alphas_cumprod", t, x_t) * v
-
-    def eps_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
-        """eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v."""
-        return self._at("sqrt_one_minus_alphas_cumprod", t, x_t) * x_t + self._at("sqrt_alphas_cumprod", t, x_t) * v
-
-    def eps_x0_from_output(self, x_t: Tensor, t: Tensor, output: Tensor, prediction: Prediction) -> tuple[Tensor, Tensor]:
-        """``(eps, x0)`` from a network output that predicts ``prediction`` at step ``t``."""
-        return eps_x0_from_output(
-            output, x_t, self._at("sqrt_alphas_cumprod", t, x_t), self._at("sqrt_one_minus_alphas_cumprod", t, x_t),
-            prediction,
-        )
 
     def snr(self, t: Tensor) -> Tensor:
         """Signal-to-noise ratio abar_t / (1 - abar_t) at steps ``t``: float64 ``[B]`` on ``t``'s device."""

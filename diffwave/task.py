@@ -4,8 +4,9 @@
   ``data.crop_frames`` frames; the loss is the simple loss of Ho et al. 2020 (eq. 14) with the model config's norm
   (L1 for every preset, as lmnt's reference trains) on ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t, mel), t uniform. With
   ``model.prior`` (PriorGrad) ε = s ⊙ z with s from the mel (:mod:`diffwave.prior`) and the distance is taken on
-  (ε − ε_θ)/s. With ``loss.stft_weight`` > 0 a multi-resolution STFT loss between x_0 and the network's x̂_0 is
-  added (:func:`mr_stft_loss`).
+  (ε − ε_θ)/s. With ``loss.stft_weight`` > 0 a multi-resolution STFT loss between x_0 and the denoiser's x̂_0 (from
+  the same network call, :func:`diffcore.losses.diffusion_loss_terms`; any parameterisation) is added
+  (:func:`mr_stft_loss`).
 - :class:`UnconditionalTask`: fixed-length clips of ``model.audio_length`` samples and the same loss without a
   conditioner.
 
@@ -24,8 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from diffcore.denoiser import VPDenoiser
-from diffcore.losses import diffusion_loss
+from diffcore.losses import diffusion_loss, diffusion_loss_terms
 from diffcore.train import TrainTask
 from diffwave.audio import AudioError, load_audio
 from diffwave.data import AudioMelDataset, UnconditionalAudioDataset, split_files
@@ -33,6 +33,7 @@ from diffwave.mel import compute_mel
 from diffwave.model import DiffWave
 from diffwave.prior import sample_prior_std
 from diffwave.recipe import DiffWaveRecipe
+from diffwave.sample import denoiser_of
 
 __all__ = ["RepeatedDataset", "VocoderTask", "UnconditionalTask", "make_task", "mr_stft_loss"]
 
@@ -112,21 +113,14 @@ class _DiffWaveTask(TrainTask):
         prior_std = None
         if cfg.prior is not None and mel is not None:
             prior_std = sample_prior_std(mel, cfg.mel, cfg.prior).to(audio.dtype)[..., : audio.shape[-1]]
+        den = denoiser_of(model, cfg, schedule=self.schedule, prior_std=prior_std)
         weight = self.recipe.loss.stft_weight
-        seen: dict[str, torch.Tensor] = {}
-
-        def net(x_t, t, cond=None):  # records what the STFT term needs from the one network call
-            seen["x_t"], seen["t"], seen["out"] = x_t, t, model(x_t, t, cond=cond)
-            return seen["out"]
-
-        den = VPDenoiser(net if weight > 0 else model, self.schedule, prediction=d.prediction, prior_std=prior_std)
-        loss = diffusion_loss(den, audio, mel, norm=d.loss, min_snr_gamma=d.min_snr_gamma, generator=generator)
-        if weight > 0:
-            if d.prediction != "eps":
-                raise ValueError("loss.stft_weight needs an eps-predicting model (model.diffusion.prediction: eps)")
-            x0_hat = self.schedule.predict_x0_from_eps(seen["x_t"], seen["t"].long(), seen["out"]).clamp(-1, 1)
-            loss = loss + weight * mr_stft_loss(x0_hat.float(), audio.float(), self.recipe.loss.stft_sizes)
-        return loss
+        if weight == 0:
+            return diffusion_loss(den, audio, mel, norm=d.loss, min_snr_gamma=d.min_snr_gamma, generator=generator)
+        # the STFT term is on the denoiser's x̂0 from the same network call as the diffusion loss
+        terms = diffusion_loss_terms(den, audio, mel, norm=d.loss, min_snr_gamma=d.min_snr_gamma, generator=generator)
+        x0_hat = terms["x0_hat"].clamp(-1, 1)
+        return terms["loss"] + weight * mr_stft_loss(x0_hat.float(), audio.float(), self.recipe.loss.stft_sizes)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._loss(model, batch["audio"], batch.get("mel"))

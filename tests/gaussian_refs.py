@@ -75,6 +75,30 @@ def _bcast(a: Tensor, x: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# the parameterisation, written out independently of diffcore.denoiser (x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps)
+
+
+def _coefs(schedule, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    return schedule.at("sqrt_alphas_cumprod", t, like), schedule.at("sqrt_one_minus_alphas_cumprod", t, like)
+
+
+def x0_from_eps(schedule, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    a, b = _coefs(schedule, t, x_t)
+    return (x_t - b * eps) / a
+
+
+def v_of(schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    """v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022)."""
+    a, b = _coefs(schedule, t, x0)
+    return a * eps - b * x0
+
+
+def v_from_eps(schedule, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    """v of the x_0 that ``eps`` implies at ``x_t``."""
+    return v_of(schedule, x0_from_eps(schedule, x_t, t, eps), t, eps)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # exact denoisers
 
 

@@ -15,7 +15,7 @@ from diffcore.guidance import guided
 from diffcore.losses import diffusion_loss, edm_loss, epsilon_loss, v_loss, x0_loss
 from diffcore.samplers import ddpm_sample, heun_sample
 from diffcore.schedule import NoiseSchedule
-from gaussian_refs import GaussianEps, abar_exact, torch_single_thread  # noqa: F401  (autouse fixture)
+from gaussian_refs import GaussianEps, abar_exact, torch_single_thread, v_from_eps, v_of, x0_from_eps  # noqa: F401
 
 F64 = torch.float64
 MU, S = 0.3, 0.45  # data N(MU, S^2) per dimension
@@ -134,6 +134,46 @@ def test_vp_sigma_view_is_x_minus_sigma_eps():
     torch.testing.assert_close(x0_den.denoise(x, sigma), 0.5 * x / math.sqrt(1 + sigma**2), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(5, 4), (5, 2, 6), (5, 3, 4, 4)])
+def test_prediction_conversions_round_trip(shape):
+    """The denoiser owns the conversions between eps, x_0 and v (and the schedule's one left for DDIM agrees)."""
+    s = NoiseSchedule.cosine(100)
+    g = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(shape, generator=g, dtype=torch.float64), torch.randn(shape, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 10, 50, 90, 99])
+    x_t = s.q_sample(x0, t, eps)
+    dens = {kind: VPDenoiser(None, s, prediction=kind) for kind in ("eps", "x0", "v")}
+    v = dens["eps"].target("v", x0, eps, t)
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)  # noqa: E731
+    close(dens["eps"].in_space("x0", x_t, t, eps), x0)
+    close(dens["x0"].in_space("eps", x_t, t, x0), eps)
+    close(s.predict_eps_from_x0(x_t, t, x0), eps)
+    close(dens["v"].in_space("x0", x_t, t, v), x0)
+    close(dens["v"].in_space("eps", x_t, t, v), eps)
+    close(dens["eps"].in_space("v", x_t, t, eps), v)
+    close(dens["x0"].in_space("v", x_t, t, x0), v)
+    for kind, out in (("eps", eps), ("x0", x0), ("v", v)):
+        e, x = dens[kind].from_output(x_t, t, out)
+        close(e, eps)
+        close(x, x0)
+        assert dens[kind].in_space(kind, x_t, t, out) is out  # the network's own space: its output as it is
+        close(dens[kind].target(kind, x0, eps, t), out)
+    # v is the rate of change of x_t along the circle of Salimans & Ho: x_t = cos(phi) x0 + sin(phi) eps.
+    phi = torch.atan2(s.at("sqrt_one_minus_alphas_cumprod", t, x0), s.at("sqrt_alphas_cumprod", t, x0))
+    close(v, -torch.sin(phi) * x0 + torch.cos(phi) * eps)
+
+
+def test_prior_noise_is_the_one_scaling_by_the_prior():
+    """eps = s * z under a prior (cast to z's dtype), z itself without one; a loss draws its eps through it."""
+    s = NoiseSchedule.linear(10)
+    z = torch.randn(3, 1, 8, dtype=F64)
+    prior = torch.rand(3, 1, 8) + 0.1
+    den = VPDenoiser(None, s)
+    assert den.prior_noise(z) is z
+    scaled = den.with_prior(prior).prior_noise(z)
+    assert scaled.dtype == F64 and torch.equal(scaled, z * prior.to(F64))
+
+
 def test_losses_measure_any_space_from_any_parameterisation():
     """x0_loss of an eps denoiser is the x_0-space error of its converted prediction (and so on); with the matching
     parameterisation every loss is the plain distance of the network output."""
@@ -146,14 +186,14 @@ def test_losses_measure_any_space_from_any_parameterisation():
     den = VPDenoiser(net, sched)
     x_t = sched.q_sample(x0, t, z)
     eps = net(x_t, t)
-    x0_hat = sched.predict_x0_from_eps(x_t, t, eps)
-    v_hat = sched.v_from_eps(x_t, t, eps)
+    x0_hat = x0_from_eps(sched, x_t, t, eps)
+    v_hat = v_from_eps(sched, x_t, t, eps)
     torch.testing.assert_close(epsilon_loss(den, x0, t=t, noise=z), ((eps - z) ** 2).mean(1))
     torch.testing.assert_close(x0_loss(den, x0, t=t, noise=z), ((x0_hat - x0) ** 2).mean(1), rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(v_loss(den, x0, t=t, noise=z), ((v_hat - sched.v_target(x0, t, z)) ** 2).mean(1),
+    torch.testing.assert_close(v_loss(den, x0, t=t, noise=z), ((v_hat - v_of(sched, x0, t, z)) ** 2).mean(1),
                                rtol=1e-10, atol=1e-12)
     # the x0-parameterised twin of the same predictor gives the same three numbers
-    twin = VPDenoiser(lambda xx, tt, cond=None: sched.predict_x0_from_eps(xx, tt, net(xx, tt)), sched, prediction="x0")
+    twin = VPDenoiser(lambda xx, tt, cond=None: x0_from_eps(sched, xx, tt, net(xx, tt)), sched, prediction="x0")
     for fn in (epsilon_loss, x0_loss, v_loss):
         torch.testing.assert_close(fn(twin, x0, t=t, noise=z), fn(den, x0, t=t, noise=z), rtol=1e-9, atol=1e-12)
 

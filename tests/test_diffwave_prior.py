@@ -120,15 +120,16 @@ def test_config_with_prior_round_trips_and_old_configs_keep_the_identity_prior()
 # ----------------------------------------------------------------------------------------------------- training
 
 
-def _recipe(tmp_path, **loss):
+def _recipe(tmp_path, model=None, **loss):
     folder = tmp_path / "wavs"
     folder.mkdir()
     import soundfile as sf
 
     for i in range(3):
         sf.write(folder / f"c{i}.wav", _tilted_noise(0.5, 0.1, i).numpy(), 22050)
-    return DiffWaveRecipe.from_dict({"model": {"preset": "tiny", "prior": {}}, "data": {"path": str(folder),
-                                     "crop_frames": 8}, "train": {"batch_size": 2}, "loss": loss})
+    return DiffWaveRecipe.from_dict({"model": {"preset": "tiny", "prior": {}, **(model or {})},
+                                     "data": {"path": str(folder), "crop_frames": 8}, "train": {"batch_size": 2},
+                                     "loss": loss})
 
 
 def _batch(task, n=2):
@@ -172,6 +173,41 @@ def test_stft_term_adds_the_multi_resolution_loss_of_the_x0_estimate(tmp_path):
     assert bool((extra > 0).all())
     with_stft.mean().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0"])
+def test_stft_term_is_on_the_denoisers_x0_from_the_one_network_call(tmp_path, prediction):
+    """The STFT term is mr_stft_loss of x̂0 rebuilt here from the drawn t and z (under the prior's s): for an
+    eps-predicting network (x_t − √(1−ᾱ) ε̂)/√ᾱ, for an x0-predicting one its output; the loss calls the network
+    once."""
+    from diffwave.task import make_task
+
+    task = make_task(_recipe(tmp_path, model={"diffusion": {"prediction": prediction}}, stft_weight=0.5))
+    cfg = task.recipe.model
+    torch.manual_seed(0)
+    model = DiffWave(cfg)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.output_projection.weight, std=0.1)
+    audio, mel = (_batch(task)[k] for k in ("audio", "mel"))
+    outputs = []
+    model.register_forward_hook(lambda module, args, out: outputs.append(out))
+    got = task._loss(model, audio, mel, generator=torch.Generator().manual_seed(1))
+    assert len(outputs) == 1
+    g = torch.Generator().manual_seed(1)
+    sched = task.schedule
+    t = torch.randint(0, sched.num_steps, (audio.shape[0],), generator=g)
+    z = torch.randn(audio.shape, generator=g)
+    s = sample_prior_std(mel, cfg.mel, cfg.prior)[..., : audio.shape[-1]]
+    a, b = sched.at("sqrt_alphas_cumprod", t, audio), sched.at("sqrt_one_minus_alphas_cumprod", t, audio)
+    x_t = a * audio + b * s * z
+    with torch.no_grad():
+        out = model(x_t, t, mel)
+        torch.testing.assert_close(outputs[0], out)  # the draws are the ones the loss made
+        x0_hat = (x_t - b * out) / a if prediction == "eps" else out
+        task.recipe.loss.stft_weight = 0.0
+        without = task._loss(model, audio, mel, generator=torch.Generator().manual_seed(1))
+        want = 0.5 * mr_stft_loss(x0_hat.clamp(-1, 1), audio, task.recipe.loss.stft_sizes)
+    torch.testing.assert_close(got.detach() - without, want, rtol=1e-4, atol=1e-5)
 
 
 def test_mr_stft_loss_properties():

@@ -21,7 +21,7 @@ from diffcore.losses import (
 )
 from diffcore.denoiser import VPDenoiser
 from diffcore.schedule import NoiseSchedule
-from gaussian_refs import GaussianEps, abar_exact, torch_single_thread  # noqa: F401  (autouse fixture)
+from gaussian_refs import GaussianEps, abar_exact, torch_single_thread, v_from_eps  # noqa: F401  (autouse fixture)
 
 F64 = torch.float64
 
@@ -47,7 +47,7 @@ def test_exact_predictors_reach_the_analytic_expected_loss(step):
         return eps_model.x0(x_t, tt)
 
     def v_model(x_t, tt, cond=None):
-        return sched.v_from_eps(x_t, tt, eps_model(x_t, tt))
+        return v_from_eps(sched, x_t, tt, eps_model(x_t, tt))
 
     denom = a * s * s + 1 - a
     expected = {"eps": a * s * s / denom, "x0": s * s * (1 - a) / denom, "v": s * s / denom}

@@ -41,6 +41,8 @@ from gaussian_refs import (  # noqa: F401  (torch_single_thread is an autouse fi
     gaussian_expected_bound,
     heun_map,
     torch_single_thread,
+    v_from_eps,
+    x0_from_eps,
 )
 
 F64 = torch.float64
@@ -84,7 +86,9 @@ def assert_law(x: torch.Tensor, mean: np.ndarray, var: np.ndarray) -> None:
 
 
 def test_q_sample_q_mean_variance_and_posterior_closed_forms():
-    """x_t = sqrt(abar) x_0 + sqrt(1 - abar) p z; q(x_{t-1} | x_t, x_0) from Gaussian conditioning in numpy."""
+    """x_t = sqrt(abar) x_0 + sqrt(1 - abar) p z with the prior's noise drawn by the denoiser (``prior_noise``);
+    q(x_{t-1} | x_t, x_0) from Gaussian conditioning in numpy: the schedule's mean, and its variance times p^2 (the
+    scaling the bound and the samplers apply)."""
     g = torch.Generator().manual_seed(0)
     sched = NoiseSchedule.linear(100, 1e-4, 0.05)
     x0, z = data(5, g), torch.randn(5, D, generator=g, dtype=F64)
@@ -92,14 +96,15 @@ def test_q_sample_q_mean_variance_and_posterior_closed_forms():
     ab = sched.alphas_cumprod[t.numpy()][:, None]
     ab_prev = sched.alphas_cumprod_prev[t.numpy()][:, None]
     beta = sched.betas[t.numpy()][:, None]
-    x_t = sched.q_sample(x0, t, z, prior_std=P)
+    x_t = sched.q_sample(x0, t, vp(None, sched, P).prior_noise(z))
     np.testing.assert_allclose(x_t.numpy(), np.sqrt(ab) * x0.numpy() + np.sqrt(1 - ab) * DATA.p * z.numpy(), rtol=1e-12)
-    mean, var = sched.q_mean_variance(x0, t, prior_std=P)
+    mean, var = sched.q_mean_variance(x0, t)
     np.testing.assert_allclose(mean.numpy(), np.sqrt(ab) * x0.numpy(), rtol=1e-12)
-    np.testing.assert_allclose(var.numpy(), (1 - ab) * DATA.p**2, rtol=1e-12)
+    np.testing.assert_allclose((var * P**2).numpy(), (1 - ab) * DATA.p**2, rtol=1e-12)
 
     # x_{t-1} ~ N(sqrt(ab_prev) x_0, (1 - ab_prev) p^2), x_t | x_{t-1} ~ N(sqrt(alpha) x_{t-1}, beta p^2)
-    post_mean, post_var = sched.q_posterior(x0, x_t, t, prior_std=P)
+    post_mean, post_var = sched.q_posterior(x0, x_t, t)
+    post_var = post_var * P**2
     k = t.numpy() > 0  # at index 0 x_{t-1} = x_0 is not random
     p2 = DATA.p**2
     ab_prev, beta, xt_np = ab_prev[k], beta[k], x_t.numpy()[k]
@@ -108,18 +113,18 @@ def test_q_sample_q_mean_variance_and_posterior_closed_forms():
                  + np.sqrt(1 - beta) * xt_np / (beta * p2)) / prec
     np.testing.assert_allclose(post_var.numpy()[k], np.broadcast_to(1 / prec, (k.sum(), D)), rtol=1e-10)
     np.testing.assert_allclose(post_mean.numpy()[k], want_mean, rtol=1e-9)
-    assert torch.equal(post_mean, sched.q_posterior(x0, x_t, t)[0])  # the mean does not depend on p
-    log_var = sched.posterior_log_variance(t, x_t, prior_std=P)
-    np.testing.assert_allclose(log_var.numpy(), sched.posterior_log_variance_clipped[t.numpy()][:, None] + np.log(p2),
-                               rtol=1e-12)
+    log_var = sched.posterior_log_variance(t, x_t)
+    np.testing.assert_allclose(log_var.numpy(), sched.posterior_log_variance_clipped[t.numpy()][:, None], rtol=1e-12)
 
 
 def test_q_sample_moments_by_sampling():
-    """Drawing the noise inside q_sample (generator): mean sqrt(abar) x_0 and variance (1 - abar) p^2 per element."""
+    """Drawing z from a generator and the prior's noise through the denoiser: mean sqrt(abar) x_0 and variance
+    (1 - abar) p^2 per element."""
     n, step = 20000, 60
     sched = NoiseSchedule.linear(100, 1e-4, 0.05)
     x0 = torch.tensor(DATA.m).expand(n, D)
-    x_t = sched.q_sample(x0, torch.full((n,), step), generator=torch.Generator().manual_seed(1), prior_std=P)
+    z = torch.randn(n, D, generator=torch.Generator().manual_seed(1), dtype=F64)
+    x_t = sched.q_sample(x0, torch.full((n,), step), vp(None, sched, P).prior_noise(z))
     ab = sched.alphas_cumprod[step]
     assert_law(x_t, math.sqrt(ab) * DATA.m, (1 - ab) * DATA.p**2)
 
@@ -173,7 +178,7 @@ def test_exact_predictors_minimise_the_weighted_losses(step):
         return eps_model.x0(x_t, tt)
 
     def v_model(x_t, tt, cond=None):
-        return LINEAR.v_from_eps(x_t, tt, eps_model(x_t, tt))
+        return v_from_eps(LINEAR, x_t, tt, eps_model(x_t, tt))
 
     tau2, p2 = DATA.s**2, DATA.p**2
     den = a * tau2 + (1 - a) * p2
@@ -219,10 +224,10 @@ def test_diffusion_and_hybrid_loss_pass_the_prior_through():
     g = torch.Generator().manual_seed(5)
     t, _ = UniformTimesteps(50).sample(8, "cpu", g)
     z = torch.randn(x.shape, generator=g, dtype=F64)
-    x_t = sched.q_sample(x, t, z, prior_std=P)
+    x_t = sched.q_sample(x, t, z * P)
     eps_hat = model(x_t[:, 0], sched.model_timesteps(t))[:, None]
     log_var = 0.3 * torch.log(sched.at("betas", t, x)) + 0.7 * sched.posterior_log_variance(t, x)
-    vlb = vlb_term(sched, x, x_t, t, sched.predict_x0_from_eps(x_t, t, eps_hat), log_var, prior_std=P)
+    vlb = vlb_term(sched, x, x_t, t, x0_from_eps(sched, x_t, t, eps_hat), log_var, prior_std=P)
     torch.testing.assert_close(parts["vlb"], vlb / (D * math.log(2)), rtol=1e-12, atol=1e-12)
 
 
@@ -237,7 +242,7 @@ def test_prior_kl_and_vlb_term_are_the_unit_prior_terms_of_x_over_p():
     sched = NoiseSchedule.linear(30, 1e-4, 0.1)
     x0 = data(6, g)
     t = torch.tensor([0, 0, 1, 5, 17, 29])
-    x_t = sched.q_sample(x0, t, torch.randn(6, D, generator=g, dtype=F64), prior_std=P)
+    x_t = sched.q_sample(x0, t, torch.randn(6, D, generator=g, dtype=F64) * P)
     pred = x0 + 0.1 * torch.randn(6, D, generator=g, dtype=F64)
     log_var = torch.log(sched.at("betas", t, x0)) + 0.2 * torch.randn(6, D, generator=g, dtype=F64)
     got = vlb_term(sched, x0, x_t, t, pred, log_var, prior_std=P)
@@ -377,13 +382,14 @@ class Tiny(torch.nn.Module):
 
 
 def test_no_prior_is_the_plain_formula_bit_for_bit():
-    """``prior_std=None`` takes the old code path: the same floating-point operations in the same order."""
+    """Without a prior the noise is z itself and every path is the plain formula: the same floating-point
+    operations in the same order."""
     sched = NoiseSchedule.linear(20, 1e-4, 0.1)
     g = torch.Generator().manual_seed(15)
     x0, z = torch.randn(3, 1, 8, generator=g, dtype=F64), torch.randn(3, 1, 8, generator=g, dtype=F64)
     t = torch.tensor([0, 7, 19])
     sa, s1a = sched.at("sqrt_alphas_cumprod", t, x0), sched.at("sqrt_one_minus_alphas_cumprod", t, x0)
-    x_t = sched.q_sample(x0, t, z, prior_std=None)
+    x_t = sched.q_sample(x0, t, vp(Tiny(), sched).prior_noise(z))
     assert torch.equal(x_t, sa * x0 + s1a * z)
     model = Tiny()
     assert torch.equal(epsilon_loss(vp(model, sched), x0, t=t, noise=z), mean_flat((model(x_t, t) - z) ** 2))
@@ -393,7 +399,7 @@ def test_no_prior_is_the_plain_formula_bit_for_bit():
     x = torch.randn(3, 1, 8, generator=g, dtype=F64)
     for k in range(19, -1, -1):
         tt = torch.full((3,), k)
-        eps, x0_hat = sched.eps_x0_from_output(x, tt, model(x, tt), "eps")
+        x0_hat = x0_from_eps(sched, x, tt, model(x, tt))
         mean, _ = sched.q_posterior(x0_hat, x, tt)
         x = mean + sched.at("betas", tt, x).sqrt() * torch.randn(3, 1, 8, generator=g, dtype=F64) if k else mean
     assert torch.equal(out, x)
@@ -412,9 +418,8 @@ def test_unit_prior_gives_the_same_numbers_as_no_prior():
         return torch.Generator().manual_seed(18)
 
     checks = [
-        both(lambda **kw: sched.q_sample(x0, t, generator=gen(), **kw)),
-        both(lambda **kw: sched.q_posterior(x0, x0 * 0.5, t, **kw)[1].expand_as(x0)),
-        both(lambda **kw: sched.posterior_log_variance(t, x0, **kw).expand_as(x0)),
+        both(lambda prior_std: vp(Tiny(), sched, prior_std).prior_noise(torch.randn(x0.shape, generator=gen(),
+                                                                                    dtype=F64))),
         both(lambda **kw: prior_kl(sched, x0, **kw)),
     ]
     for kind, fn in (("eps", epsilon_loss), ("x0", x0_loss), ("v", v_loss)):
@@ -493,10 +498,7 @@ def test_bad_prior_std_is_a_value_error_naming_it(name):
     model = Tiny()
     calls = [
         lambda: validate_prior_std(bad, x0.shape),
-        lambda: sched.q_sample(x0, t, prior_std=bad),
-        lambda: sched.q_mean_variance(x0, t, prior_std=bad),
-        lambda: sched.q_posterior(x0, x0, t, prior_std=bad),
-        lambda: sched.posterior_log_variance(t, x0, prior_std=bad),
+        lambda: vp(model, sched, bad).checked_prior(x0),
         lambda: epsilon_loss(vp(model, sched, bad), x0),
         lambda: diffusion_loss(vp(model, sched, bad, "v"), x0),
         lambda: hybrid_loss(vp(Tiny(2), sched, bad, learned_variance=True), x0),
