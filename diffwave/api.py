@@ -326,7 +326,8 @@ def _looks_like_lmnt(path: Path) -> bool:
 def load(path: str | os.PathLike, device: Device | str | torch.device = "auto") -> Vocoder | RefinerVocoder:
     """Load a model for inference from a run folder (its latest checkpoint), a ``.pt`` checkpoint, an export
     folder (``config.json`` + ``model.safetensors``), an lmnt-com/diffwave checkpoint, or the name of a vocoder
-    shipped with the package (:func:`available_models`; an existing path of the same name wins).
+    shipped with the package (:func:`available_models`; a bare shipped name means the shipped model, with a
+    warning when a folder of that name is in the working directory: write ``./NAME`` for the folder).
 
     Checkpoints give their EMA weights. Raises ``CheckpointError`` (naming the path) when nothing loadable is there.
     """

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from diffcore.config import ConfigBase, ConfigError, DiffusionConfig
+from diffcore.config import ConfigBase, ConfigError, DiffusionConfig, bounded
 from diffwave.mel import MelConfig
 from diffwave.prior import PriorConfig
 
@@ -101,19 +101,20 @@ class DiffWaveConfig(ConfigBase):
     residual_layers=20)`` overrides fields of another preset.
     """
 
-    residual_layers: int = 30
-    residual_channels: int = 64
-    dilation_cycle: int = 10
+    # Upper bounds (``bounded``): from_dict refuses a gigantic network before building it.
+    residual_layers: int = bounded(30, limit=512)
+    residual_channels: int = bounded(64, limit=4096)
+    dilation_cycle: int = bounded(10, limit=512)
     conditional: bool = True
-    n_mels: int = 80
+    n_mels: int = bounded(80, limit=1024)
     upsample_strides: tuple[int, ...] = (16, 16)
-    embedding_dim: int = 128
-    embedding_hidden: int = 512
+    embedding_dim: int = bounded(128, limit=4096)
+    embedding_hidden: int = bounded(512, limit=16_384)
     diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig.from_dict(_T50))
     inference_betas: tuple[float, ...] = tuple(_INFER_BASE)
     mel: MelConfig | None = field(default_factory=lambda: MelConfig.from_dict(_MEL_22K))
     sample_rate: int = 22050
-    audio_length: int = 22050
+    audio_length: int = bounded(22050, limit=100_000_000)
     prior: PriorConfig | None = None
 
     #: Keys that earlier versions wrote → today's field (:meth:`ConfigBase.from_dict` maps them, with a

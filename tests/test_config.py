@@ -95,3 +95,30 @@ def test_explicit_betas():
         DiffusionConfig(schedule="betas", num_steps=4, betas=betas)
     with pytest.raises(ConfigError, match="in \\(0, 1\\)"):
         DiffusionConfig(schedule="betas", num_steps=2, betas=(0.5, 1.5))
+
+
+def test_a_package_declares_the_bounds_of_its_own_fields():
+    """A size bound is field metadata (``bounded``), enforced by the core before the class is built; the core's
+    own table names none of diffwave's model fields (the model config declares them)."""
+    import dataclasses
+
+    from diffcore import config as core
+    from diffcore.config import bounded
+    from diffwave.config import DiffWaveConfig
+
+    @dataclass
+    class Toy(ConfigBase):
+        widgets: int = bounded(3, limit=10)
+        plain: int = 5
+
+    assert Toy().widgets == 3 and Toy.from_dict({"widgets": 10}).widgets == 10
+    with pytest.raises(ConfigError, match=r"widgets = 11 is larger than the limit 10"):
+        Toy.from_dict({"widgets": 11})
+    assert Toy.from_dict({"plain": 10**12}).plain == 10**12  # no bound declared: none enforced
+    declared = {f.name: f.metadata[core.SIZE_LIMIT] for f in dataclasses.fields(DiffWaveConfig)
+                if core.SIZE_LIMIT in f.metadata}
+    assert {"residual_layers", "residual_channels", "dilation_cycle", "embedding_dim", "embedding_hidden",
+            "audio_length"} <= set(declared)
+    assert not set(declared) & (set(core._UNDECLARED_SIZE_LIMITS) - {"n_mels"})  # n_mels: also MelConfig's, for now
+    with pytest.raises(ConfigError, match=r"residual_layers = 513 is larger than the limit 512"):
+        DiffWaveConfig.from_dict({"residual_layers": 513})

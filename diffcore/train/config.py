@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from diffcore.config import ConfigBase, ConfigError
+from diffcore.config import ConfigBase, ConfigError, bounded
 
 __all__ = ["TrainConfig"]
 
@@ -39,7 +39,7 @@ class TrainConfig(ConfigBase):
     """
 
     max_steps: int = 100_000
-    batch_size: int = 16
+    batch_size: int = bounded(16, limit=1_000_000)
     lr: float = 2e-4
     optimizer: Literal["adam", "adamw"] = "adam"
     betas: tuple[float, float] = (0.9, 0.999)
