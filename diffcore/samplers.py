@@ -38,13 +38,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from diffcore.denoiser import Denoiser, VPDenoiser, require_vp
-from diffcore.discretization import fast_sampling_steps, fast_schedule, karras_sigmas
 from diffcore.likelihood import reverse_log_variance
 from diffcore.schedule import NoiseSchedule, validate_prior_std
 from diffcore.utils import clip_value, randn, resolve_device_dtype
 
-__all__ = ["ddpm_sample", "ddim_sample", "heun_sample", "dpmpp_2m_sample", "fast_schedule", "fast_sampling_steps",
-           "karras_sigmas"]
+__all__ = ["ddpm_sample", "ddim_sample", "heun_sample", "dpmpp_2m_sample"]
 
 Callback = Callable[[int, Tensor], None]
 

@@ -96,8 +96,8 @@ PLANS = {
                 refiner_wall=410, mnist_train_s=60, mnist_samples=2000, mnist_sample_steps=50, mnist_sample_s=30),
     "rerun": Plan(total_s=230, env_s=40, bench_budget=125, refiner_cpu_minutes=5, refiner_threads=4,
                   refiner_wall=165, mnist_train_s=30, mnist_samples=1000, mnist_sample_steps=50, mnist_sample_s=20),
-    "dry": Plan(total_s=1500, env_s=120, bench_budget=60, refiner_cpu_minutes=0.3, refiner_threads=1,
-                refiner_wall=400, mnist_train_s=60, mnist_samples=16, mnist_sample_steps=4, mnist_sample_s=300),
+    "dry": Plan(total_s=2000, env_s=120, bench_budget=60, refiner_cpu_minutes=0.3, refiner_threads=1,
+                refiner_wall=900, mnist_train_s=60, mnist_samples=16, mnist_sample_steps=4, mnist_sample_s=300),
 }
 
 
@@ -225,7 +225,7 @@ class Runner:
         self.t0 = time.monotonic()
         out.mkdir(parents=True, exist_ok=True)
         work.mkdir(parents=True, exist_ok=True)
-        self.log_path = work / "log.txt"
+        self.log_path = out / "log.txt"  # in $OUT from the start: a call killed at its limit still returns it
         self.log = self.log_path.open("a", buffering=1)
         self.summary: dict = {"mode": "dry-run" if dry else "gpu", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                               "plan": plan.__dict__, "steps": {}}
@@ -288,7 +288,8 @@ class Runner:
         self.write_summary()
         self.log.close()
         data = self.log_path.read_bytes()
-        (self.out / "log.txt").write_bytes(data[-12 * MiB:])
+        if len(data) > 12 * MiB:
+            self.log_path.write_bytes(data[-12 * MiB:])
         extra = sorted(p.name for p in self.out.iterdir() if p.name not in OUTPUTS)
         big = [p.name for p in self.out.iterdir() if p.is_file() and p.stat().st_size > MAX_OUT_FILE]
         n = sum(1 for _ in self.out.iterdir())
@@ -309,9 +310,13 @@ def _figure(row: dict) -> str:
 def nvidia_smi() -> str:
     if not shutil.which("nvidia-smi"):
         return "nvidia-smi: not found on this machine"
-    q = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,memory.used,driver_version,clocks.sm,"
-                        "clocks.max.sm,temperature.gpu,power.draw", "--format=csv"], capture_output=True, text=True)
-    full = subprocess.run(["nvidia-smi"], capture_output=True, text=True)
+    query = ["nvidia-smi", "--query-gpu=name,memory.total,memory.used,driver_version,clocks.sm,clocks.max.sm,"
+             "temperature.gpu,power.draw", "--format=csv"]
+    try:
+        q = subprocess.run(query, capture_output=True, text=True, timeout=30)
+        full = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"nvidia-smi failed: {type(e).__name__}: {e}"
     return q.stdout + q.stderr + "\n" + full.stdout + full.stderr
 
 
