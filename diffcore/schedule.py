@@ -117,7 +117,7 @@ def evenly_spaced_indices(num_steps: int, count: int) -> list[int]:
     """``count`` distinct step indices from ``0`` to ``num_steps - 1`` inclusive, evenly spaced.
 
     ``round(linspace(0, T - 1, count))``: both ends are always kept (``count >= 2``); ``count == 1`` keeps the last
-    step only. Used by DDIM (``ddim_sample(steps=...)``) to choose its subsequence.
+    step only. ``diffcore.discretization.respaced`` uses it to choose the steps DDIM and a respaced DDPM walk.
     """
     _check_num_steps(num_steps)
     if not 1 <= count <= num_steps:
