@@ -159,6 +159,10 @@ class DiffWaveConfig(ConfigBase):
             raise ConfigError(f"embedding_dim must be even and at least 4, got {self.embedding_dim}")
         if self.embedding_hidden < 1:
             raise ConfigError(f"embedding_hidden must be positive, got {self.embedding_hidden}")
+        if self.diffusion.edm is not None:
+            raise ConfigError("diffusion.edm: DiffWave trains and samples the VP parameterisation of its paper "
+                              "(Algorithms 1 and 2, PriorGrad's prior); EDM's preconditioning is for diffimage. "
+                              "Remove the edm section")
         self._check_conditioner()
         self._check_inference_betas()
 

@@ -325,3 +325,11 @@ def test_network_is_continuous_in_fractional_steps():
         near = model(x, torch.tensor([20.001]), mel)
         mid = model(x, torch.tensor([20.5]), mel)
     assert (near - at_k).abs().max() < 1e-2 * (mid - at_k).abs().max()
+
+
+def test_a_diffwave_config_with_an_edm_section_is_refused_by_name():
+    """DiffWave's training and sampling are VP (Algorithms 1 and 2): an edm section would otherwise be ignored and
+    the model trained as VP without a word."""
+    with pytest.raises(ConfigError, match=r"diffusion\.edm: DiffWave trains and samples the VP parameterisation"):
+        DiffWaveConfig.preset("tiny", diffusion={"edm": {}, "loss": "l2"})
+    assert DiffWaveConfig.preset("tiny").diffusion.edm is None

@@ -10,7 +10,7 @@ the data and the loss. A family subclasses :class:`TrainTask`::
         def build_model(self): return DiffWave(self.recipe.model)
         def train_dataset(self): return AudioClips(self.recipe.data)
         def loss(self, model, batch):          # batch already on the device, model possibly DDP/compiled
-            den = VPDenoiser(model, self.schedule, prediction=self.recipe.model.diffusion.prediction)
+            den = denoiser_from_config(self.recipe.model.diffusion, model)
             return diffusion_loss(den, batch["audio"], batch["mel"])
 
 Rules the engine relies on:
@@ -51,6 +51,9 @@ class TrainTask(ABC):
     #: The full resolved recipe (plain data); written to ``RUN/config.yaml`` and stored in every checkpoint.
     config: dict[str, Any]
 
+    #: The family's recipe dataclass, if it has one: :meth:`upgrade_config` re-parses stored configs with its class.
+    recipe: ConfigBase | None = None
+
     #: Optional ``collate_fn`` for the ``DataLoader`` (``None``: PyTorch's default collation).
     collate_fn: Callable[[list[Any]], Any] | None = None
 
@@ -69,11 +72,11 @@ class TrainTask(ABC):
     def upgrade_config(self, stored: Mapping[str, Any]) -> Mapping[str, Any]:
         """A checkpoint's stored config in today's key names, for comparison with ``config`` on resume.
 
-        Default: ``type(self.recipe).from_dict(stored).to_dict()`` when the task has a ``recipe`` dataclass (old
-        names mapped silently: the resume itself reports what changed), else ``stored`` unchanged; a stored config
-        that no longer parses is returned unchanged, so the comparison names its differences.
+        Default: ``type(self.recipe).from_dict(stored).to_dict()`` when the task sets :attr:`recipe` (old names
+        mapped silently: the resume itself reports what changed), else ``stored`` unchanged; a stored config that no
+        longer parses is returned unchanged, so the comparison names its differences.
         """
-        recipe = getattr(self, "recipe", None)
+        recipe = self.recipe
         if not isinstance(recipe, ConfigBase):
             return stored
         with warnings.catch_warnings():
