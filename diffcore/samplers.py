@@ -3,7 +3,7 @@
 All share one signature::
 
     sampler(denoiser, shape, steps, *, cond=None, generator=None, x_T=None, progress=False, callback=None,
-            device=None, dtype=None, **own_keywords) -> Tensor[shape]
+            device=None, dtype=None, project=None, **own_keywords) -> Tensor[shape]
 
 ``denoiser`` (:mod:`diffcore.denoiser`) holds the network and its parameterisation (eps, x_0 or v; learned
 variance; a PriorGrad prior); ``steps`` is the discretisation walked (:mod:`diffcore.discretization`): a
@@ -11,6 +11,16 @@ variance; a PriorGrad prior); ``steps`` is the discretisation walked (:mod:`diff
 DPM-Solver++. ``x_T`` is the starting point in the variance-preserving space (prior noise, drawn from
 ``generator`` when not given). ``generator`` must live on ``device``; with the same seed the output is
 bit-identical. ``callback(i, x)`` is called after step ``i`` (0, 1, ... in sampling order) with the current state.
+
+Projection. ``project(x0_hat, i) -> x0_hat`` (:data:`Projection`, default ``None``) replaces the denoiser's clean
+estimate at step ``i`` (the callback's index) before the update is formed from it: a constraint on the data that the
+core knows nothing about (diffimage's inpainting keeps known pixels; diffwave's GLA-Grad moves x0_hat toward a mel's
+magnitude with Griffin-Lim). It sees x0_hat after ``clip_denoised``; a projection that only acts at some steps
+returns its input unchanged at the others. Each sampler uses the projected estimate wherever it used x0_hat: DDPM's
+posterior mean, DDIM's x0_hat and the eps_hat implied by it at x_t (as for clipping), D(x; sigma) in Heun's two
+evaluations of step ``i`` and in DPM-Solver++'s multistep history. Every sampler's last update returns the last
+x0_hat (DDPM's posterior mean at t = 1 up to the rounding of its coefficient 1), so a projection at the last step
+holds in the output. ``None`` leaves every output bit-identical.
 
 Under a PriorGrad prior (``denoiser.prior_std`` = s, Lee et al. 2022) the prior is N(0, diag(s^2)): x_T = s * z
 when not given, every added noise is sigma_t s * z (DDIM's eta part too), and eps_hat predicts the scaled
@@ -26,6 +36,7 @@ dx/dsigma = (x - D(x; sigma)) / sigma is unchanged and starts from x_T = s * z. 
 | sigma_i (Karras et al. eq. 5)   | ``sigmas`` (``karras_sigmas(...)``)     |
 | D(x; sigma)                     | ``denoiser.denoise(x, sigma, cond)``    |
 | s (PriorGrad prior std)         | ``denoiser.prior_std`` (``None`` = N(0, I)) |
+| P(x0_hat) at step i (projection) | ``project(x0_hat, i)`` (``None`` = none; :data:`Projection`) |
 """
 
 from __future__ import annotations
@@ -42,9 +53,21 @@ from diffcore.likelihood import reverse_log_variance
 from diffcore.schedule import NoiseSchedule, validate_prior_std
 from diffcore.utils import clip_value, randn, resolve_device_dtype
 
-__all__ = ["ddpm_sample", "ddim_sample", "heun_sample", "dpmpp_2m_sample"]
+__all__ = ["ddpm_sample", "ddim_sample", "heun_sample", "dpmpp_2m_sample", "Projection"]
 
 Callback = Callable[[int, Tensor], None]
+Projection = Callable[[Tensor, int], Tensor]
+"""``project(x0_hat, i) -> x0_hat`` of the same shape: a constraint applied to the clean estimate at step ``i``
+(module docstring)."""
+
+
+def _projected(project: Projection, x0: Tensor, i: int) -> Tensor:
+    """``project(x0, i)``, checked to keep the shape (a projection must not change what the sampler holds)."""
+    out = project(x0, i)
+    if not isinstance(out, Tensor) or out.shape != x0.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"project(x0_hat, {i}) returned {got}, expected a tensor of shape {tuple(x0.shape)}")
+    return out.to(x0.dtype)
 
 
 def _start(denoiser, shape, x_T, generator, device, dtype) -> tuple[Tensor, Tensor | None]:
@@ -105,6 +128,7 @@ def ddpm_sample(
     callback: Callback | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    project: Projection | None = None,
     variance: Literal["beta", "posterior"] | None = None,
     clip_denoised: bool | float | None = None,
     clip_sample: float | None = None,
@@ -144,6 +168,8 @@ def ddpm_sample(
         t = torch.full((batch,), k, device=x.device, dtype=torch.long)
         pred = den.predict(x, t, cond)
         x0 = pred.x0 if clip is None else pred.x0.clamp(-clip, clip)
+        if project is not None:
+            x0 = _projected(project, x0, i)
         mean, _ = sched.q_posterior(x0, x, t)
         if k > 0:
             if variance is None:
@@ -173,6 +199,7 @@ def ddim_sample(
     callback: Callback | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    project: Projection | None = None,
     eta: float = 0.0,
     clip_denoised: bool | float | None = None,
 ) -> Tensor:
@@ -197,8 +224,9 @@ def ddim_sample(
     for i, k in enumerate(tqdm(range(sub.num_steps - 1, -1, -1), disable=not progress, desc="ddim")):
         t = torch.full((batch,), k, device=x.device, dtype=torch.long)
         eps, x0, _ = den.predict(x, t, cond)
-        if clip is not None:
-            x0 = x0.clamp(-clip, clip)
+        if clip is not None or project is not None:
+            x0 = x0 if clip is None else x0.clamp(-clip, clip)
+            x0 = x0 if project is None else _projected(project, x0, i)
             eps = sub.predict_eps_from_x0(x, t, x0)
         abar = sub.at("alphas_cumprod", t, x)
         abar_prev = sub.at("alphas_cumprod_prev", t, x)
@@ -224,6 +252,7 @@ def heun_sample(
     callback: Callback | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    project: Projection | None = None,
 ) -> Tensor:
     """Deterministic 2nd-order Heun sampler, Algorithm 1 of Karras et al. 2022, over the noise levels ``sigmas``.
 
@@ -239,12 +268,17 @@ def heun_sample(
     x, _ = _start(denoiser, shape, x_T, generator, device, dtype)
     x = x * denoiser.start_scale(sigmas[0].item())
     n = sigmas.numel() - 1
+
+    def denoised(x: Tensor, sigma: float, i: int) -> Tensor:
+        d = denoiser.denoise(x, sigma, cond)
+        return d if project is None else _projected(project, d, i)
+
     for i in tqdm(range(n), disable=not progress, desc="heun"):
         s_cur, s_next = sigmas[i].item(), sigmas[i + 1].item()
-        d = (x - denoiser.denoise(x, s_cur, cond)) / s_cur
+        d = (x - denoised(x, s_cur, i)) / s_cur
         x_next = x + (s_next - s_cur) * d
         if s_next > 0:
-            d_next = (x_next - denoiser.denoise(x_next, s_next, cond)) / s_next
+            d_next = (x_next - denoised(x_next, s_next, i)) / s_next
             x_next = x + (s_next - s_cur) * 0.5 * (d + d_next)
         x = x_next
         if callback is not None:
@@ -265,6 +299,7 @@ def dpmpp_2m_sample(
     callback: Callback | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    project: Projection | None = None,
 ) -> Tensor:
     """DPM-Solver++(2M), the deterministic second-order multistep solver of Lu et al. 2022 (arXiv 2211.01095,
     Algorithm 2), over the noise levels ``sigmas``: one network call per level, ``N`` calls for ``N + 1`` sigmas.
@@ -290,6 +325,8 @@ def dpmpp_2m_sample(
     for i in tqdm(range(n), disable=not progress, desc="dpm++2m"):
         s_cur, s_next = sigmas[i].item(), sigmas[i + 1].item()
         d = denoiser.denoise(x, s_cur, cond)
+        if project is not None:
+            d = _projected(project, d, i)
         if s_next == 0:
             x = d
         else:

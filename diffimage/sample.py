@@ -1,6 +1,8 @@
 """Sampling a trained U-Net: :func:`denoiser_of` wraps the network in its diffcore denoiser (VP with ε/x0/v and an
 optional learned variance, or EDM), and :func:`generate` draws images with one of diffcore's samplers (DDPM, DDIM,
-Heun, DPM-Solver++(2M)) over its discretisation, with classifier-free guidance for a class-conditional network.
+Heun, DPM-Solver++(2M)) over its discretisation, with classifier-free guidance for a class-conditional network;
+:func:`inpaint` fills the unknown pixels of images around known ones (the samplers' ``project`` hook with
+:func:`keep_known`).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from torch import Tensor, nn
 from diffcore.denoiser import Denoiser, EDMDenoiser, denoiser_from_config
 from diffcore.discretization import karras_sigmas, respaced
 from diffcore.guidance import guided
-from diffcore.samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample, heun_sample
+from diffcore.samplers import Projection, ddim_sample, ddpm_sample, dpmpp_2m_sample, heun_sample
 from diffcore.schedule import NoiseSchedule
 from diffimage.config import UNetConfig
 from diffimage.model import UNet
 from diffimage.recipe import SIGMA_SAMPLERS, ImageSampleConfig, SamplerName
 
-__all__ = ["generate", "denoiser_of", "class_labels", "resolved_options", "DEFAULT_STEPS", "Classes"]
+__all__ = ["generate", "inpaint", "keep_known", "denoiser_of", "class_labels", "resolved_options", "DEFAULT_STEPS",
+           "Classes"]
 
 #: Steps of each sampler when none are given (``None``: every step of the schedule).
 DEFAULT_STEPS: dict[str, int | None] = {"ddim": 50, "heun": 18, "dpmpp": 20, "ddpm": None}
@@ -56,6 +59,42 @@ def class_labels(config: UNetConfig, n: int, classes: Classes, device: torch.dev
     return labels.long().to(device)
 
 
+def keep_known(known: Tensor, mask: Tensor) -> Projection:
+    """The inpainting projection ``project(x0_hat, i) = where(mask, known, x0_hat)`` at every step.
+
+    ``known``: ``[n, C, H, W]`` in ``[-1, 1]`` (the values under ``mask``; others are ignored); ``mask``: bool (or
+    0/1) broadcastable to it, ``True`` where a pixel is known (e.g. ``[H, W]``, ``[n, 1, H, W]``).
+
+    Design: the denoiser's clean estimate is replaced on the known pixels, and the sampler forms its update from it.
+    Every diffcore sampler's last update returns its last x0_hat, so the known pixels of the final image equal
+    ``known`` (up to float rounding: DDPM's posterior coefficient at t = 1 is 1 within 1e-10; Heun's last Euler step
+    x + (0 - sigma) (x - D) / sigma rounds near sigma_min). Along the way, under ancestral sampling with the posterior
+    variance, the known pixels of x_{t-1} are drawn from q(x_{t-1} | x_t, x_0 = known), the true forward posterior:
+    the known region's trajectory is then distributed as the forward-noised known image that RePaint's replacement
+    (Lugmayr et al. 2022) writes in, so the replacement of x_t would add nothing there; the hook works unchanged for
+    the deterministic and sigma-level samplers, which draw no noise. The unknown pixels see the known ones only
+    through the network's input x_t (no resampling jumps)."""
+    if not known.is_floating_point():
+        raise TypeError(f"known must be a float image tensor in [-1, 1], got {known.dtype}")
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("mask must be bool or hold only 0 and 1 (1 = known pixel)")
+        mask = mask != 0
+    try:
+        mask = torch.broadcast_to(mask, known.shape)
+    except RuntimeError:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to known "
+                         f"{tuple(known.shape)}") from None
+    values = known.masked_select(mask)
+    if values.numel() and (not bool(torch.isfinite(values).all()) or float(values.abs().max()) > 1.0):
+        raise ValueError("known pixels must be finite and lie in [-1, 1]")
+
+    def project(x0: Tensor, i: int) -> Tensor:
+        return torch.where(mask.to(x0.device), known.to(device=x0.device, dtype=x0.dtype), x0)
+
+    return project
+
+
 @torch.no_grad()
 def generate(
     model: UNet,
@@ -70,6 +109,8 @@ def generate(
     generator: torch.Generator | None = None,
     clip_denoised: bool = True,
     progress: bool = False,
+    known: Tensor | None = None,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """``n`` images ``[n, C, H, W]`` (float in ``[-1, 1]``, on the model's device) from a :class:`UNet`.
 
@@ -81,12 +122,22 @@ def generate(
     class-conditional network gets ``classes`` (see :func:`class_labels`) and classifier-free guidance
     ``ε_u + s(ε_c − ε_u)`` with ``s = guidance_scale``. A learned-variance network is sampled with its ε half and
     the sampler's fixed variance σ_t² = β_t. ``generator`` (on the model's device) makes the result reproducible.
+    ``known`` ``[n, C, H, W]`` with ``mask`` (``True`` = known): inpainting, the known pixels kept
+    (:func:`keep_known`, the sampler's ``project`` hook; ``None``: plain sampling, unchanged).
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     cfg: UNetConfig = model.config
     den = denoiser_of(model, schedule)
     device = next(model.parameters()).device
+    project = None
+    if (known is None) != (mask is None):
+        raise ValueError("inpainting takes both known= and mask=")
+    if known is not None:
+        want = (n, cfg.in_channels, cfg.image_size, cfg.image_size)
+        if tuple(known.shape) != want:
+            raise ValueError(f"known has shape {tuple(known.shape)}, expected {want}")
+        project = keep_known(known.to(device), mask.to(device))
     was_training = model.training
     model.eval()
     try:
@@ -97,7 +148,7 @@ def generate(
             raise ValueError("guidance_scale != 1 needs a class-conditional model")
         shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size)
         common: dict[str, Any] = dict(cond=cond, generator=generator, progress=progress, device=device,
-                                      dtype=torch.float32)
+                                      dtype=torch.float32, project=project)
         steps = steps if steps is not None else DEFAULT_STEPS[sampler]
         if isinstance(den, EDMDenoiser) and sampler not in SIGMA_SAMPLERS:
             raise ValueError(f"an EDM model is sampled with sampler 'heun' or 'dpmpp', got {sampler!r}")
@@ -116,6 +167,13 @@ def generate(
     finally:
         model.train(was_training)
     return x.clamp(-1.0, 1.0)
+
+
+def inpaint(model: UNet, known: Tensor, mask: Tensor, **options: Any) -> Tensor:
+    """Images ``[n, C, H, W]`` that keep ``known`` ``[n, C, H, W]`` where ``mask`` is ``True`` and are sampled from
+    ``model`` elsewhere: :func:`generate` with ``known``/``mask`` (``options``: its keywords, e.g. ``sampler``,
+    ``steps``, ``generator``, ``classes``). See :func:`keep_known` for the method and its exactness."""
+    return generate(model, int(known.shape[0]), known=known, mask=mask, **options)
 
 
 def resolved_options(

@@ -51,6 +51,7 @@ __all__ = [
     "pesq_wb",
     "stoi",
     "dnsmos",
+    "magnitude_from_mel",
     "griffin_lim_from_mel",
     "evaluate_pair",
     "evaluate_resynthesis",
@@ -267,6 +268,21 @@ def _linear_mel(mel: torch.Tensor, config: MelConfig) -> torch.Tensor:
     return mel.exp()  # hifigan: mel = ln(M)
 
 
+def magnitude_from_mel(mel: torch.Tensor, mel_config: MelConfig) -> torch.Tensor:
+    """The STFT magnitude a mel asks for, steps 1-2 of :func:`griffin_lim_from_mel`: ``S = max(0, pinv(H) M)``
+    ``[..., n_fft // 2 + 1, frames]`` (float64, on the CPU), on the scale of ``|torch.stft(x)|`` with the preset's
+    periodic Hann window (the ``diffwave`` preset's ``1/sqrt(sum w^2)`` multiplied back)."""
+    c = mel_config
+    scale, norm = ("htk", None) if c.preset == "diffwave" else ("slaney", "slaney")  # as diffwave.mel builds them
+    fb = mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.f_min, c.fmax_hz, scale=scale, norm=norm)  # float64
+    linear = torch.linalg.pinv(fb) @ _linear_mel(mel.detach().cpu().double(), c)  # [..., n_freqs, frames]
+    spec = linear.clamp(min=0.0)
+    if c.preset == "diffwave":
+        window = torch.hann_window(c.win_length, periodic=True, dtype=torch.float64)
+        spec = spec * window.pow(2).sum().sqrt()
+    return spec
+
+
 def griffin_lim_from_mel(
     mel: torch.Tensor, mel_config: MelConfig, n_iter: int = 64, momentum: float = 0.99
 ) -> torch.Tensor:
@@ -291,13 +307,8 @@ def griffin_lim_from_mel(
     if mel.ndim not in (2, 3) or mel.shape[-2] != mel_config.n_mels:
         raise ValueError(f"expected a mel [..., {mel_config.n_mels}, frames], got shape {tuple(mel.shape)}")
     c = mel_config
-    scale, norm = ("htk", None) if c.preset == "diffwave" else ("slaney", "slaney")  # as diffwave.mel builds them
-    fb = mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.f_min, c.fmax_hz, scale=scale, norm=norm)  # float64
-    linear = torch.linalg.pinv(fb) @ _linear_mel(mel.detach().cpu().double(), c)  # [..., n_freqs, frames]
-    spec = linear.clamp(min=0.0)
+    spec = magnitude_from_mel(mel, c)
     window = torch.hann_window(c.win_length, periodic=True, dtype=torch.float64)
-    if c.preset == "diffwave":
-        spec = spec * window.pow(2).sum().sqrt()
     frames, hop = mel.shape[-1], c.hop_length
     length = (frames - 1) * hop if c.preset == "diffwave" else frames * hop - hop // 2
     wav = AF.griffinlim(

@@ -28,6 +28,12 @@ CPU the conditioner cache (each window's upsampled, per-layer-projected mel is c
 per step, within :data:`CONDITION_CACHE_BYTES`). CUDA graphs are opt-in (``inference=InferenceConfig()``) until they
 have run on a GPU here. ``inference="eager"`` is the eager float32 computation of the reference implementation;
 BENCHMARKS.md gives the speed and the deviation of each path.
+
+Mel-consistent sampling (``project=``, default off): GLA-Grad's Griffin-Lim projection of the clean estimate toward
+each mel's magnitude at the first reverse steps (:mod:`diffwave.projection`, issue 17). It acts on each packed input
+as a whole, never on chunks, so chunked vocoding stays equal to whole-file vocoding up to float rounding (which
+Griffin-Lim's phase updates may amplify slightly: the test bounds the difference); off, the output is bit-identical
+to sampling without the option.
 """
 
 from __future__ import annotations
@@ -44,11 +50,12 @@ from torch import Tensor
 from diffcore.denoiser import Network, VPDenoiser, denoiser_from_config, require_vp
 from diffcore.discretization import fast_schedule
 from diffcore.inference import InferenceConfig, InferenceRunner
-from diffcore.samplers import ddpm_sample
+from diffcore.samplers import Projection, ddpm_sample
 from diffcore.schedule import NoiseSchedule
 from diffwave.config import DiffWaveConfig
 from diffwave.mel import HIFIGAN_LOG_FLOOR, MelConfig
 from diffwave.prior import sample_prior_std
+from diffwave.projection import MelProjection, ProjectOption, resolve_projection
 from diffwave.refiner import GriffinLimRefiner, RefinerConfig
 
 __all__ = [
@@ -297,6 +304,7 @@ def sample_waveform(
     callback: Callable[[int, Tensor], None] | None = None,
     progress: bool = False,
     prior_std: Tensor | None = None,
+    project: Projection | None = None,
 ) -> Tensor:
     """Run DiffWave's reverse process through ``network`` for a waveform of ``shape`` and clamp it to [-1, 1].
 
@@ -308,7 +316,9 @@ def sample_waveform(
     steps (:func:`~diffcore.samplers.ddpm_sample` with σ_t² = β̃_t, the DiffWave paper's choice). Either way the
     state is clamped to [-1, 1] after every step, as lmnt's reference does. Noise comes from ``generator`` (on
     ``device``); the state is ``dtype``. ``prior_std``: the per-sample standard deviation of the model's prior
-    (PriorGrad; :func:`diffwave.prior.sample_prior_std`), broadcastable to ``shape``.
+    (PriorGrad; :func:`diffwave.prior.sample_prior_std`), broadcastable to ``shape``. ``project``: a projection of
+    the clean estimate at each step (:data:`diffcore.samplers.Projection`, e.g. a
+    :class:`~diffwave.projection.MelProjection`; ``None`` = none).
     """
     den = denoiser_of(network, config, prior_std=prior_std)
     if steps == "fast":
@@ -318,7 +328,7 @@ def sample_waveform(
     else:
         raise ValueError(f"steps must be 'fast' or 'full', got {steps!r}")
     x = ddpm_sample(den, tuple(shape), walk, variance="posterior", clip_sample=1.0, generator=generator,
-                    device=device, dtype=dtype, callback=callback, progress=progress)
+                    device=device, dtype=dtype, callback=callback, progress=progress, project=project)
     return x.float().clamp(-1.0, 1.0)
 
 
@@ -362,15 +372,22 @@ def vocode_mels(
     callback: Callable[[int, Tensor], None] | None = None,
     progress: bool = False,
     inference: Inference = None,
+    project: ProjectOption = None,
 ) -> list[Tensor]:
     """Waveforms ``[F_i · hop]`` for mels ``[n_mels, F_i]`` of any lengths, in one sampling run (module docstring).
 
     The mels are not validated here (see :func:`diffwave.mel.validate_mel`); they are moved to the model's device.
-    ``inference``: the inference speed-ups (module docstring; ``"eager"`` = eager float32).
+    ``inference``: the inference speed-ups (module docstring; ``"eager"`` = eager float32). ``project``: GLA-Grad's
+    mel-consistent projection (``"gla"`` or a :class:`~diffwave.projection.GLAGrad`; default ``None``, off: on held-out
+    LJSpeech it lifts ``ljspeech-tiny`` to Griffin-Lim's level, not past it; BENCHMARKS.md, issue 17). With it on,
+    chunked output equals whole-input output up to float rounding amplified by Griffin-Lim (module docstring).
     """
+    gla = resolve_projection(project)
     if not mels:
         return []
     if isinstance(model, GriffinLimRefiner):  # deterministic: no schedule, no noise, one network pass per mel
+        if gla is not None:
+            raise ValueError("project= projects a diffusion vocoder's reverse process; the refiner has none")
         return _refine_mels(model, mels, max_frames, callback)
     config: DiffWaveConfig = model.config
     if not config.conditional:
@@ -391,9 +408,14 @@ def vocode_mels(
     if config.prior is not None:  # the packed state's prior: each mel's s[n], in packing order
         prior_std = torch.cat([sample_prior_std(m.float(), config.mel, config.prior) for m in mels])
         prior_std = prior_std.to(device, dtype).unsqueeze(0)
+    projection = None
+    if gla is not None:
+        projection = MelProjection(gla, [m.float() for m in mels], network.offsets, config.mel,
+                                   num_sampling_steps(config, steps))
     with runner.context():
         x = sample_waveform(network, config, (1, network.length), steps, device=device, dtype=dtype,
-                            generator=generator, callback=callback, progress=progress, prior_std=prior_std)[0]
+                            generator=generator, callback=callback, progress=progress, prior_std=prior_std,
+                            project=projection)[0]
     hop = network.hop
     return [x[o : o + f * hop] for o, f in zip(network.offsets, frames)]
 
