@@ -19,7 +19,7 @@ schedule holds only the process's coefficients.
 | what the network outputs      | ``prediction``: ``"eps"``, ``"x0"`` or ``"v"`` (``PredictionKind``) |
 | eps_hat, x0_hat               | ``Prediction.eps``, ``Prediction.x0`` (``predict(x_t, t, cond)``)  |
 | v = sqrt(abar) eps - sqrt(1-abar) x_0 | the v-prediction target (``target("v", ...)``, Salimans & Ho 2022) |
-| learned-variance output       | ``Prediction.var`` (raw second half of a learned-variance output; Nichol & Dhariwal's v) |
+| nu (learned variance interp.) | ``Prediction.var`` (raw second half of a learned-variance output; the paper's v, eq. 15) |
 | s (PriorGrad prior std)       | ``prior_std`` (``None`` = N(0, I)); ``with_prior(s)`` binds one    |
 | eps = s z, z ~ N(0, I)        | ``prior_noise(z)``: the one place noise takes the prior's scale    |
 | sigma (EDM) = sqrt((1-abar)/abar) | ``schedule.sigmas`` for a VP denoiser                         |
@@ -89,15 +89,16 @@ def _eps_x0(output: Tensor, x_t: Tensor, sqrt_abar: Tensor, sqrt_one_minus_abar:
 
 def split_variance(out: Tensor, learned_variance: bool) -> tuple[Tensor, Tensor | None]:
     """``(mean_output, var_output)`` of a network output: a learned-variance output ``[B, 2C, ...]`` is split
-    along dim 1 into the prediction and the variance interpolation v (Nichol & Dhariwal eq. 15); otherwise
-    ``(out, None)``. The one place that knows the layout."""
+    along dim 1 into the prediction and the variance interpolation nu (Nichol & Dhariwal eq. 15, where the paper
+    writes v; here v is only the v-prediction target); otherwise ``(out, None)``. The one place that knows the
+    layout."""
     if not learned_variance:
         return out, None
     if out.ndim < 2 or out.shape[1] % 2:
         raise ValueError(f"a learned-variance network outputs [B, 2C, ...] (the prediction, then the variance "
                          f"output), got shape {tuple(out.shape)}")
-    mean_out, v = out.chunk(2, dim=1)
-    return mean_out, v
+    mean_out, var_out = out.chunk(2, dim=1)
+    return mean_out, var_out
 
 
 def _step_dtype(x: Tensor) -> torch.dtype:
@@ -125,7 +126,7 @@ class VPDenoiser:
             :mod:`diffcore.discretization`) keeps mapping to the network's steps through its ``timestep_map``.
         prediction: the network outputs eps, x_0 or v (Salimans & Ho 2022).
         learned_variance: the output has 2x channels along dim 1: the prediction, then the variance
-            interpolation v of Nichol & Dhariwal eq. 15 (``split_variance``).
+            interpolation nu of Nichol & Dhariwal eq. 15, the paper's v (``split_variance``).
         prior_std: PriorGrad prior std s, broadcastable to the data (``None`` = N(0, I)). Data-dependent: bind one
             per batch with ``with_prior``.
     """

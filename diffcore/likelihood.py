@@ -9,7 +9,7 @@ One Monte-Carlo sample of x_t ~ q(x_t | x_0) per step and example; the KLs betwe
 
 | symbol             | name here                                                       |
 | ------------------ | --------------------------------------------------------------- |
-| sigma_t^2          | ``variance="beta"``: beta_t; ``"posterior"``: beta~_t (clipped); ``None`` with a learned-variance denoiser: exp(v log beta_t + (1 - v) log beta~_t) |
+| sigma_t^2          | ``variance="beta"``: beta_t; ``"posterior"``: beta~_t (clipped); ``None`` with a learned-variance denoiser: exp(nu log beta_t + (1 - nu) log beta~_t) |
 | mu_theta(x_t, t)   | posterior mean mu~_t(x0_hat, x_t) with x0_hat from the network  |
 | L_{t-1} (index t-1)| column ``t - 1`` of ``nll_terms`` (column 0 = L_0)              |
 | L_T                | last column of ``nll_terms``                                    |
@@ -23,7 +23,7 @@ invariant under x -> x / s, each KL is computed on means divided by s with the u
 "Clipped" beta~: beta~_1 = 0, so its log is replaced by log beta~_2 (improved-diffusion's
 ``posterior_log_variance_clipped``); this gives sigma_1^2 for the decoder under ``variance="posterior"``.
 The learned variance is Nichol & Dhariwal 2021 eq. 15 with a network whose output has 2x channels along dim 1
-(eps, v); the denoiser (``VPDenoiser(learned_variance=True)``) splits it.
+(eps, nu; the paper writes v); the denoiser (``VPDenoiser(learned_variance=True)``) splits it.
 """
 
 from __future__ import annotations
@@ -103,24 +103,25 @@ def reverse_log_variance(
     t: Tensor,
     like: Tensor,
     variance: FixedVariance | None,
-    v: Tensor | None = None,
+    var_out: Tensor | None = None,
 ) -> Tensor:
     """log sigma_t^2 of the reverse step p(x_{t-1} | x_t), broadcast to ``like``.
 
     ``"beta"``: log beta_t; ``"posterior"``: log beta~_t clipped; ``None``: the learned interpolation
-    v log beta_t + (1 - v) log beta~_t (Nichol & Dhariwal eq. 15, ``v`` the raw network output, shaped like
-    ``like``). Under a PriorGrad prior the step's variance is this times s^2; ``vlb_term`` and the samplers apply
-    the s^2, so this stays the schedule's.
+    nu log beta_t + (1 - nu) log beta~_t (Nichol & Dhariwal eq. 15, where the paper writes v; ``var_out`` = nu, the
+    raw variance output of the network, ``Prediction.var``, shaped like ``like``; not the v of v-prediction). Under
+    a PriorGrad prior the step's variance is this times s^2; ``vlb_term`` and the samplers apply the s^2, so this
+    stays the schedule's.
     """
     if variance == "beta":
         return torch.log(schedule.at("betas", t, like))
     if variance == "posterior":
         return schedule.posterior_log_variance(t, like)
     if variance is None:
-        if v is None:
-            raise ValueError("a learned variance (variance=None) needs the network's variance output v")
-        log_beta = torch.log(schedule.at("betas", t, v))
-        return v * log_beta + (1.0 - v) * schedule.posterior_log_variance(t, v)
+        if var_out is None:
+            raise ValueError("a learned variance (variance=None) needs the network's variance output var_out")
+        log_beta = torch.log(schedule.at("betas", t, var_out))
+        return var_out * log_beta + (1.0 - var_out) * schedule.posterior_log_variance(t, var_out)
     raise ValueError(f"variance must be 'beta', 'posterior' or None (learned), got {variance!r}")
 
 
@@ -216,10 +217,10 @@ def nll_terms(
         t = torch.full((batch,), k, device=x0.device, dtype=torch.long)
         noise = den.prior_noise(randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype))
         x_t = schedule.q_sample(x0, t, noise)
-        _, pred_x0, v = den.predict(x_t, t, cond)
+        _, pred_x0, var_out = den.predict(x_t, t, cond)
         if clip is not None:
             pred_x0 = pred_x0.clamp(-clip, clip)
-        log_var = reverse_log_variance(schedule, t, x_t, variance, v)
+        log_var = reverse_log_variance(schedule, t, x_t, variance, var_out)
         terms[:, k] = vlb_term(schedule, x0, x_t, t, pred_x0, log_var, decoder, prior_std=prior_std)
     terms[:, -1] = prior_kl(schedule, x0, prior_std=prior_std)
     return terms

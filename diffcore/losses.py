@@ -242,12 +242,12 @@ def hybrid_loss_terms(
     ``with_x0`` also ``x0_hat`` (the denoiser's x_0 prediction from the same network call, with gradients).
 
     The denoiser must predict eps with a learned variance: its network outputs ``[B, 2C, ...]`` for ``x0`` of
-    ``[B, C, ...]``: eps and the variance interpolation v, Sigma = exp(v log beta_t + (1 - v) log beta~_t)
-    (Nichol & Dhariwal eq. 15, raw v, beta~ clipped at t = 1).
+    ``[B, C, ...]``: eps and the variance interpolation nu (the paper's v), Sigma = exp(nu log beta_t + (1 - nu)
+    log beta~_t) (Nichol & Dhariwal eq. 15, raw nu, beta~ clipped at t = 1).
 
     - ``simple``: L_simple on the eps half (``norm``), per dimension.
     - ``vlb``: the bound's term L_t at the sampled step (``likelihood.vlb_term``; decoder NLL at index 0), in
-      **bits per dimension**, computed with a stop-gradient on eps so that it trains only v (Nichol & Dhariwal
+      **bits per dimension**, computed with a stop-gradient on eps so that it trains only nu (Nichol & Dhariwal
       sec. 3.1).
     - ``loss = weighting * (simple + vlb_weight * T * vlb)``: T L_t is the one-sample estimate of the full bound
       L_vlb = sum_t L_t, so ``vlb_weight`` is the paper's lambda (0.001).
@@ -262,10 +262,10 @@ def hybrid_loss_terms(
     schedule = den.schedule
     prior_std = den.checked_prior(x0)
     t, noise, x_t = _prepare(den, x0, t, noise, generator)
-    eps, v = den.output(x_t, t, cond)
+    eps, var_out = den.output(x_t, t, cond)
     simple = _distance(eps, noise, norm, prior_std)
     _, pred_x0 = den.from_output(x_t, t, eps.detach())
-    log_var = reverse_log_variance(schedule, t, x_t, None, v)
+    log_var = reverse_log_variance(schedule, t, x_t, None, var_out)
     dims = x0[0].numel()
     vlb = vlb_term(schedule, x0, x_t, t, pred_x0, log_var, decoder, prior_std=prior_std) / (dims * math.log(2.0))
     loss = simple + vlb_weight * schedule.num_steps * vlb
