@@ -51,6 +51,7 @@ __all__ = [
     "load_error_detail",
     "is_run_folder",
     "check_export_target",
+    "check_replaced_export",
     "first_shape_mismatch",
     "weights_misfit",
     "weights_problem",
@@ -167,7 +168,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        from diffcore.paths import not_a_file_reason
+
+        reason = not_a_file_reason(path)
+        raise CheckpointError(f"{path}: no such checkpoint file" if reason == "does not exist" else f"{path}: {reason}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
@@ -211,6 +215,11 @@ def _resolve(path: Path) -> tuple[str, Path]:
         return "checkpoint", latest
     if path.is_file():
         return "checkpoint", path
+    from diffcore.paths import not_a_file_reason
+
+    reason = not_a_file_reason(path)
+    if reason != "does not exist":  # a FIFO, a device or a socket: say so, not "no such file"
+        raise CheckpointError(f"{path}: {reason}; a model is a run folder, a checkpoint file or an export folder")
     raise CheckpointError(f"{path}: no such file or folder")
 
 
@@ -278,6 +287,7 @@ def write_export(out_dir: str | os.PathLike, state_dict: Mapping[str, torch.Tens
     from safetensors.torch import save
 
     text = json.dumps(dict(config) if isinstance(config, Mapping) else config, indent=2, sort_keys=False)
+    check_replaced_export(out_dir, config)
     # safetensors wants contiguous tensors that share no storage (tied weights are written twice).
     tensors = {k: v.detach().to("cpu", dtype=dtype if dtype is not None and v.is_floating_point() else v.dtype)
                .contiguous().clone() for k, v in state_dict.items()}
@@ -318,6 +328,33 @@ def check_export_target(out_dir: str | os.PathLike) -> None:
         if others:
             raise CheckpointError(f"{out}: already holds other files ({', '.join(others[:3])}"
                                   f"{', ...' if len(others) > 3 else ''}); export to an empty or new folder")
+
+
+def check_replaced_export(out_dir: str | os.PathLike, config: Any) -> None:
+    """Refuse to write an export over an earlier export of another kind of model (``diffwave export`` over a
+    diffimage export replaced it without a word) or over a ``config.json``/``model.safetensors`` that is not an
+    export. Kinds are compared by the fields of their ``model`` sections: a new export of the same kind of model
+    (a later checkpoint, another size) replaces the earlier one, as before."""
+    out = Path(out_dir)
+    old_config, old_weights = out / EXPORT_CONFIG, out / EXPORT_WEIGHTS
+    if not old_config.exists() and not old_weights.exists():
+        return
+    if not old_config.is_file():
+        raise CheckpointError(f"{out}: holds {EXPORT_WEIGHTS} without an export's {EXPORT_CONFIG}; it is not an "
+                              "earlier export, so it is not replaced: export to an empty or new folder")
+    try:
+        old = _read_export_config(old_config)
+    except CheckpointError as e:
+        raise CheckpointError(f"{out}: its {EXPORT_CONFIG} is not an export's ({e}), so it is not replaced: export "
+                              "to an empty or new folder") from None
+    new_model = config.get("model") if isinstance(config, Mapping) else None
+    if not isinstance(new_model, Mapping):
+        return
+    a, b = set(old["model"]), set(new_model)
+    if len(a & b) <= len(a ^ b):
+        raise CheckpointError(f"{out}: holds an export of another kind of model (its model config has "
+                              f"{', '.join(sorted(a - b)[:3])}, ...); it is not replaced: export to an empty or "
+                              "new folder")
 
 
 def first_shape_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, Any]) -> str | None:

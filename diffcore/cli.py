@@ -23,7 +23,8 @@ from diffcore.errors import CheckpointError, ConfigError, TrainingError
 from diffcore.train import Trainer, TrainTask
 
 __all__ = ["UsageError", "recipe_parser", "parse_args", "train_command", "run_cli", "debug_enabled", "run_subcommands",
-           "setup_logging", "check_number", "check_output_file", "check_output_dir", "os_error_message"]
+           "setup_logging", "check_number", "check_output_file", "check_output_dir", "check_input_path",
+           "os_error_message"]
 
 
 class UsageError(ValueError):
@@ -152,12 +153,30 @@ def os_error_message(e: OSError) -> str:
     return f"{where}{extra}: {reason}"
 
 
+def check_input_path(path: str | os.PathLike, option: str, *, folder_ok: bool = True) -> None:
+    """Refuse an input path that is empty (an unset ``$IN`` would mean the working directory: every file under it),
+    or that exists but is a FIFO, a device or a socket (or a folder when ``folder_ok`` is false), saying what it is
+    instead of "does not exist". A missing path is left to the reader, whose message names it."""
+    from diffcore.paths import not_a_file_reason
+
+    if os.fspath(path).strip() == "":
+        raise UsageError(f"{option} is an empty path (an unset variable?); give the file or folder explicitly "
+                         "(. for the working directory)")
+    reason = not_a_file_reason(path)
+    if reason and reason != "does not exist" and not (folder_ok and reason.startswith("is a folder")):
+        raise UsageError(f"{option} {os.fspath(path)}: {reason}")
+
+
 def check_output_dir(path: str | os.PathLike, option: str = "--out", need_bytes: int = 0) -> None:
     """Before any expensive work: refuse an output folder that cannot be made or written, that is a file or lies
-    under one, or whose file system has less than about ``need_bytes`` free. Nothing is created here."""
+    under one, or whose file system has less than about ``need_bytes`` free; and an empty path (an unset variable
+    would write into the working directory). Nothing is created here."""
     import shutil
     from pathlib import Path
 
+    if os.fspath(path).strip() == "":
+        raise UsageError(f"{option} is an empty path (an unset variable?); give a folder (. for the working "
+                         "directory)")
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise UsageError(f"{option} {p}: is a file, not a folder")
@@ -187,6 +206,8 @@ def check_output_file(path: str | os.PathLike, suffixes: Sequence[str], option: 
     ``.wav``): an existing file is replaced only when it is one this command would write."""
     from pathlib import Path
 
+    if os.fspath(path).strip() == "":
+        raise UsageError(f"{option} is an empty path (an unset variable?); give a file name")
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"{option} {p}: is a folder, but a file is to be written there")
@@ -268,6 +289,21 @@ def _usage(prog: str, commands: dict[str, tuple[Command, str]]) -> str:
     return "\n".join(lines)
 
 
+def _refuse_empty_arguments(args: Sequence[str]) -> None:
+    """An empty argument is never meant: ``vocode "$IN"`` with ``$IN`` unset would vocode every audio file under the
+    working directory, ``--out ""`` would write into it. Refused naming the option (or the position) it fills."""
+    for i, arg in enumerate(args):
+        if str(arg).strip() == "":
+            before = str(args[i - 1]) if i else ""
+            if before.startswith("-") and "=" not in before:
+                what = f"{before} is an empty path or value"
+            else:
+                what = f"argument {i + 1} is empty"
+            raise UsageError(f"{what} (an unset variable?); give it explicitly (. for the working directory)")
+        if str(arg).startswith("--") and str(arg).endswith("=") and str(arg).count("=") == 1 and "." not in arg:
+            raise UsageError(f"{arg} is an empty path or value (an unset variable?); give it explicitly")
+
+
 def run_subcommands(prog: str, commands: dict[str, tuple[Command, str]], argv: Sequence[str] | None = None) -> int:
     """The body of a ``prog <command> [options]`` console entry point: ``commands`` maps each name to ``(function
     of the remaining arguments, one-line help)``. Logging is set up, errors are reported by :func:`run_cli`, an
@@ -283,6 +319,7 @@ def run_subcommands(prog: str, commands: dict[str, tuple[Command, str]], argv: S
             close = difflib.get_close_matches(name, list(commands), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise UsageError(f"unknown command {name!r}{hint} (commands: {', '.join(commands)})")
+        _refuse_empty_arguments(rest)
         return commands[name][0](rest)
 
     setup_logging()

@@ -7,12 +7,15 @@ package small and loaded into float32) with a ``MODEL_CARD.md``. :class:`Shipped
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from diffcore.checkpoint import EXPORT_CONFIG, EXPORT_WEIGHTS
 
 __all__ = ["ShippedModels"]
+
+log = logging.getLogger(__name__)
 
 
 class ShippedModels:
@@ -36,9 +39,23 @@ class ShippedModels:
         raise KeyError(f"no shipped {self.kind} named {name!r} (shipped: {', '.join(self.names()) or 'none'})")
 
     def resolve(self, path_or_name: str | os.PathLike) -> Path:
-        """``path_or_name`` as a path when it exists on disk, else the folder of the shipped model of that name;
-        an existing path always wins, so a local folder is never shadowed by a shipped name."""
+        """The folder of the shipped model when ``path_or_name`` is exactly a shipped name, else the path.
+
+        A bare shipped name always means the shipped model, so what a documented command does cannot depend on the
+        folders that happen to be in the working directory (a folder called ``ljspeech-tiny`` there used to replace
+        the shipped vocoder without a word). When such a folder exists, a warning names both and how to load the
+        folder instead: write it as a path (``./ljspeech-tiny``). An empty path is a ``CheckpointError`` (an unset
+        variable would load the working directory)."""
+        from diffcore.checkpoint import CheckpointError
+
+        text = os.fspath(path_or_name)
+        if text.strip() == "":
+            raise CheckpointError(f"an empty model path (an unset variable?): give a run folder, a checkpoint, an "
+                                  f"export folder or a shipped {self.kind} name ({', '.join(self.names()) or 'none'})")
         p = Path(path_or_name)
-        if p.exists() or str(path_or_name) not in self.names():
+        if text not in self.names():
             return p
-        return self.folder / str(path_or_name)
+        if p.exists():
+            log.warning("%r is the name of a shipped %s and also a path in the working directory (%s): using the "
+                        "shipped %s; write ./%s to load the local one", text, self.kind, p.resolve(), self.kind, text)
+        return self.folder / text

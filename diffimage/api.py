@@ -307,18 +307,17 @@ def available_models() -> list[str]:
 
 def load(path: str | os.PathLike, device: str | torch.device = "auto") -> ImageModel:
     """An :class:`ImageModel` from a run folder (its latest checkpoint), a ``.pt`` checkpoint, an export folder or
-    the name of a shipped model (:func:`available_models`; an existing path of the same name wins).
+    the name of a shipped model (:func:`available_models`; a bare shipped name means the shipped model, with a
+    warning when a folder of that name is in the working directory: write ``./NAME`` for the folder).
 
     The EMA weights are used when the checkpoint has them. Raises ``CheckpointError`` for anything that is not a
     diffimage model (the message lists the shipped names when ``path`` neither exists nor is one).
     """
     from diffcore.checkpoint import CheckpointError
-    from diffimage.pretrained import model_dir
+    from diffimage.pretrained import SHIPPED
 
-    where = Path(path).expanduser()
-    if not where.exists() and str(path) in available_models():
-        where = model_dir(str(path))
-    elif not where.exists():
+    where = SHIPPED.resolve(path).expanduser()
+    if not where.exists():
         shipped = ", ".join(available_models()) or "none"
         raise CheckpointError(f"{path}: no such file or folder, and not a shipped model name (shipped: {shipped})")
     config, weights = load_for_inference(where)

@@ -51,6 +51,9 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per sampling run (default: 64)")
 
 
+_FILE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".json"}
+
+
 def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
     from diffcore.cli import check_number, check_output_dir
     from diffcore.utils import resolve_device
@@ -65,6 +68,11 @@ def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
         check_number(f"--{option.replace('_', '-')}", getattr(args, option, None), 1, 100_000)
     resolve_device(args.device)
     check_output_dir(args.out)  # a file, a path under a file or a read-only folder: found before any sampling
+    out = Path(args.out)
+    if out.suffix.lower() in _FILE_SUFFIXES and not out.is_dir():  # `--out x.png` used to make a folder x.png
+        raise UsageError(f"--out {args.out}: names a folder (the images, grid.png and manifest.json are written "
+                         f"into it), but it looks like an image file name; give a folder, e.g. --out "
+                         f"{out.with_suffix('') if out.stem else 'samples'}")
     return dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance_scale)
 
 
@@ -127,7 +135,7 @@ def cmd_sample(argv: list[str]) -> int:
     from tqdm.auto import tqdm
 
     from diffimage.api import load
-    from diffimage.grid import save_grid, save_images
+    from diffimage.outputs import SampleInterrupted, check_sample_folder, write_sample_outputs
     from diffimage.sample import resolved_options
 
     p = _parser("sample", "Generate images with a trained model and write them as one grid PNG and/or one PNG "
@@ -150,19 +158,17 @@ def cmd_sample(argv: list[str]) -> int:
     _check_model_options(args, model)
     classes = _parse_classes(args.classes, args.n, model.num_classes)
     out = Path(args.out)
+    check_sample_folder(out)  # another tool's grid.png/manifest.json: refused before any sampling
     with tqdm(total=args.n, desc="sample", unit="img", disable=None) as bar:
         images = model.sample_seeded(args.n, args.seed, args.batch_size, on_batch=bar.update, classes=classes,
                                      **options)
-    written = []
-    if args.format in ("grid", "both"):
-        written.append(save_grid(images, out / "grid.png", nrow=args.nrow))
-    if args.format in ("images", "both"):
-        files = save_images(images, out, prefix="sample")
-        written.append(out / f"sample_*.png ({len(files)} files)")
-    write_json(out / "manifest.json", {
-        "model": model.source, "n": args.n, "seed": args.seed, "batch_size": args.batch_size,
-        **resolved_options(model.sample_defaults, model.config, **options), "classes": classes,
-    })
+    manifest = {"model": model.source, "n": args.n, "seed": args.seed, "batch_size": args.batch_size,
+                **resolved_options(model.sample_defaults, model.config, **options), "classes": classes}
+    try:
+        written = write_sample_outputs(images, out, args.format, manifest, nrow=args.nrow)
+    except SampleInterrupted as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     print(f"{args.n} image(s) from {model!r} -> {', '.join(str(w) for w in written)}")
     return 0
 

@@ -156,6 +156,12 @@ class ImageFolderDataset(Dataset):
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
+            from diffcore.paths import not_a_file_reason
+
+            reason = not_a_file_reason(self.root)
+            if reason != "does not exist":
+                raise ValueError(f"image folder {str(self.root)!r} {reason.replace(', not a regular file', '')}, "
+                                 "not a folder")
             raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -492,6 +498,11 @@ def _base_dataset(data: ImageDataConfig, model: UNetConfig) -> Dataset:
     path = Path(str(data.path)).expanduser()
     if source == "npz":
         if not path.is_file():
+            from diffcore.paths import not_a_file_reason
+
+            reason = not_a_file_reason(path)
+            if reason != "does not exist":
+                raise ConfigError(f"data.path {str(path)!r} {reason}")
             raise FileNotFoundError(f"data.path {str(path)!r} does not exist")
         try:
             ds = NpzImageDataset(path, limit=data.limit)

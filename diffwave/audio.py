@@ -79,10 +79,12 @@ class AudioInfo:
 
 
 def _check_exists(path: Path) -> None:
+    from diffcore.paths import not_a_file_reason
+
     if not path.exists():
         raise AudioError(f"{path}: file not found")
     if not path.is_file():
-        raise AudioError(f"{path}: not a regular file")
+        raise AudioError(f"{path}: {not_a_file_reason(path)}")
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
 
@@ -348,7 +350,11 @@ def list_audio_files(root_or_filelist: str | os.PathLike, *, allow_outside_root:
     if root.is_dir():
         return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
     if not root.is_file():
-        raise AudioError(f"{root}: no such folder or file list")
+        from diffcore.paths import not_a_file_reason
+
+        reason = not_a_file_reason(root)
+        raise AudioError(f"{root}: no such folder or file list" if reason == "does not exist" else
+                         f"{root}: {reason.replace(', not a regular file', '')}, not a folder or a file list")
     base = root.parent.resolve()
     try:
         text = root.read_text(encoding="utf-8")

@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from diffcore.cli import (UsageError, check_number, check_output_dir, check_output_file, parse_args, recipe_parser,
-                          run_subcommands, train_command)
+from diffcore.cli import (UsageError, check_input_path, check_number, check_output_dir, check_output_file,
+                          parse_args, recipe_parser, run_subcommands, train_command)
 
 __all__ = ["main", "COMMANDS"]
 
@@ -136,9 +136,14 @@ def cmd_preprocess(argv: list[str]) -> int:
     summary = preprocess(files, out, recipe.model.mel, num_workers=args.workers)
     print(f"{summary['computed']} mel(s) computed, {summary['cached']} already cached, {summary['failed']} failed "
           f"-> {summary['out_dir']}")
+    if summary["computed"] + summary["cached"] == 0:  # nothing to train on: no advice to train on it
+        first = summary["failures"][0][1] if summary["failures"] else "no files"
+        print(f"error: no mel could be computed: all {summary['total']} file(s) failed (first: {first}); the cache "
+              f"{summary['out_dir']} holds nothing to train on", file=sys.stderr)
+        return 1
     if args.out and args.out != recipe.data.cache_dir:
         print(f"train with data.cache_dir={args.out} to use them")
-    return 1 if summary["failed"] and summary["failed"] == summary["total"] else 0
+    return 0
 
 
 # --------------------------------------------------------------------------------------------------- train
@@ -185,6 +190,8 @@ def cmd_vocode(argv: list[str]) -> int:
     check_number("--max-frames", args.max_frames, 1, 1_000_000)
     check_number("--seed", args.seed, 0, MAX_SEED)
     _check_device(args)
+    for path in args.inputs:  # a FIFO or a device is named as such (not "no such file or folder")
+        check_input_path(path, "input")
     inputs = collect_inputs(args.inputs)
     single = None
     if Path(args.out).suffix.lower() in OUTPUT_FORMATS:

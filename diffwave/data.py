@@ -96,7 +96,8 @@ class _SkippingDataset(Dataset):
             except AudioError as e:
                 self.bad.add(i)
                 log.warning("%s: skipping %s (%d unusable so far)", type(self).__name__, e, len(self.bad))
-        raise AudioError(f"{type(self).__name__}: every file failed to load")
+        raise AudioError(f"{type(self).__name__}: every one of its {n} file(s) failed to load (see the warnings "
+                         "above; e.g. all silent or unreadable)")
 
 
 class AudioMelDataset(_SkippingDataset):
@@ -398,7 +399,27 @@ def split_files(data: DataConfig) -> tuple[list[Path], list[Path]]:
     by :func:`diffwave.recipe.holdout_indices` with ``data.holdout_scheme``."""
     files = resolve_files(data)
     held = set(holdout_indices(len(files), data.holdout, data.holdout_scheme))
-    return [f for i, f in enumerate(files) if i not in held], [f for i, f in enumerate(files) if i in held]
+    train, heldout = [f for i, f in enumerate(files) if i not in held], [f for i, f in enumerate(files) if i in held]
+    check_heldout(heldout)
+    return train, heldout
+
+
+def check_heldout(files: Sequence[Path]) -> None:
+    """Read every held-out clip once (they are few): a held-out split made only of unusable clips (broken, silent,
+    empty) is a :class:`ConfigError` before training starts, since every validation would measure nothing; some
+    unusable ones are a warning naming them."""
+    bad = []
+    for f in files:
+        try:
+            load_audio(f, log_resample=False)
+        except AudioError as e:
+            bad.append(str(e))
+    if bad and len(bad) == len(files):
+        raise ConfigError(f"data.holdout: all {len(files)} held-out clip(s) are unusable (first: {bad[0]}); "
+                          "validation would measure nothing: fix or replace them, change data.holdout_scheme, or "
+                          "set data.holdout=0")
+    for reason in bad:
+        log.warning("held-out split: %s; validation uses the other %d clip(s)", reason, len(files) - len(bad))
 
 
 def download_ljspeech(root: str | os.PathLike) -> list[Path]:

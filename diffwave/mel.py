@@ -328,9 +328,9 @@ def validate_mel(mel: torch.Tensor | np.ndarray, config: MelConfig, source: str 
     if t.numel() == 0:
         raise MelError(f"{where}shape {shape} is an empty batch; {expects}")
     if shape[-1] > max_mel_frames(config):
-        raise MelError(f"{where}{shape[-1]} frames stand for {shape[-1] * config.hop_length / config.sample_rate:.0f} s "
-                       f"of audio, more than the limit of {MAX_MEL_SECONDS:g} s ({max_mel_frames(config)} frames): "
-                       "split it into shorter mels")
+        seconds = shape[-1] * config.hop_length / config.sample_rate
+        raise MelError(f"{where}{shape[-1]} frames stand for {seconds:.0f} s of audio, more than the limit of "
+                       f"{MAX_MEL_SECONDS:g} s ({max_mel_frames(config)} frames): split it into shorter mels")
     finite = torch.isfinite(t)
     if not bool(finite.all()):
         raise MelError(f"{where}{int((~finite).sum())} non-finite values (NaN or Inf); {expects}")

@@ -80,7 +80,7 @@ def test_every_unusable_audio_file_is_an_audio_error_naming_it(tmp_path):
             with pytest.raises(AudioError, match=named(path)):
                 fn(path)
     (tmp_path / "folder.wav").mkdir()
-    with pytest.raises(AudioError, match=r"folder\.wav: not a regular file"):
+    with pytest.raises(AudioError, match=r"folder\.wav: is a folder, not a file"):
         load_audio(tmp_path / "folder.wav")
 
 
@@ -596,10 +596,10 @@ def test_diffimage_commands_bad_inputs(tmp_path, capsys, runs):
     assert code == 2
     _error_line(err, "bad.yaml", "image_size")
     for model, text in ((runs["wave"], "not a diffimage U-Net config"), (tmp_path / "none", "none")):
-        code, err = _image_cli(capsys, "sample", "--model", model, "--out", tmp_path / "grid.png")
+        code, err = _image_cli(capsys, "sample", "--model", model, "--out", tmp_path / "samples")
         assert code == 2, err
         _error_line(err, text)
-    assert not (tmp_path / "grid.png").exists()
+    assert not (tmp_path / "samples").exists()
 
 
 def test_commands_exit_2_without_a_traceback_in_a_real_process(tmp_path):

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tracemalloc
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -391,11 +393,12 @@ def _odd_mels(folder: Path) -> dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     dense = torch.rand(80, 6) * 0.6 + 0.2
     torch.save(dense.to_sparse(), folder / "sparse.pt")
-    with pytest.warns(UserWarning):  # torch: "Sparse CSR tensor support is in beta state"
+    with warnings.catch_warnings():  # torch: "Sparse CSR tensor support is in beta state" (once per process)
+        warnings.simplefilter("ignore")
         torch.save(dense.to_sparse_csr(), folder / "csr.pt")
+        torch.save(torch.quantize_per_tensor(dense, 0.01, 0, torch.quint8), folder / "quantized.pt")
     torch.save(torch.empty(80, 6, device="meta"), folder / "meta.pt")
     torch.save({"mel": dense.to_sparse()}, folder / "dict_sparse.pt")
-    torch.save(torch.quantize_per_tensor(dense, 0.01, 0, torch.quint8), folder / "quantized.pt")
     torch.save([dense], folder / "list.pt")
     return {"sparse.pt": "sparse_coo (sparse) tensor", "csr.pt": "sparse_csr (sparse) tensor",
             "meta.pt": "meta tensor", "dict_sparse.pt": "sparse_coo", "quantized.pt": "quantized tensor",
@@ -406,7 +409,7 @@ def _odd_mels(folder: Path) -> dict[str, str]:
 @pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
 def test_sparse_csr_meta_and_quantized_mel_files_are_one_clear_error_each(tmp_path):
     for name, words in _odd_mels(tmp_path).items():
-        with pytest.raises(MelError, match=rf"{name}: .*{words}"):
+        with pytest.raises(MelError, match=rf"{re.escape(name)}: .*{re.escape(words)}"):
             load_mel_file(tmp_path / name)
     config = MelConfig()
     for tensor, words in [(torch.rand(80, 6).to_sparse(), "sparse_coo"), (torch.empty(80, 6, device="meta"), "meta")]:
@@ -436,7 +439,8 @@ def test_the_vocoder_api_names_the_argument_for_wrong_types(wave_export):
     voc = load(wave_export, "cpu")
     mel = torch.rand(80, 6) * 0.6 + 0.2
     for call, error, message in [
-        (lambda: voc.vocode([mel, None]), MelError, r"mel\[1\]: expected a numpy array or a torch tensor, got NoneType"),
+        (lambda: voc.vocode([mel, None]), MelError,
+         r"mel\[1\]: expected a numpy array or a torch tensor, got NoneType"),
         (lambda: voc.vocode("speech.npy"), MelError, r"mel: expected .* got a path \(load it with .*load_mel_file\)"),
         (lambda: voc.vocode(mel, generator=0), ArgumentError, r"generator must be a torch.Generator or None, got 0 "
                                                                r"\(an int\); for a seed write torch.Generator"),
@@ -480,7 +484,8 @@ def test_the_image_api_names_the_argument_for_wrong_types(image_model, condition
         (conditional_model, lambda m: m.sample(2, classes=[1.5, 2]), r"classes\[0\] must be an integer, got 1.5"),
         (conditional_model, lambda m: m.sample(2, classes=True), r"classes must be a list of integers, got True"),
         (conditional_model, lambda m: m.sample(2, classes=torch.tensor([0.5, 1.0])), r"classes must hold integers"),
-        (conditional_model, lambda m: m.sample(2, classes="1,2"), r"classes must be a list of integers, got '1,2' \(a str\)"),
+        (conditional_model, lambda m: m.sample(2, classes="1,2"),
+         r"classes must be a list of integers, got '1,2' \(a str\)"),
         (image_model, lambda m: m.bits_per_dim(torch.zeros(0, 3, 8, 8, dtype=torch.uint8)), r"empty batch"),
         (image_model, lambda m: m.bits_per_dim(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), generator=1),
          r"generator must be"),
@@ -491,3 +496,334 @@ def test_the_image_api_names_the_argument_for_wrong_types(image_model, condition
             call(model)
     x = conditional_model.sample(2, classes=[0, 2], steps=2, generator=torch.Generator().manual_seed(1))
     assert x.shape == (2, 3, 8, 8)
+
+
+# ============================================================================================== names and paths
+
+
+@pytest.mark.parametrize("package, name", [("diffwave", "ljspeech-tiny"), ("diffimage", "mnist-small")])
+def test_a_local_folder_named_like_a_shipped_model_does_not_replace_it_silently(
+        tmp_path, monkeypatch, caplog, package, name, request):
+    api = __import__(f"{package}.api", fromlist=["load"])
+    local = request.getfixturevalue("wave_export" if package == "diffwave" else "image_export")
+    assert name in api.available_models()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (tmp_path / name / f).write_bytes((local / f).read_bytes())
+    with caplog.at_level("WARNING"):
+        shipped = api.load(name, "cpu")
+    shipped_dir = __import__(f"{package}.pretrained", fromlist=["SHIPPED"]).SHIPPED.folder / name
+    assert shipped.config == api.load(shipped_dir, "cpu").config  # the shipped model, as documented
+    assert f"{name!r} is the name of a shipped" in caplog.text
+    assert f"write ./{name} to load the local one" in caplog.text
+    mine = api.load(f"./{name}", "cpu")  # written as a path: the local folder
+    assert mine.config == api.load(local, "cpu").config != shipped.config
+
+
+def test_empty_paths_on_the_command_line_and_in_the_api_are_refused_not_read_as_the_working_directory(
+        tmp_path, capsys, monkeypatch, wave_export, image_export):
+    from diffcore.checkpoint import CheckpointError
+    from diffimage.api import load as load_image
+    from diffwave.api import load as load_wave
+
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "m.npy", np.full((80, 6), 0.5, np.float32))  # something the working directory would vocode
+    for cli, args, words in [
+        (wave_cli, ["vocode", "", "-m", wave_export, "--out", tmp_path / "o"], "argument 1 is empty"),
+        (wave_cli, ["vocode", tmp_path / "m.npy", "-m", wave_export, "--out", ""], "--out is an empty path"),
+        (wave_cli, ["vocode", tmp_path / "m.npy", "-m", "", "--out", tmp_path / "o"], "-m is an empty path"),
+        (wave_cli, ["vocode", tmp_path / "m.npy", "-m", wave_export, "--out="], "--out= is an empty path"),
+        (image_cli, ["sample", "-m", image_export, "--out", "", "--n", "1"], "--out is an empty path"),
+        (image_cli, ["sample", "-m", "  ", "--out", tmp_path / "o", "--n", "1"], "-m is an empty path"),
+    ]:
+        code, err = cli(capsys, *args)
+        assert code == 2, err
+        error_line(err, words, "unset variable")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npy"]  # nothing was written anywhere
+    for load in (load_wave, load_image):
+        with pytest.raises(CheckpointError, match=r"an empty model path \(an unset variable\?\)"):
+            load("")
+
+
+def test_a_fifo_a_device_or_a_folder_given_as_a_file_says_what_it_is(tmp_path, capsys, wave_export):
+    from diffcore.checkpoint import CheckpointError, load_checkpoint
+    from diffwave.api import load
+    from diffwave.audio import AudioError, load_audio
+
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    code, err = wave_cli(capsys, "vocode", fifo, "-m", wave_export, "--out", tmp_path / "o")
+    assert code == 2
+    error_line(err, "pipe.wav", "is a FIFO (named pipe)")
+    code, err = wave_cli(capsys, "vocode", "/dev/null", "-m", wave_export, "--out", tmp_path / "o")
+    assert code == 2
+    error_line(err, "/dev/null", "is a device")
+    with pytest.raises(AudioError, match=r"pipe\.wav: is a FIFO"):
+        load_audio(fifo)
+    with pytest.raises(CheckpointError, match=r"pipe\.wav: is a FIFO.*a model is a run folder"):
+        load(fifo, "cpu")
+    with pytest.raises(CheckpointError, match=r"null: is a device"):
+        load("/dev/null", "cpu")
+    with pytest.raises(CheckpointError, match=rf"{tmp_path.name}: is a folder, not a file"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(MelError, match=r"pipe\.wav: is a FIFO"):
+        load_mel_file(fifo)
+    from diffwave.audio import list_audio_files
+
+    with pytest.raises(AudioError, match=r"pipe\.wav: is a FIFO \(named pipe\), not a folder or a file list"):
+        list_audio_files(fifo)
+    from diffimage.data import ImageFolderDataset, NpzImageDataset
+
+    with pytest.raises(ValueError, match=r"pipe\.wav' is a FIFO"):
+        NpzImageDataset(fifo)
+    with pytest.raises(ValueError, match=r"image folder .*pipe\.wav' is a FIFO \(named pipe\), not a folder"):
+        ImageFolderDataset(fifo)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", ["x.png", "grid.jpg", "out.json"])
+def test_sample_out_with_an_image_file_name_is_refused_instead_of_making_a_folder(tmp_path, capsys, image_export,
+                                                                                   name):
+    code, err = image_cli(capsys, "sample", "-m", image_export, "--out", tmp_path / name, "--n", "1")
+    assert code == 2
+    error_line(err, name, "names a folder", "give a folder")
+    assert not (tmp_path / name).exists()
+    (tmp_path / "ok.png").mkdir()  # an existing folder of that name is a folder: it is used
+    code, err = image_cli(capsys, "sample", "-m", image_export, "--out", tmp_path / "ok.png", "--n", "1",
+                          "--steps", "2", "--device", "cpu")
+    assert code == 0, err
+    assert (tmp_path / "ok.png" / "grid.png").is_file()
+
+
+# ==================================================================================================== data loss
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_export_is_never_written_over_an_export_of_another_kind_of_model(tmp_path, capsys, wave_export,
+                                                                              image_export):
+    import shutil
+
+    from diffcore.checkpoint import CheckpointError, save_checkpoint
+    from diffimage.api import load as load_image
+    from diffwave.api import load as load_wave
+
+    target = tmp_path / "shared"
+    shutil.copytree(image_export, target)  # an earlier diffimage export
+    before = _files(target)
+    voc = load_wave(wave_export, "cpu")
+    with pytest.raises(CheckpointError, match=r"shared: holds an export of another kind of model"):
+        voc.save(target)
+    run = tmp_path / "run"
+    save_checkpoint({"format": 1, "step": 1, "model": voc.model.state_dict(), "ema": None, "config": voc.info},
+                    run / "checkpoints", 1)
+    code, err = wave_cli(capsys, "export", run, "--out", target)
+    assert code == 2
+    error_line(err, "shared", "another kind of model")
+    with pytest.raises(CheckpointError, match=r"another kind of model"):
+        load_image(image_export, "cpu").save(shutil.copytree(wave_export, tmp_path / "wave_copy"))
+    assert _files(target) == before  # nothing of the diffimage export was touched
+    code, err = wave_cli(capsys, "export", run, "--out", tmp_path / "again")
+    assert code == 0, err
+    code, err = wave_cli(capsys, "export", run, "--out", tmp_path / "again")  # the same kind: replaced, as before
+    assert code == 0, err
+
+
+def test_an_export_is_not_written_over_files_that_only_look_like_an_export(tmp_path, wave_export):
+    from diffcore.checkpoint import CheckpointError
+    from diffwave.api import load
+
+    voc = load(wave_export, "cpu")
+    for name, config in [("notes", '{"author": "me"}'), ("junk", "not json")]:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(config)
+        (folder / "model.safetensors").write_bytes(b"my weights")
+        with pytest.raises(CheckpointError, match=rf"{name}: its config.json is not an export's"):
+            voc.save(folder)
+        assert (folder / "model.safetensors").read_bytes() == b"my weights"
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "model.safetensors").write_bytes(b"mine")
+    with pytest.raises(CheckpointError, match=r"lone: holds model.safetensors without an export's config.json"):
+        voc.save(lone)
+
+
+@pytest.mark.parametrize("foreign", [{"grid.png": b"my drawing"}, {"manifest.json": b'{"project": "x"}'},
+                                     {"sample_000000.png": b"mine", "notes.txt": b"keep"},
+                                     {"grid.png": b"g", "manifest.json": b"not json"}])
+def test_sample_refuses_a_folder_with_another_tools_grid_or_manifest_and_keeps_them(tmp_path, capsys, image_export,
+                                                                                    foreign):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, data in foreign.items():
+        (out / name).write_bytes(data)
+    code, err = image_cli(capsys, "sample", "-m", image_export, "--out", out, "--n", "2", "--steps", "2",
+                          "--device", "cpu", "--format", "both")
+    assert code == 2
+    error_line(err, str(out), "already holds", "not replaced")
+    assert _files(out) == foreign
+
+
+# ================================================================ interrupted writes and stale outputs of sample
+
+
+def _sample(capsys, image_export, out, *extra):
+    return image_cli(capsys, "sample", "-m", image_export, "--out", out, "--steps", "2", "--device", "cpu", *extra)
+
+
+def test_a_rerun_with_a_smaller_n_leaves_no_old_images_and_cleans_earlier_temporaries(tmp_path, capsys, image_export):
+    import json
+
+    out = tmp_path / "out"
+    code, err = _sample(capsys, image_export, out, "--n", "4", "--format", "both")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "manifest.json"] + [
+        f"sample_{i:06d}.png" for i in range(4)]
+    (out / ".sample_000003.png.k2j3.tmp").write_bytes(b"half")  # left by a killed earlier run
+    (out / ".notes.txt.abc.tmp").write_bytes(b"not ours")
+    (out / "notes.txt").write_bytes(b"mine")
+    code, err = _sample(capsys, image_export, out, "--n", "2", "--format", "images")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [".notes.txt.abc.tmp", "manifest.json", "notes.txt",
+                                                      "sample_000000.png", "sample_000001.png"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["tool"], manifest["n"], manifest["complete"], manifest["images_written"], manifest["grid"]) == \
+        ("diffimage sample", 2, True, 2, None)
+
+
+@pytest.mark.parametrize("signum, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_while_writing_finishes_the_file_in_flight_writes_a_manifest_of_what_is_done_and_exits_128_plus(
+        tmp_path, capsys, monkeypatch, image_export, signum, code):
+    import json
+    import signal
+
+    import diffimage.grid as grid
+
+    real = grid.save_png
+    calls = []
+
+    def save_png_then_signal(image, path):
+        result = real(image, path)
+        calls.append(path)
+        if len(calls) == 3:
+            os.kill(os.getpid(), getattr(signal, signum))  # while the third file (the 2nd image) is written
+        return result
+
+    monkeypatch.setattr(grid, "save_png", save_png_then_signal)
+    out = tmp_path / "out"
+    status, err = _sample(capsys, image_export, out, "--n", "8", "--format", "both", "--batch-size", "8")
+    assert status == code
+    error_line(err, f"interrupted by {signum}", "grid.png, 2 of 8 images", '"complete": false')
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "manifest.json", "sample_000000.png",
+                                                      "sample_000001.png"]  # no temporary file, no partial image
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["complete"], manifest["images_written"], manifest["grid"]) == (False, 2, "grid.png")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are restored
+    status, err = _sample(capsys, image_export, out, "--n", "8", "--format", "both", "--batch-size", "8")
+    assert status == 0, err  # the rerun replaces the partial run's outputs
+    assert len(list(out.glob("sample_*.png"))) == 8
+
+
+# ================================================================================= degenerate training data
+
+_WAVE_RECIPE = {"model": {"preset": "tiny", "residual_layers": 2, "residual_channels": 4, "dilation_cycle": 2,
+                          "embedding_hidden": 16},
+                "data": {"crop_frames": 8},
+                "train": {"max_steps": 2, "batch_size": 2, "num_workers": 0, "device": "cpu", "progress": False,
+                          "tensorboard": False, "ckpt_every": 0, "log_every": 1}}
+
+
+def _clips(folder: Path, kinds: list[str]) -> list[Path]:
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, kind in enumerate(kinds):
+        path = folder / f"clip{i}.wav"
+        if kind == "silent":
+            sf.write(path, np.zeros(8192, np.float32), 22050)
+        elif kind == "junk":
+            path.write_bytes(b"RIFF junk" * 20)
+        else:
+            sf.write(path, (0.3 * np.sin(np.arange(8192) * (0.05 + 0.01 * i))).astype(np.float32), 22050)
+        out.append(path)
+    return out
+
+
+def _recipe(tmp_path: Path, **data) -> Path:
+    import yaml
+
+    recipe = {**_WAVE_RECIPE, "data": {**_WAVE_RECIPE["data"], **data}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_all_silent_training_data_is_one_error_before_the_first_step_and_writes_nothing(tmp_path, capsys):
+    _clips(tmp_path / "silent", ["silent"] * 4)
+    run = tmp_path / "run"
+    code, err = wave_cli(capsys, "train", "--recipe", _recipe(tmp_path, path=str(tmp_path / "silent")),
+                         "--run-dir", run)
+    assert code == 2
+    error_line(err, "the training data cannot be used", "every one of its 4 file(s) failed to load",
+               "nothing was written")
+    assert "silent" in err  # the warnings name why each clip was skipped
+    assert not run.exists() or not any(run.rglob("*.pt")) and not (run / "config.yaml").exists()
+
+
+def test_a_first_example_with_non_finite_values_or_an_empty_data_set_is_refused_before_training(tmp_path):
+    from diffcore.train import Trainer
+    from diffcore.train.datacheck import check_first_example
+    from diffcore.train.toy import ToyTask
+
+    with pytest.raises(ConfigError, match=r"the training data set is empty"):
+        check_first_example([])
+    with pytest.raises(ConfigError, match=r"non-finite values in x"):
+        check_first_example([{"x": torch.tensor([1.0, float("nan")])}])
+    check_first_example([{"x": torch.ones(2)}])  # a usable example passes
+
+    class Broken(ToyTask):
+        def train_dataset(self):
+            return [{"x": torch.full((2,), float("inf"))}] * 8
+
+    from diffcore.train import TrainConfig
+
+    cfg = TrainConfig(max_steps=2, batch_size=4, num_workers=0, device="cpu", progress=False, tensorboard=False)
+    with pytest.raises(ConfigError, match=r"non-finite"):
+        Trainer(Broken(), cfg, tmp_path / "run").fit()
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_a_held_out_split_of_only_unusable_clips_is_refused_and_a_partly_broken_one_is_named(tmp_path, caplog):
+    from diffwave.data import check_heldout, split_files
+    from diffwave.recipe import DataConfig, holdout_indices
+
+    held = set(holdout_indices(6, 2, DataConfig().holdout_scheme))
+    kinds = ["junk" if i in held else "good" for i in range(6)]
+    _clips(tmp_path / "data", kinds)
+    with pytest.raises(ConfigError, match=r"data.holdout: all 2 held-out clip\(s\) are unusable \(first: .*clip"):
+        split_files(DataConfig(path=str(tmp_path / "data"), holdout=2))
+    good, junk = _clips(tmp_path / "mixed", ["good", "junk"])
+    with caplog.at_level("WARNING"):
+        check_heldout([good, junk])
+    assert "held-out split: " in caplog.text and "clip1.wav" in caplog.text and "the other 1 clip(s)" in caplog.text
+    train, heldout = split_files(DataConfig(path=str(tmp_path / "data"), holdout=0))
+    assert len(train) == 6 and heldout == []
+
+
+def test_preprocess_that_computed_no_mel_does_not_advise_training_on_the_cache(tmp_path, capsys):
+    _clips(tmp_path / "junk", ["junk", "silent"])
+    from diffwave.cli import main
+
+    code = main(["preprocess", "--data", str(tmp_path / "junk"), "--out", str(tmp_path / "cache"), "--workers", "0"])
+    captured = capsys.readouterr()
+    assert code == 1
+    error_line(captured.err, "no mel could be computed: all 2 file(s) failed", "holds nothing to train on")
+    assert "0 mel(s) computed" in captured.out and "train with" not in captured.out + captured.err
+    _clips(tmp_path / "good", ["good"])
+    assert main(["preprocess", "--data", str(tmp_path / "good"), "--out", str(tmp_path / "c2"), "--workers", "0"]) == 0
+    assert "train with data.cache_dir=" in capsys.readouterr().out  # the advice when there is something to use

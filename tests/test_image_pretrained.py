@@ -74,16 +74,18 @@ def test_the_shipped_files_are_small_documented_and_carried_as_package_data():
         assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), rel
 
 
-def test_unknown_names_are_refused_with_the_shipped_ones_and_paths_win(tmp_path, monkeypatch):
+def test_unknown_names_are_refused_with_the_shipped_ones_and_a_local_folder_is_loaded_as_a_path(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=f"not a shipped model name.*{NAME}"):
         di.load("no-such-model", "cpu")
     with pytest.raises(KeyError, match=NAME):
         model_dir("no-such-model")
-    # a folder of the same name in the working directory is loaded instead of the shipped model
+    # a folder of the same name in the working directory does not replace the shipped model (issue 21): the bare
+    # name is the shipped model (with a warning), ./NAME is the folder
     tiny = di.ImageModel(UNet(UNetConfig.preset("tiny")), info={"model": {}})
     monkeypatch.chdir(tmp_path)
     tiny.save(tmp_path / NAME)
-    assert di.load(NAME, "cpu").image_shape == (3, 16, 16)
+    assert di.load(NAME, "cpu").image_shape == (1, 28, 28)
+    assert di.load(f"./{NAME}", "cpu").image_shape == (3, 16, 16)
 
 
 def test_save_round_trips_exactly_in_float32_and_rounds_once_in_float16(tmp_path):

@@ -78,6 +78,7 @@ from diffcore.precision import Precision, resolve_precision
 from diffcore.train.after_step import AfterStep
 from diffcore.train.config import TrainConfig
 from diffcore.train.data import epoch_seed
+from diffcore.train.datacheck import check_first_example
 from diffcore.train.distributed import DistInfo, all_gather_object, barrier, dist_env, init_distributed
 from diffcore.train.loader import DataFailure, TrainLoader, sigchld_ignored, worker_died
 from diffcore.train.lock import RunLock
@@ -256,7 +257,9 @@ class Trainer:
         model.train()
         apply_runtime(model, cfg)
         self.update = OptimStep(model, cfg, device, self.precision, info.world_size)
-        self.data = TrainLoader(task.train_dataset(), cfg, info, device, task.collate_fn)
+        dataset = task.train_dataset()
+        check_first_example(dataset)  # before anything is written: bad data is one error, not a step-0 checkpoint
+        self.data = TrainLoader(dataset, cfg, info, device, task.collate_fn)
 
         self.step = 0
         self.resumed_from, self._resumed_step = None, None
