@@ -17,10 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffcore.device import resolve_device  # re-exported: commands and loaders import it here
-
-__all__ = ["append_dims", "gather", "mean_flat", "sum_flat", "randn", "resolve_device_dtype",
-           "resolve_device"]
+__all__ = ["append_dims", "gather", "mean_flat", "sum_flat", "randn", "resolve_device_dtype"]
 
 
 def append_dims(x: Tensor, target_ndim: int) -> Tensor:

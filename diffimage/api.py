@@ -23,7 +23,7 @@ from torch import Tensor
 from diffcore.arguments import ArgumentError, check_count, check_generator, check_integer_array, check_real, describe
 from diffcore.checkpoint import check_export_target, export, load_for_inference, rebuild_model, write_export
 from diffcore.config import ConfigError
-from diffcore.utils import resolve_device
+from diffcore.device import resolve_device
 from diffimage.config import UNetConfig
 from diffimage.evaluate import (
     evaluate_model,

@@ -56,7 +56,7 @@ _FILE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".ti
 
 def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
     from diffcore.cli import check_number, check_output_dir
-    from diffcore.utils import resolve_device
+    from diffcore.device import resolve_device
 
     # Every numeric option finite and in range before the model is loaded (NaN --eta wrote a black grid).
     check_number("--steps", args.steps, 1, 100_000)

@@ -32,13 +32,13 @@ from diffcore.checkpoint import (
     write_export,
 )
 from diffcore.arguments import ArgumentError, check_count, check_generator, check_integer_array, describe
-from diffcore.utils import resolve_device
+from diffcore.device import resolve_device
 from diffwave.config import DiffWaveConfig
 from diffwave.evaluate import evaluate_generation, evaluate_resynthesis_files
 from diffwave.mel import compute_mel, validate_mel
 from diffwave.model import DiffWave
 from diffwave.pretrained import SHIPPED, available_models
-from diffwave.refiner_vocoder import RefinerVocoder, is_refiner_config
+from diffwave.projection import ProjectOption
 from diffwave.sample import DEFAULT_MAX_FRAMES, Inference, Steps, generate_audio, vocode_mels
 
 __all__ = ["Vocoder", "RefinerVocoder", "available_models", "load", "save_export", "export_run", "import_lmnt",
@@ -160,6 +160,7 @@ class Vocoder:
         progress: bool = False,
         inference: Inference = None,
         numpy: bool | None = None,
+        project: ProjectOption = None,
     ) -> Any:
         """Waveforms for mels, in the shapes TTS front ends hand over:
 
@@ -177,7 +178,9 @@ class Vocoder:
         :mod:`diffwave.sample`). Raises :class:`~diffwave.mel.MelError` naming the preset the model expects when a
         mel does not fit it, and ``ValueError`` for inconsistent shapes or lengths. ``inference``: the inference
         speed-ups (:mod:`diffwave.sample`; default on, ``"eager"`` = eager float32). ``numpy``: return numpy arrays
-        (default: numpy when the input was numpy). Returns float32 audio in [-1, 1] on the CPU.
+        (default: numpy when the input was numpy). ``project``: GLA-Grad's mel-consistent projection (``"gla"`` or a
+        :class:`~diffwave.projection.GLAGrad`; default ``None``, off; see :func:`diffwave.sample.vocode_mels`).
+        Returns float32 audio in [-1, 1] on the CPU.
         """
         if not self.conditional:
             raise ValueError("this model is unconditional: use generate(n)")
@@ -188,13 +191,14 @@ class Vocoder:
                 return []
             as_np = all(isinstance(m, np.ndarray) for m in mel) if numpy is None else numpy
             items = [self._checked_mel(m, f"mel[{i}]", 2) for i, m in enumerate(mel)]
-            wavs = self._vocode_list(items, steps, generator, max_frames, batch_size, progress, inference)
+            wavs = self._vocode_list(items, steps, generator, max_frames, batch_size, progress, inference, project)
             return [w.numpy() for w in wavs] if as_np else wavs
         as_np = isinstance(mel, np.ndarray) if numpy is None else numpy
         if lengths is None:
             mel_t = self._checked_mel(mel, "mel", None)
             batch = list(mel_t) if mel_t.ndim == 3 else [mel_t]
-            out = torch.stack(self._vocode_list(batch, steps, generator, max_frames, batch_size, progress, inference))
+            out = torch.stack(self._vocode_list(batch, steps, generator, max_frames, batch_size, progress, inference,
+                                                project))
             out = out if mel_t.ndim == 3 else out[0]
             return out.numpy() if as_np else out
         mel_t = self._checked_mel(mel, "mel", 3)
@@ -206,7 +210,7 @@ class Vocoder:
             raise ValueError(f"lengths must lie in [1, {mel_t.shape[-1]}] (the padded batch's frames), "
                              f"got {frames.tolist()}")
         wavs = self._vocode_list([m[:, : int(f)] for m, f in zip(mel_t, frames)], steps, generator, max_frames,
-                                 batch_size, progress, inference)
+                                 batch_size, progress, inference, project)
         hop = self.hop_length
         out = torch.zeros(mel_t.shape[0], mel_t.shape[-1] * hop)
         for i, w in enumerate(wavs):
@@ -229,10 +233,10 @@ class Vocoder:
         return mel_t.float()
 
     def _vocode_list(self, mels: list[Tensor], steps, generator, max_frames, batch_size, progress,
-                     inference) -> list[Tensor]:
+                     inference, project=None) -> list[Tensor]:
         self._check_options(steps, generator, batch_size=batch_size, max_frames=max_frames)
         wavs = vocode_mels(self.model, mels, steps, generator=generator, max_frames=max_frames,
-                           batch_size=batch_size, progress=progress, inference=inference)
+                           batch_size=batch_size, progress=progress, inference=inference, project=project)
         return _checked_audio([w.float().cpu() for w in wavs], self.source)
 
     def _check_options(self, steps: Any, generator: Any, **counts: Any) -> None:
@@ -310,6 +314,14 @@ def import_lmnt(source: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[
     return voc, step
 
 
+def __getattr__(name: str) -> Any:  # RefinerVocoder subclasses Vocoder, so it is imported on first use
+    if name == "RefinerVocoder":
+        from diffwave.refiner_vocoder import RefinerVocoder
+
+        return RefinerVocoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _looks_like_lmnt(path: Path) -> bool:
     target = path / "weights.pt" if path.is_dir() else path
     if not target.is_file():
@@ -323,7 +335,7 @@ def _looks_like_lmnt(path: Path) -> bool:
     return isinstance(ckpt, dict) and "params" in ckpt and "model" in ckpt and "format" not in ckpt
 
 
-def load(path: str | os.PathLike, device: Device | str | torch.device = "auto") -> Vocoder | RefinerVocoder:
+def load(path: str | os.PathLike, device: Device | str | torch.device = "auto") -> Vocoder:
     """Load a model for inference from a run folder (its latest checkpoint), a ``.pt`` checkpoint, an export
     folder (``config.json`` + ``model.safetensors``), an lmnt-com/diffwave checkpoint, or the name of a vocoder
     shipped with the package (:func:`available_models`; a bare shipped name means the shipped model, with a
@@ -338,6 +350,8 @@ def load(path: str | os.PathLike, device: Device | str | torch.device = "auto") 
         if _looks_like_lmnt(p):
             return Vocoder.from_lmnt(p, device)
         raise
+    from diffwave.refiner_vocoder import RefinerVocoder, is_refiner_config
+
     if is_refiner_config(config):  # a Griffin-Lim refiner (diffwave.refiner), vocoding through the same interface
         return RefinerVocoder.from_config_and_weights(config, weights, device, source=str(p))
     return Vocoder.from_config_and_weights(config, weights, device, source=str(p))

@@ -90,7 +90,7 @@ MAX_SEED = 2**63 - 1
 
 def _check_device(args: argparse.Namespace) -> None:
     """``--device`` is checked before a model is loaded: an unknown name lists the valid ones."""
-    from diffcore.utils import resolve_device
+    from diffcore.device import resolve_device
 
     resolve_device(args.device)
 

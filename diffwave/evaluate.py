@@ -18,7 +18,7 @@ from torch import Tensor
 
 from diffcore.atomic import atomic_write, write_json
 from diffcore.config import ConfigError
-from diffwave.refiner_vocoder import RefinerVocoder
+from diffwave.refiner import GriffinLimRefiner
 from diffwave.sample import Inference, Steps, num_sampling_steps, vocode_mels
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def evaluate_resynthesis_files(
         refs.append(wav)
         mels.append(vocoder.mel(wav))
         names.append(Path(f).stem)
-    refiner = isinstance(vocoder, RefinerVocoder)
+    refiner = isinstance(vocoder.model, GriffinLimRefiner)
     model_kind = "refiner" if refiner else "diffwave"
     outs: list[Tensor] = []
     if refiner:  # deterministic, one network call per mel: no schedule, no noise

@@ -494,7 +494,7 @@ def test_unwritable_outputs_are_found_before_any_work(tmp_path, capsys, monkeypa
 @pytest.mark.parametrize("device, text", [("gpu", "valid: auto, cpu, cuda, cuda:N, mps"), ("bogus", "valid:"),
                                           ("cuda:x", "valid:"), ("mps", "MPS"), ("cuda", "CUDA")])
 def test_device_names_are_checked_with_the_valid_ones_listed(tmp_path, capsys, wave_export, device, text):
-    from diffcore.utils import resolve_device
+    from diffcore.device import resolve_device
 
     if device == "mps" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
