@@ -326,3 +326,17 @@ def test_gla_grad_options_are_checked():
         vocode_mels(refiner, [speech_mel()[1]], project="gla")
     assert GLAGrad(steps=0, final_iterations=8).iterations_at(5, 6) == 8
     assert GLAGrad(steps=0, final_iterations=8).iterations_at(0, 6) == 0
+
+
+def test_vocoder_vocode_takes_project_and_is_off_by_default():
+    from diffwave.api import Vocoder
+
+    assert inspect.signature(Vocoder.vocode).parameters["project"].default is None
+    model = small_vocoder()
+    _, mel = speech_mel()
+    voc = Vocoder(model)
+    default = vocode_mels(model, [mel], generator=torch.Generator().manual_seed(0))[0]
+    on = vocode_mels(model, [mel], generator=torch.Generator().manual_seed(0), project="gla")[0]
+    assert torch.equal(voc.vocode(mel, generator=torch.Generator().manual_seed(0)), default)
+    via_api = voc.vocode(mel[None], generator=torch.Generator().manual_seed(0), project=GLAGrad())[0]
+    torch.testing.assert_close(via_api, on, rtol=0, atol=1e-6)
