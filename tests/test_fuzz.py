@@ -1,6 +1,7 @@
-"""Fuzzing (hypothesis) of the three parsers that read what users hand us: the audio loader, mel validation and the
-recipe parser. Each either returns a valid result or raises its own error type (AudioError, MelError,
-ConfigError), never anything else. Bounded: a few hundred examples each, no deadline, well under a minute."""
+"""Fuzzing (hypothesis) of what users hand us: the audio loader, mel validation, the recipe parser, and (issue 21)
+YAML constructions, lying .npy headers, weights of any dtype, API argument types and signals during sample's writes.
+Each either returns a valid result or raises its own error type (AudioError, MelError, ConfigError, ...), never
+anything else. Bounded: a few hundred examples each, no deadline."""
 
 import io
 import math
@@ -356,3 +357,171 @@ def test_tampered_export_configs_load_or_give_a_checkpoint_error(data):
         return
     assert sum(p.numel() for p in voc.model.parameters()) == \
         sum(p.numel() for p in load(src, "cpu").model.parameters())
+
+
+# ----------------------------------------------------------------------------------- issue 21: the third pass
+
+_NAMES = st.sampled_from(["train", "model", "data", "lr", "x", "<<", "diffusion", "betas", "1", "preset"])
+
+
+@st.composite
+def yaml_constructions(draw):
+    """YAML text built from anchors, aliases, merge keys, repeated keys and flow collections (the constructions
+    that used to expand without limit or replace a section silently)."""
+    lines, anchors = [], []
+    for i in range(draw(st.integers(1, 8))):
+        key = draw(_NAMES)
+        kind = draw(st.sampled_from(["scalar", "anchor", "alias_list", "merge", "flow"]))
+        if kind == "anchor" or not anchors:
+            anchors.append(f"a{i}")
+            items = ", ".join(draw(st.lists(st.sampled_from(["1", "x", "0.5", "null", "[]"]), max_size=6)))
+            lines.append(f"{key}: &a{i} [{items}]")
+        elif kind == "alias_list":
+            refs = ", ".join(f"*{draw(st.sampled_from(anchors))}" for _ in range(draw(st.integers(1, 12))))
+            anchors.append(f"a{i}")
+            lines.append(f"{key}: &a{i} [{refs}]")
+        elif kind == "merge":
+            lines.append(f"{key}: {{<<: *{draw(st.sampled_from(anchors))}, lr: 1}}")
+        elif kind == "flow":
+            lines.append(f"{key}: {{lr: {draw(st.sampled_from(['1', '1e-4', 'nan', 'x']))}, lr: 2}}")
+        else:
+            lines.append(f"{key}: {draw(st.sampled_from(['1', 'x', '~', '[1, 2]', '{a: 1}']))}")
+    return "\n".join(lines) + "\n"
+
+
+@fuzz(120)
+@given(yaml_constructions())
+def test_recipes_built_from_aliases_merges_and_repeated_keys_load_or_are_config_errors(text):
+    import tracemalloc
+
+    path = TMP / "constructed.yaml"
+    path.write_text(text)
+    tracemalloc.start()
+    try:
+        load_recipe(DiffWaveRecipe, path)
+    except ConfigError as e:
+        assert len(str(e)) < 2000  # never the expanded value
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < 100 * 2**20
+
+
+@st.composite
+def lying_npy(draw):
+    """A .npy header whose shape, dtype or order may disagree with the bytes behind it."""
+    shape = tuple(draw(st.lists(st.one_of(st.integers(0, 100), st.integers(0, 10**15)), min_size=0, max_size=4)))
+    descr = draw(st.sampled_from(["<f4", ">f8", "<f2", "<i2", "|b1", "|u1", "<c8"]))
+    b = io.BytesIO()
+    np.lib.format.write_array_header_1_0(b, {"descr": descr, "fortran_order": draw(st.booleans()), "shape": shape})
+    return b.getvalue() + draw(st.binary(max_size=2000))
+
+
+@fuzz(150)
+@given(lying_npy())
+def test_npy_mels_with_lying_headers_load_or_are_mel_errors_without_allocating_the_claim(data):
+    import tracemalloc
+
+    path = TMP / "lying.npy"
+    path.write_bytes(data)
+    tracemalloc.start()
+    try:
+        mel = load_mel_file(path)
+        assert mel.dtype == torch.float32 and mel.numel() * 4 <= len(data) * 8
+    except MelError:
+        pass
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < 20 * 2**20
+
+
+@st.composite
+def damaged_weights(draw):
+    """A state dict of two tensors, one of them of a random dtype and values (NaN, ±inf, huge, ordinary)."""
+    dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8,
+                                  torch.int64, torch.bool, torch.uint8]))
+    value = draw(st.sampled_from([0.0, 1.0, -3.5, float("nan"), float("inf"), -float("inf"), 1e30]))
+    t = torch.full((3,), value) if dtype.is_floating_point else torch.ones(3)
+    return {"a": torch.zeros(2), "b": t.to(dtype) if dtype.is_floating_point or math.isfinite(value) else
+            torch.ones(3).to(dtype)}
+
+
+@fuzz(200)
+@given(damaged_weights())
+def test_weights_of_any_dtype_or_value_are_accepted_only_when_float_and_finite(weights):
+    from diffcore.checkpoint import weights_problem
+
+    b = weights["b"]
+    ok = b.is_floating_point() and bool(torch.isfinite(b).all())
+    problem = weights_problem(weights, {"a": torch.zeros(2), "b": torch.zeros(3)})
+    assert (problem is None) == ok, (b, problem)
+    if problem:
+        assert problem.startswith("b ")
+
+
+_ARGS = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True, allow_infinity=True),
+                  st.text(max_size=3), st.lists(st.one_of(st.integers(-2, 3), st.none(), st.booleans()), max_size=3),
+                  st.just(torch.tensor(1.5)), st.just(np.int64(2)))
+
+
+@fuzz(200)
+@given(_ARGS, st.sampled_from(["count", "real", "generator", "array"]))
+def test_api_argument_checks_return_a_valid_value_or_raise_argument_error(value, check):
+    from diffcore.arguments import ArgumentError, check_count, check_generator, check_integer_array, check_real
+
+    try:
+        if check == "count":
+            got = check_count("n", value, 1, 4)
+            assert type(got) is int and 1 <= got <= 4 and not isinstance(value, (bool, float))
+        elif check == "real":
+            got = check_real("eta", value, 0.0, 10.0)
+            assert type(got) is float and 0.0 <= got <= 10.0 and not isinstance(value, bool)
+        elif check == "generator":
+            assert check_generator("generator", value, torch.device("cpu")) is None and value is None
+        else:
+            got = check_integer_array("lengths", value)
+            assert got.dtype == torch.int64 and got.ndim == 1
+    except ArgumentError as e:
+        assert str(e).split()[0] in ("n", "eta", "generator", "lengths") or str(e).startswith("lengths[")
+
+
+@fuzz(16)
+@given(st.integers(0, 4), st.sampled_from(["SIGTERM", "SIGINT"]), st.sampled_from(["grid", "images", "both"]))
+def test_a_signal_after_any_file_of_sample_leaves_complete_files_and_a_true_manifest(after, signame, fmt):
+    import json
+    import os
+    import signal
+    import shutil
+
+    import diffimage.grid as grid
+    from diffimage.outputs import SampleInterrupted, write_sample_outputs
+
+    out = TMP / "signal_out"
+    shutil.rmtree(out, ignore_errors=True)
+    images = torch.rand(3, 3, 4, 4) * 2 - 1
+    real, calls = grid.save_png, []
+
+    def save_then_signal(image, path):
+        result = real(image, path)
+        calls.append(path)
+        if len(calls) == after + 1:
+            os.kill(os.getpid(), getattr(signal, signame))
+        return result
+
+    grid.save_png = save_then_signal
+    try:
+        try:
+            write_sample_outputs(images, out, fmt, {"n": 3})
+            interrupted = False
+        except SampleInterrupted as e:
+            interrupted = True
+            assert e.exit_code == 128 + getattr(signal, signame)
+    finally:
+        grid.save_png = real
+    manifest = json.loads((out / "manifest.json").read_text())
+    pngs = sorted(p.name for p in out.glob("sample_*.png"))
+    assert manifest["complete"] is (not interrupted)
+    assert pngs == [f"sample_{i:06d}.png" for i in range(manifest["images_written"])]
+    assert (manifest["grid"] is not None) == (out / "grid.png").is_file()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
