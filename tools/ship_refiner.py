@@ -51,6 +51,16 @@ def record_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def periods_table(periods: list[dict]) -> str:
+    lines = ["| period | steps | CPU-min | Griffin-Lim start | threads |", "|---:|---|---|---|---:|"]
+    for i, p in enumerate(periods, 1):
+        note = f" (changed: {p['start_changed']})" if p.get("start_changed") else ""
+        note += f"; {p['note']}" if p.get("note") else ""
+        lines.append(f"| {i} | {p['start_step']} → {p['end_step']} | {p['start_cpu_minutes']:.1f} → "
+                     f"{p['end_cpu_minutes']:.1f} | {p.get('gl_iters', 64)} iterations{note} | {p['threads']} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
@@ -134,6 +144,10 @@ score about 3.9). Reproduce this table from the repository root with the shared 
 - The same network and loss train through the one engine with `recipes/ljspeech_refiner.yaml`
   (`diffwave train --recipe recipes/ljspeech_refiner.yaml --data DIR --run-dir RUN`); the next period continues from
   these weights with `init_from={a.name}`.
+
+Training periods (each a run of `tools/train_refiner.py` in the same run folder; CPU minutes cumulative):
+
+{periods_table(periods)}
 
 ## Training record (every evaluation; validation picks the shipped weights, held-out is only recorded)
 
