@@ -6,6 +6,7 @@ into sampling runs with reproducible seeds, writes every output atomically and r
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from dataclasses import dataclass, field
@@ -239,6 +240,10 @@ def vocode_files(
     for item, target in zip(inputs, targets):
         if target.resolve() == item.path.resolve():
             raise VocodeError(f"{item.path}: the output would overwrite this input; choose another output folder")
+    for target in targets:  # temporaries an interrupted earlier run left for these outputs (atomic_write's names)
+        if target.parent.is_dir():
+            for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+                stale.unlink(missing_ok=True)
     failed: list[tuple[Path, str]] = []
     # The bar is created once the first input has loaded, so that a single bad input fails before any output.
     runs = _Groups(model, steps, seed, batch_size, max_frames, pad_multiple, inference, len(inputs),

@@ -827,3 +827,18 @@ def test_preprocess_that_computed_no_mel_does_not_advise_training_on_the_cache(t
     _clips(tmp_path / "good", ["good"])
     assert main(["preprocess", "--data", str(tmp_path / "good"), "--out", str(tmp_path / "c2"), "--workers", "0"]) == 0
     assert "train with data.cache_dir=" in capsys.readouterr().out  # the advice when there is something to use
+
+
+def test_a_vocode_rerun_removes_the_temporary_files_an_interrupted_run_left_for_its_outputs(tmp_path, capsys,
+                                                                                            wave_export):
+    np.save(tmp_path / "a.npy", np.full((80, 6), 0.5, np.float32))
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".a.wav.x81k2q.tmp"  # what a vocode killed inside atomic_write leaves (mode 0600)
+    stale.write_bytes(b"half a wav")
+    stale.chmod(0o600)
+    other = out / ".notes.txt.abc.tmp"  # not one of this run's outputs: left alone
+    other.write_bytes(b"x")
+    code, err = wave_cli(capsys, "vocode", tmp_path / "a.npy", "-m", wave_export, "--out", out, "--device", "cpu")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [".notes.txt.abc.tmp", "a.wav"]
