@@ -55,10 +55,12 @@ def test_the_label_decides_the_digit():
 
 def test_cli_draws_sevens_by_name(tmp_path):
     out = tmp_path / "s"
-    assert main(["sample", "--model", NAME, "--class", "7", "--n", "2", "--sampler", "dpmpp", "--steps", "4",
+    assert main(["sample", "--model", NAME, "--class", "7", "--n", "2", "--steps", "4",
                  "--device", "cpu", "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["classes"] == [7, 7] and manifest["model"] == NAME and manifest["sampler"] == "dpmpp"
+    assert manifest["classes"] == [7, 7] and manifest["model"] == NAME
+    # the card's recommended settings are the shipped defaults
+    assert manifest["sampler"] == "dpmpp" and manifest["guidance_scale"] == 4.0
     assert np.asarray(Image.open(out / "grid.png")).ndim == 2  # grey digits
 
 
