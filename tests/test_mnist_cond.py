@@ -72,5 +72,7 @@ def test_the_card_states_its_provenance():
         assert needed in card, needed
     assert prov["training_steps"] > 0 and prov["cpu_minutes"] > 0
     assert str(prov["training_steps"]) in card and f"{prov['cpu_minutes']:.1f}" in card
-    assert f"{prov['class_accuracy']:.1%}".replace("%", " %") in card or f"{100 * prov['class_accuracy']:.1f}" in card
-    assert f"{prov['fid']:.1f}" in card and str(prov["recommended_guidance_scale"]) in card
+    scale, acc, fid = prov["recommended_guidance_scale"], 100 * prov["class_accuracy"], prov["fid"]
+    assert f"Recommended guidance scale: **{scale:g}** — class accuracy **{acc:.1f} %** with FID **{fid:.1f}**" in card
+    # and that scale is the shipped default
+    assert di.load(NAME, "cpu").sample_defaults.guidance_scale == scale
