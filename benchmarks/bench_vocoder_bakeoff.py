@@ -46,7 +46,7 @@ ISSUE_EPS_PROTOTYPE = {"label": "frame-rate ε-predictor (issue's prototype, quo
 def _label(run: Path) -> str:
     import torch
 
-    state = torch.load(run / "state.pt", map_location="cpu", weights_only=False)
+    state = torch.load(run / "state.pt", map_location="cpu", weights_only=True)
     m = state["model_config"]
     phase = "gain + phase" if m.get("correct_phase", True) else "gain only"
     return f"refiner ({phase}, {m['num_blocks']}×{m['dim']})"

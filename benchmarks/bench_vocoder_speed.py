@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         refiner = RefinerVocoder(GriffinLimRefiner(RefinerConfig()))
     systems = [("refiner (Griffin-Lim + network), default path", mel, lambda: refiner.vocode(mel)),
-               ("its Griffin-Lim part alone (64 it.)", mel, lambda: refiner.model.griffin_lim(mel[None]))]
+               (f"its Griffin-Lim part alone ({refiner.config.gl_iters} it.)", mel,
+                lambda: refiner.model.griffin_lim(mel[None]))]
     if "ljspeech-tiny" in dw.available_models():
         tiny = dw.load("ljspeech-tiny", "cpu")
         systems.append(("ljspeech-tiny DiffWave, 6 steps, default path", mel,

@@ -173,7 +173,7 @@ def train_refiner(
     tc = train_config or RefinerTrainConfig()
     start_change: dict[str, Any] = {}
     if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
         mc = RefinerConfig.from_dict(state["model_config"])
         tc = RefinerTrainConfig.from_dict(state["train_config"])
         if model_config is not None and model_config != mc:
@@ -321,7 +321,7 @@ def export_refiner(source: str | os.PathLike, out_dir: str | os.PathLike, *, whi
     from diffcore.checkpoint import write_export
 
     run = Path(source)
-    ckpt = torch.load(run / ("best.pt" if which == "best" else "state.pt"), map_location="cpu", weights_only=False)
+    ckpt = torch.load(run / ("best.pt" if which == "best" else "state.pt"), map_location="cpu", weights_only=True)
     minutes = ckpt.get("cpu_minutes", ckpt.get("cpu_seconds", 0.0) / 60)
     config = {"network": NETWORK_NAME, "model": ckpt["model_config"],
               "provenance": {"step": int(ckpt["step"]), "cpu_minutes": round(float(minutes), 2),

@@ -163,7 +163,7 @@ def prepare_data(shared: Path) -> None:
     clips.mkdir(parents=True, exist_ok=True)
     for f in sorted((shared / "ljspeech" / "wavs").glob("*.wav")):
         shutil.copy2(f, clips / f.name)
-    with np.load(shared / "mnist" / "train.npz") as d:
+    with np.load(shared / "mnist" / "train.npz", allow_pickle=False) as d:
         np.savez_compressed(CARRY_DIR / "mnist_train.npz", images=d["images"][:MNIST_TRAIN],
                             labels=d["labels"][:MNIST_TRAIN])
 
@@ -394,7 +394,7 @@ def finish_refiner(r: Runner, proc, fh, t_start: float) -> bool:
     if (run_dir / "state.pt").exists():
         import torch
 
-        st = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=False)
+        st = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=True)
         light = {k: st[k] for k in ("step", "cpu_seconds", "model_config", "train_config", "history") if k in st}
         # fp16, as the shipped exports: half the size, well inside the 16 MiB a returned file may have
         light["ema_fp16"] = {k: v.half() if v.is_floating_point() else v for k, v in st["ema"].items()}

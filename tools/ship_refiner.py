@@ -7,9 +7,10 @@ held-out split, and a model card whose numbers this script measures itself from 
    ``diffwave/pretrained/NAME/`` (refused above 8 MiB), with the held-out split in ``config.json``'s ``data``.
 2. Evaluate the shipped files, loaded by name as a user gets them, exactly as ``diffwave evaluate --model NAME``
    does: the held-out clips, whole, beside Griffin-Lim (64 iterations) on the same mels.
-3. Speed: ``benchmarks/bench_vocoder_speed.py`` (10 s of speech, batch 1, 2 threads) in a child process.
+3. Speed: ``benchmarks/bench_vocoder_speed.py`` (10 s of speech, batch 1, one thread: its CPU-time figure is the
+   per-core speed, which the load of other jobs barely changes) in a child process.
 4. ``MODEL_CARD.md``: the tables, the training record (every period's steps, CPU minutes and scores, from the run's
-   ``record.jsonl`` and the card's earlier record when continuing), and the commands that reproduce them.
+   ``record.jsonl`` and ``state.pt``), and the commands that reproduce them.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--which", choices=["best", "last"], default="best")
     p.add_argument("--data", default="../shared/data/ljspeech/wavs")
     p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--note", default=None, help="a Markdown file whose text goes under the training record")
     a = p.parse_args(argv)
 
     import torch
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(a.run)
     target = ROOT / "diffwave" / "pretrained" / a.name
     rows = [json.loads(line) for line in (run / "record.jsonl").read_text().splitlines() if line.strip()]
-    state = torch.load(run / "state.pt", map_location="cpu", weights_only=False)
+    state = torch.load(run / "state.pt", map_location="cpu", weights_only=True)
     periods = state.get("history", {}).get("periods", [])
     with tempfile.TemporaryDirectory() as tmp:
         out = export_refiner(run, Path(tmp) / a.name, which=a.which, provenance={
@@ -101,11 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     files = heldout_files(voc.info)
     res = dw.evaluate_resynthesis_files(voc, files, ROOT / "runs" / f"ship_{a.name}", progress=False)
     table = res["table"].markdown()
+    means = res["table"].to_dict()["means"]
+    config["provenance"].update(name=a.name, held_out_metrics={"refiner": list(means.values())[0],
+                                                               "griffin_lim_64": list(means.values())[-1]})
+    (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     speed = ""
     if not a.skip_speed:
-        speed = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_vocoder_speed.py"), "--threads", "2",
+        speed = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_vocoder_speed.py"), "--threads", "1",
                                 "--repeats", "3"], capture_output=True, text=True, cwd=ROOT).stdout
     prov = config["provenance"]
+    note = Path(a.note).read_text().strip() if a.note else ""
     params = sum(p.numel() for p in voc.model.parameters())
     c = voc.config
     card = f"""# {a.name}: Griffin-Lim refined by a frame-rate network, trained on a CPU
@@ -154,6 +161,8 @@ Training periods (each a run of `tools/train_refiner.py` in the same run folder;
 {record_table(rows)}
 
 Step 0 is Griffin-Lim itself (the network's head starts at zero).
+
+{note}
 
 ## Speed
 

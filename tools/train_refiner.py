@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     resumed = (Path(a.run_dir) / "state.pt").is_file()
     model_config = None
     if resumed and over["model"]:
-        state = torch.load(Path(a.run_dir) / "state.pt", map_location="cpu", weights_only=False)
+        state = torch.load(Path(a.run_dir) / "state.pt", map_location="cpu", weights_only=True)
         model_config = RefinerConfig.from_dict({**state["model_config"], **over["model"]})
     elif not resumed:
         model_config = RefinerConfig.from_dict(over["model"])
