@@ -9,9 +9,9 @@ Candidates and where their figures come from:
 - **Refiner runs** (``tools/train_refiner.py`` run folders): each run's ``record.jsonl``, the EMA weights scored on
   the 3 held-out clips, whole, at every evaluation (CPU minutes of the training process). Run labels come from the
   run's stored model config.
-- **DiffWave (tiny, PriorGrad prior)**, the shipped ``ljspeech-tiny`` and its training curve: the quality benchmark
-  of issue 11 (``benchmarks/results/vocoder_quality/results.json``: held-out clips, first 5 s, 6-step fast
-  schedule, Intel Xeon), its steps converted to CPU minutes with that benchmark's measured CPU cost per step.
+- **DiffWave** runs of the quality benchmark (``--diffwave FOLDER:VARIANT``; by default the shipped ``ljspeech-tiny``'s
+  curve from issue 11, ``benchmarks/results/vocoder_quality``: held-out clips, first 5 s, 6-step fast schedule,
+  Intel Xeon), their steps converted to CPU minutes with that benchmark's measured CPU cost per step.
 - **Frame-rate ε-predictor** (the issue's scratch prototype, 30 CPU-minutes): the figures the issue reports, on 4
   other held-out LJSpeech clips; quoted, not rerun.
 - **Griffin-Lim** (64 iterations, the baseline): step 0 of every refiner run.
@@ -60,18 +60,28 @@ def refiner_series(run: Path) -> dict[str, Any]:
             "source": "this machine, 1 thread; held-out clips whole"}
 
 
-def diffwave_series() -> dict[str, Any] | None:
-    path = ROOT / "benchmarks" / "results" / "vocoder_quality" / "results.json"
-    cost = ROOT / "benchmarks" / "results" / "vocoder_quality" / "step_cost.json"
+#: DiffWave variants of benchmarks/bench_vocoder_quality.py and how the bake-off names them.
+DIFFWAVE_LABELS = {"prior": "DiffWave tiny (10×32) + PriorGrad prior (ljspeech-tiny's run)",
+                   "prior_small": "DiffWave 12×48 + PriorGrad prior (larger)"}
+
+
+def diffwave_series(folder: Path, variant: str) -> dict[str, Any] | None:
+    """One variant of a quality-benchmark folder (results.json + step_cost.json), its steps turned into CPU minutes
+    with the CPU cost per step that benchmark measured."""
+    path, cost = folder / "results.json", folder / "step_cost.json"
     if not path.is_file() or not cost.is_file():
         return None
-    ms = json.loads(cost.read_text())["ms_per_step_cpu"]["prior"]
-    rows = [r for r in json.loads(path.read_text())["rows"] if r["variant"] == "prior"]
+    meta = json.loads(cost.read_text())
+    ms = meta["ms_per_step_cpu"].get(variant)
+    rows = [r for r in json.loads(path.read_text())["rows"] if r["variant"] == variant]
+    if ms is None or not rows:
+        return None
     points = [{"cpu_minutes": r["step"] * ms / 6e4, "step": r["step"], "scores": r["diffwave"],
                "griffinlim": r["griffinlim"]} for r in rows]
-    return {"label": "DiffWave tiny + PriorGrad prior (ljspeech-tiny's run)", "points": points,
-            "source": f"issue 11's benchmark: Intel Xeon, 1 thread, first 5 s of the held-out clips; CPU minutes = "
-                      f"steps x {ms:.0f} ms"}
+    machine = meta.get("meta", {}).get("machine", "?")
+    return {"label": DIFFWAVE_LABELS.get(variant, f"DiffWave {variant}"), "points": points,
+            "source": f"benchmarks/bench_vocoder_quality.py ({folder}): {machine}, 1 thread, first 5 s of the "
+                      f"held-out clips, 6-step fast schedule; CPU minutes = steps x {ms:.0f} ms"}
 
 
 def _fmt(v: Any) -> str:
@@ -81,6 +91,8 @@ def _fmt(v: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", nargs="+", default=[])
+    p.add_argument("--diffwave", nargs="*", default=["benchmarks/results/vocoder_quality:prior"],
+                   help="FOLDER:VARIANT of benchmarks/bench_vocoder_quality.py results to include")
     p.add_argument("--out", default="benchmarks/results/vocoder_bakeoff")
     a = p.parse_args(argv)
 
@@ -90,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     series = [refiner_series(Path(r)) for r in a.runs]
-    dw = diffwave_series()
-    if dw:
-        series.append(dw)
+    for spec in a.diffwave:
+        folder, _, variant = spec.partition(":")
+        dw = diffwave_series(Path(folder), variant)
+        if dw:
+            series.append(dw)
     gl = series[0]["points"][0]["griffinlim"] if series and series[0]["points"] else {}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

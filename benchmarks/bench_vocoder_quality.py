@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         null_file.write_text(json.dumps({"rows": [prior_noise_row(args.data, out, args.eval_seconds,
                                                                   not args.no_dnsmos)]}, indent=1))
     if args.step_cost:
-        names = [v for v in VARIANTS if v in ("baseline", "prior", "prior_stft")]
+        asked = set(args.variants.split(",")) | {"baseline", "prior"}  # the variants run, beside the reference ones
+        names = [v for v in VARIANTS if v in asked]
         cost = step_cost(args.data, names)
         (out / "step_cost.json").write_text(json.dumps({"meta": meta, "ms_per_step_cpu": cost}, indent=1))
     variants = [] if args.report else args.variants.split(",")
