@@ -9,10 +9,13 @@ in [-1, 1] (integer PCM is scaled by 2^(bits-1), as soundfile does); mono is ``[
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -320,8 +323,29 @@ def save_audio(
         raise AudioError(f"{path}: {fmt} cannot hold float samples; write a .wav")
     from diffcore.checkpoint import atomic_write  # the one atomic writer of the package (mode, fsync, rename)
 
-    atomic_write(path, lambda f: sf.write(f, data, int(sample_rate), subtype=subtype, format=fmt))
+    with _signals_deferred():
+        atomic_write(path, lambda f: sf.write(f, data, int(sample_rate), subtype=subtype, format=fmt))
     return path
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """SIGINT and SIGTERM wait until the file in flight is written (in the main thread; elsewhere nothing changes),
+    then reach their own handlers: Ctrl-C during a write stops the run after a whole file, not inside soundfile's
+    write callback (where cffi swallowed the KeyboardInterrupt and the write failed with an AssertionError)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):  # each signal once, in the order it came, to its own handler
+            signal.raise_signal(sig)
 
 
 def _resolve_list_entry(entry: str, base: Path) -> Path:

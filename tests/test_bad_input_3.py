@@ -842,3 +842,35 @@ def test_a_vocode_rerun_removes_the_temporary_files_an_interrupted_run_left_for_
     code, err = wave_cli(capsys, "vocode", tmp_path / "a.npy", "-m", wave_export, "--out", out, "--device", "cpu")
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == [".notes.txt.abc.tmp", "a.wav"]
+
+
+def test_ctrl_c_while_a_wav_is_written_finishes_that_file_then_stops_with_130(tmp_path, monkeypatch):
+    """A SIGINT that arrives inside soundfile's write (where cffi used to swallow it and the write failed with an
+    AssertionError, exit 2) waits until the file is whole; then the run stops as Ctrl-C does (status 130)."""
+    import os
+    import signal
+
+    import numpy as np
+    import soundfile as sf
+
+    from diffcore.cli import run_cli
+    from diffwave import audio
+
+    real_write = sf.write
+
+    def write_with_a_signal(f, data, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered now, in the middle of the write
+        return real_write(f, data, *args, **kwargs)
+
+    monkeypatch.setattr(audio.sf, "write", write_with_a_signal)
+    target = tmp_path / "out.wav"
+
+    def main(argv):
+        audio.save_audio(target, np.zeros(2205, dtype=np.float32) + 0.1, 22050)
+        raise AssertionError("not reached: the deferred Ctrl-C stops the run after the write")
+
+    assert run_cli(main, []) == 130
+    back, sr = sf.read(target)
+    assert sr == 22050 and back.shape == (2205,) and abs(back.mean() - 0.1) < 1e-3
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
