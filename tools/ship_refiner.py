@@ -38,16 +38,21 @@ def _f(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def record_table(rows: list[dict]) -> str:
+def record_table(rows: list[dict], periods: list[dict] | None = None) -> str:
+    def period_of(step: int) -> int:
+        starts = [p["start_step"] for p in periods or []]
+        return max([i + 1 for i, s in enumerate(starts) if s <= step] or [1])
+
     lines = ["| period | step | CPU-min | set | " + " | ".join(k[1] for k in KEYS) + " |",
              "|---:|---:|---:|---|" + "---:|" * len(KEYS)]
     for r in rows:
+        r = {**r, "period": period_of(r["step"])}
         for split in ("val", "heldout"):
             if split not in r:
                 continue
             m = r[split]["refiner"]
             lines.append(f"| {r.get('period', 1)} | {r['step']} | {r['cpu_minutes']:.1f} | "
-                         f"{'validation' if split == 'val' else 'held-out'}{' (best)' if r.get('best') and split == 'val' else ''} | "
+                         f"{'validation' if split == 'val' else 'held-out'}{' (new best)' if r.get('best') and split == 'val' else ''} | "
                          + " | ".join(_f(m.get(k)) for k, _ in KEYS) + " |")
     return "\n".join(lines)
 
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
 A mel-to-waveform vocoder for 22 050 Hz speech with lmnt-com/diffwave's mel format (`diffwave` preset: n_fft 1024,
 hop 256, 80 HTK mels 20 Hz - 11 kHz, dB scaled into [0, 1]). It does not start from noise: it inverts the mel with
-Griffin-Lim ({c.gl_iters} fast iterations, momentum {c.gl_momentum}, the baseline's own settings) and a network of
+Griffin-Lim ({c.gl_iters} fast iterations, momentum {c.gl_momentum}; the baseline beside it uses 64) and a network of
 {c.num_blocks} ConvNeXt blocks × {c.dim} channels over STFT frames ({params:,} parameters, receptive field
 {c.receptive_field} frames) corrects that waveform's spectrum with a gain and a phase rotation per bin
 (`diffwave/refiner.py`). Deterministic: no sampling steps, no seed. Shipped as float16 safetensors
@@ -156,9 +161,9 @@ Training periods (each a run of `tools/train_refiner.py` in the same run folder;
 
 {periods_table(periods)}
 
-## Training record (every evaluation; validation picks the shipped weights, held-out is only recorded)
+## Training record (every evaluation; validation picks the shipped weights: the last "new best", held-out is only recorded)
 
-{record_table(rows)}
+{record_table(rows, periods)}
 
 Step 0 is Griffin-Lim itself (the network's head starts at zero).
 
