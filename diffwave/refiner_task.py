@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from diffcore.config import ConfigBase, ConfigError
 from diffcore.train import TrainConfig, TrainTask
 from diffwave.audio import AudioError, load_audio
-from diffwave.mel import compute_mel
+from diffwave.mel import MelConfig, compute_mel
 from diffwave.recipe import DataConfig
 from diffwave.refiner import GriffinLimRefiner, RefinerConfig, log_mel_loss
 
@@ -151,15 +151,22 @@ class RefinerClips(Dataset):
         return {"audio": r * gain, "start": s * gain}
 
 
-def refiner_loss(model: nn.Module, audio: torch.Tensor, start: torch.Tensor, recipe: RefinerRecipe) -> torch.Tensor:
-    """``[B]``: MR-STFT + ``mel_weight`` · log-mel L1 of the refined ``start`` against ``audio`` (both ``[B, T]``)."""
+def refiner_loss(model: nn.Module, audio: torch.Tensor, start: torch.Tensor, mel_config: MelConfig,
+                 stft_sizes: tuple[int, ...], mel_weight: float) -> torch.Tensor:
+    """``[B]``: MR-STFT (over ``stft_sizes``) + ``mel_weight`` · log-mel L1 of the refined ``start`` against
+    ``audio`` (both ``[B, T]``), the mel of ``audio`` being the network's condition. The one loss of both training
+    loops (this task and :mod:`diffwave.refiner_train`)."""
     from diffwave.task import mr_stft_loss
 
     with torch.no_grad():
-        mel = compute_mel(audio, recipe.model.mel)
+        mel = compute_mel(audio, mel_config)
     est = model(mel, start)
-    return mr_stft_loss(est, audio, recipe.loss.stft_sizes) + recipe.loss.mel_weight * log_mel_loss(
-        est, audio, recipe.model.mel)
+    return mr_stft_loss(est, audio, stft_sizes) + mel_weight * log_mel_loss(est, audio, mel_config)
+
+
+def _recipe_loss(model: nn.Module, batch: dict[str, torch.Tensor], recipe: RefinerRecipe) -> torch.Tensor:
+    return refiner_loss(model, batch["audio"], batch["start"], recipe.model.mel, recipe.loss.stft_sizes,
+                        recipe.loss.mel_weight)
 
 
 class RefinerTask(TrainTask):
@@ -188,7 +195,7 @@ class RefinerTask(TrainTask):
         return RepeatedDataset(ds, times) if times > 1 else ds
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return refiner_loss(model, batch["audio"], batch["start"], self.recipe)
+        return _recipe_loss(model, batch, self.recipe)
 
     def validate(self, ema_model: nn.Module, step: int, logger: Any) -> dict[str, float]:
         if not self.heldout_files:
@@ -199,7 +206,7 @@ class RefinerTask(TrainTask):
             self._val_batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
         device = next(ema_model.parameters()).device
         b = {k: v.to(device) for k, v in self._val_batch.items()}
-        return {"loss": float(refiner_loss(ema_model, b["audio"], b["start"], self.recipe).mean())}
+        return {"loss": float(_recipe_loss(ema_model, b, self.recipe).mean())}
 
 
 def _init_weights(source: str, model: GriffinLimRefiner) -> dict[str, torch.Tensor]:

@@ -27,7 +27,8 @@ from torch import Tensor
 
 from diffcore.atomic import atomic_write
 from diffcore.config import ConfigBase, ConfigError
-from diffwave.refiner import NETWORK_NAME, GriffinLimRefiner, RefinerConfig, log_mel_loss
+from diffwave.refiner import NETWORK_NAME, GriffinLimRefiner, RefinerConfig
+from diffwave.refiner_task import refiner_loss
 
 #: Fields of :class:`RefinerConfig` that a resumed run may change: they shape the start, not the network.
 START_FIELDS = ("gl_iters", "gl_momentum")
@@ -264,10 +265,7 @@ def train_refiner(
     while cpu_s < budget_end and stop["signal"] is None:
         t0 = time.process_time()
         ref, start = bank.batch(tc.batch_size, tc.crop_frames, hop, tc.gain_db, gen)
-        from diffwave.task import mr_stft_loss
-
-        est = model(_mel_of(ref, mc), start)
-        loss = (mr_stft_loss(est, ref, tc.stft_sizes) + tc.mel_weight * log_mel_loss(est, ref, mc.mel)).mean()
+        loss = refiner_loss(model, ref, start, mc.mel, tc.stft_sizes, tc.mel_weight).mean()
         lr = tc.lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
         for g in opt.param_groups:
             g["lr"] = lr
@@ -304,13 +302,6 @@ def load_refiner_weights(export_dir: str | os.PathLike) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
     return {k: v.float() for k, v in load_file(str(Path(export_dir) / "model.safetensors")).items()}
-
-
-def _mel_of(wav: Tensor, mc: RefinerConfig) -> Tensor:
-    from diffwave.mel import compute_mel
-
-    with torch.no_grad():
-        return compute_mel(wav, mc.mel)
 
 
 def export_refiner(source: str | os.PathLike, out_dir: str | os.PathLike, *, which: str = "best",

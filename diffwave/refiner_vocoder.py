@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from diffcore.checkpoint import CheckpointError, weights_problem
+from diffcore.checkpoint import rebuild_model
 from diffcore.device import resolve_device
 from diffwave.api import Vocoder
 from diffwave.refiner import NETWORK_NAME, GriffinLimRefiner, RefinerConfig
@@ -38,27 +38,10 @@ class RefinerVocoder(Vocoder):
     @classmethod
     def from_config_and_weights(cls, config: Mapping[str, Any], weights: Mapping[str, Tensor],
                                 device: str | torch.device = "auto", source: str = "<memory>") -> "RefinerVocoder":
-        """Rebuild from a stored config (``{"network": "refiner", "model": ...}``) and a state dict; raises
-        ``CheckpointError`` naming ``source`` when they do not fit or the weights would give wrong results."""
-        try:
-            model_config = RefinerConfig.from_dict(config.get("model") or {})
-        except Exception as e:
-            raise CheckpointError(f"{source}: the refiner's stored config is invalid: {e}") from None
-        model = GriffinLimRefiner(model_config)
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(weights))
-        extra = sorted(set(weights) - set(expected))
-        if missing or extra:
-            raise CheckpointError(f"{source}: weights do not fit the refiner's config "
-                                  f"(missing {missing[:3]}, unexpected {extra[:3]})")
-        problem = weights_problem(weights, expected)
-        if problem:
-            raise CheckpointError(f"{source}: {problem}")
-        for k, v in weights.items():
-            if tuple(v.shape) != tuple(expected[k].shape):
-                raise CheckpointError(f"{source}: weight {k!r} has shape {tuple(v.shape)}, the config needs "
-                                      f"{tuple(expected[k].shape)}")
-        model.load_state_dict({k: v.float() for k, v in weights.items()})
+        """Rebuild from a stored config (``{"network": "refiner", "model": ...}``) and a state dict with
+        :func:`diffcore.checkpoint.rebuild_model` (the config parsed, the weights checked against it and for damage);
+        raises ``CheckpointError`` naming ``source``."""
+        model = rebuild_model(config, weights, RefinerConfig, GriffinLimRefiner, source=source, kind="refiner")
         return cls(model.to(resolve_device(device)), source, config)
 
     def __repr__(self) -> str:
