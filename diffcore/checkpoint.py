@@ -37,6 +37,7 @@ from diffcore.errors import CheckpointError, ConfigError
 __all__ = [
     "FORMAT_VERSION",
     "rebuild_model",
+    "warm_start_weights",
     "CheckpointError",
     "atomic_write",
     "save_checkpoint",
@@ -449,3 +450,29 @@ def rebuild_model(
         first = " ".join(str(e).strip().splitlines()[:3])
         raise CheckpointError(f"{source}: the weights do not fit the stored model config ({first})") from None
     return model
+
+
+def warm_start_weights(path: str | os.PathLike, config_cls: Any, model_config: Any, *, kind: str = "model",
+                       source: str | None = None) -> dict[str, torch.Tensor]:
+    """The float32 weights (EMA ones where stored) of the export, checkpoint or run folder ``path``, for a new run
+    of ``model_config`` to start from (a warm start: the weights only, with a fresh optimizer and step 0).
+
+    Raises :class:`~diffcore.config.ConfigError` naming ``source`` (default: ``path``) when the stored model
+    section is not a ``config_cls`` equal to ``model_config`` (a warm start needs the same network), and
+    :class:`CheckpointError` when the weights are damaged."""
+    where = source if source is not None else str(path)
+    config, weights = load_for_inference(path)
+    stored = config.get("model")
+    if not isinstance(stored, Mapping):
+        raise ConfigError(f"init_from {where!r}: {path} has no 'model' section, so it holds no {kind}")
+    try:
+        same = config_cls.from_dict(stored) == model_config
+    except ConfigError as e:
+        raise ConfigError(f"init_from {where!r}: {path} holds no {kind} ({e})") from None
+    if not same:
+        raise ConfigError(f"init_from {where!r}: its model section differs from this recipe's; a warm start needs "
+                          f"the same network")
+    problem = weights_problem(weights)
+    if problem:
+        raise CheckpointError(f"init_from {where!r}: damaged weights: {problem}")
+    return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}

@@ -13,6 +13,8 @@ so no module ever writes a shape literal like ``[B, 1, 1, 1]``.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -76,12 +78,26 @@ def sum_flat(x: Tensor) -> Tensor:
 def randn(
     shape: tuple[int, ...] | torch.Size,
     *,
-    generator: torch.Generator | None,
+    generator: torch.Generator | Sequence[torch.Generator] | None,
     device: torch.device | str,
     dtype: torch.dtype,
 ) -> Tensor:
-    """Standard normal noise drawn from ``generator`` (which must live on ``device``), or the global RNG."""
-    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    """Standard normal noise drawn from ``generator`` (which must live on ``device``), or the global RNG.
+
+    ``generator`` may also be a sequence of generators, one per batch row (``shape[0]`` of them): row ``i`` is
+    drawn from ``generator[i]`` alone, with the row's shape ``shape[1:]``, so a row's noise does not depend on the
+    other rows of the batch (the same input vocoded alone or beside others, with its own generator seeded the same,
+    gets the same noise). Every sampler of :mod:`diffcore.samplers` draws through this function, so each takes
+    such a list."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    gens = list(generator)
+    if not shape or len(gens) != shape[0]:
+        raise ValueError(f"generator: {len(gens)} per-row generators for a batch of {shape[0] if shape else 0} rows")
+    if not all(isinstance(g, torch.Generator) for g in gens):
+        raise TypeError("generator: a per-row sequence must hold torch.Generator objects only")
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device, dtype=dtype) for g in gens]) \
+        if gens else torch.empty(tuple(shape), device=device, dtype=dtype)
 
 
 def resolve_device_dtype(

@@ -119,12 +119,18 @@ class ImageSampleConfig(ConfigBase):
 
 @dataclass
 class ImageRecipe(ConfigBase):
-    """Everything an image run needs: the model (what inference rebuilds), the data, training and sampling."""
+    """Everything an image run needs: the model (what inference rebuilds), the data, training and sampling.
+
+    ``init_from``: a shipped model's name, an export folder or a run folder whose weights (the EMA ones) a new run
+    starts from (a warm start: fresh optimizer, step 0; its model section must equal this recipe's). A resumed run
+    ignores it: the checkpoint's weights win.
+    """
 
     model: UNetConfig = field(default_factory=UNetConfig)
     data: ImageDataConfig = field(default_factory=ImageDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: ImageSampleConfig = field(default_factory=ImageSampleConfig)
+    init_from: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None = None, *, _where: str = "") -> "ImageRecipe":

@@ -19,6 +19,7 @@ Hooks (EMA weights, rank 0 only — they use no collective operation, so the oth
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -33,6 +34,8 @@ from diffimage.recipe import ImageRecipe
 from diffimage.sample import denoiser_of
 
 __all__ = ["ImageTask", "VAL_LOSS_IMAGES"]
+
+log = logging.getLogger(__name__)
 
 #: Held-out images the validation loss averages over.
 VAL_LOSS_IMAGES = 16
@@ -59,7 +62,17 @@ class ImageTask(TrainTask):
         return self._data()[1]
 
     def build_model(self) -> nn.Module:
-        return UNet(self.recipe.model)
+        model = UNet(self.recipe.model)
+        if self.recipe.init_from:
+            from diffcore.checkpoint import warm_start_weights
+            from diffimage.config import UNetConfig
+            from diffimage.pretrained import SHIPPED
+
+            path = SHIPPED.resolve(self.recipe.init_from)
+            model.load_state_dict(warm_start_weights(path, UNetConfig, self.recipe.model, kind="U-Net",
+                                                     source=self.recipe.init_from))
+            log.info("warm start from %s", self.recipe.init_from)
+        return model
 
     def train_dataset(self) -> Dataset:
         return self._data()[0]

@@ -211,18 +211,11 @@ class RefinerTask(TrainTask):
 
 def _init_weights(source: str, model: GriffinLimRefiner) -> dict[str, torch.Tensor]:
     """The float32 weights of the export (or shipped model name) ``source``, checked against ``model``."""
-    from diffcore.checkpoint import CheckpointError, load_for_inference
+    from diffcore.checkpoint import load_for_inference, warm_start_weights
     from diffwave.pretrained import SHIPPED
     from diffwave.refiner_vocoder import is_refiner_config
 
     path = SHIPPED.resolve(source)
-    config, weights = load_for_inference(path)
-    if not is_refiner_config(config):
+    if not is_refiner_config(load_for_inference(path)[0]):
         raise ConfigError(f"init_from {source!r}: {path} holds no refiner (its config.json has no 'network: refiner')")
-    if RefinerConfig.from_dict(config["model"]) != model.config:
-        raise ConfigError(f"init_from {source!r}: its model section differs from this recipe's; warm starts need the "
-                          f"same network")
-    try:
-        return {k: v.float() for k, v in weights.items()}
-    except Exception as e:  # pragma: no cover - load_for_inference already validated the file
-        raise CheckpointError(f"{path}: {e}") from None
+    return warm_start_weights(path, RefinerConfig, model.config, kind="refiner", source=source)

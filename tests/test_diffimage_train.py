@@ -77,6 +77,33 @@ def test_resumed_run_continues_at_the_right_step_with_identical_weights(tmp_path
         assert torch.equal(a["ema"]["shadow"][k], b["ema"]["shadow"][k]), k
 
 
+def test_init_from_warm_starts_from_an_export_and_refuses_another_network(tmp_path):
+    """``init_from``: a new run starts from an export's weights (EMA + model), at step 0; a different network is a
+    ConfigError naming the source; a resumed run keeps its checkpoint's weights."""
+    from diffcore.checkpoint import write_export
+
+    recipe = tiny_recipe()
+    source = UNet(recipe.model)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_(0, 0.02)
+    write_export(tmp_path / "exp", source.state_dict(), recipe.to_dict(), dtype=torch.float16)
+    warm = ImageRecipe.from_dict({**recipe.to_dict(), "init_from": str(tmp_path / "exp")})
+    model = ImageTask(warm).build_model()
+    for k, v in source.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v.half().float(), rtol=0, atol=0)
+
+    run = tmp_path / "run"
+    cfg = {**warm.to_dict(), "train": {**warm.to_dict()["train"], "max_steps": 2}}
+    r = ImageRecipe.from_dict(cfg)
+    Trainer(ImageTask(r), r.train, run).fit()
+    assert [r["step"] for r in read_log(run)] == [1, 2]
+
+    other = tiny_recipe(model={"channel_mult": [1, 2]})
+    with pytest.raises(ConfigError, match="init_from .*differs from this recipe"):
+        ImageTask(ImageRecipe.from_dict({**other.to_dict(), "init_from": str(tmp_path / "exp")})).build_model()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Class conditioning: label dropout in training, guidance through the API
 

@@ -303,6 +303,24 @@ def test_same_generator_seed_gives_bit_identical_samples(kind):
 
 
 @pytest.mark.parametrize("kind", list(SAMPLERS))
+def test_per_row_generators_make_each_row_independent_of_the_batch(kind):
+    """A list of generators, one per row: a row's sample is the one it gets alone with its own generator, whatever
+    else is in the batch and in which order (the contract per-input seeding in diffwave vocode builds on)."""
+    model = TinyModel()
+    kw = dict(eta=1.0) if kind == "ddim" else {}
+    gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    alone = run(kind, model, (1, 5), generator=gens(11), **kw)
+    batch = run(kind, model, (3, 5), generator=gens(7, 11, 3), **kw)
+    swapped = run(kind, model, (2, 5), generator=gens(11, 7), **kw)
+    torch.testing.assert_close(batch[1:2], alone, rtol=0, atol=1e-6)
+    torch.testing.assert_close(swapped[0:1], alone, rtol=0, atol=1e-6)
+    torch.testing.assert_close(swapped[1], batch[0], rtol=0, atol=1e-6)
+    assert not torch.allclose(batch[0], batch[2])
+    with pytest.raises(ValueError, match="2 per-row generators for a batch of 3"):
+        run(kind, model, (3, 5), generator=gens(1, 2), **kw)
+
+
+@pytest.mark.parametrize("kind", list(SAMPLERS))
 @pytest.mark.parametrize("shape", [(2, 6), (2, 3, 5), (2, 3, 4, 4)])
 def test_shapes_of_any_rank(kind, shape):
     model = TinyModel()
