@@ -161,9 +161,10 @@ class VPDenoiser:
         return validate_prior_std(self.prior_std, like.shape, like.dtype, like.device)
 
     def prior_noise(self, z: Tensor) -> Tensor:
-        """Noise of this denoiser's prior from the standard normal ``z``: eps = s * z under N(0, diag(s^2)), z itself
-        under N(0, I). The one place that scales noise by the prior (losses, the bound and the samplers draw z and
-        call this); ``s`` should have been checked against the data (``checked_prior``) once."""
+        """Noise of this denoiser's prior from the standard normal ``z`` (any shape the prior broadcasts to): eps =
+        s * z under N(0, diag(s^2)), z itself under N(0, I). The one place that scales noise by the prior: losses,
+        the bound and the samplers draw z (``diffcore.utils.randn``, one generator or one per batch row) and call
+        this; ``s`` should have been checked against the data once (``checked_prior``)."""
         if self.prior_std is None:
             return z
         return z * self.prior_std.to(device=z.device, dtype=z.dtype)
@@ -320,6 +321,11 @@ class EDMDenoiser:
         """lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2 (Karras et al. eq. 8 with Table 1)."""
         sd = self.params.sigma_data
         return (sigma**2 + sd**2) / (sigma * sd) ** 2
+
+    def prior_noise(self, z: Tensor) -> Tensor:
+        """EDM's prior noise is the standard normal ``z`` itself (PriorGrad's prior is defined for the VP
+        parameterisation only); the same helper as :meth:`VPDenoiser.prior_noise`, so samplers draw through one."""
+        return z
 
     def start_scale(self, sigma: float) -> float:
         """x at sigma_max starts as sigma_max z (Karras et al. Algorithm 1, line 2)."""

@@ -1,16 +1,18 @@
 """Discretisations: the steps or noise levels a sampler walks, made apart from the samplers that walk them.
 
-A sampler takes its steps; these functions make them (k-diffusion's ``get_sigmas_*`` beside its ``sample_*``):
+A sampler takes its ``steps``, the discretisation as data; these functions make them (k-diffusion's
+``get_sigmas_*`` beside its ``sample_*``). How many steps is a ``count``, never ``steps``:
 
 | discretisation                                   | function                | walked by                     |
 | ------------------------------------------------ | ----------------------- | ----------------------------- |
 | every step of the training schedule              | the schedule itself     | ``ddpm_sample``               |
 | N evenly spaced steps (DDIM, respaced DDPM)      | ``respaced``            | ``ddim_sample``, ``ddpm_sample`` |
 | DiffWave's inference schedule at aligned fractional steps (Kong et al. 2021, App. B) | ``fast_schedule`` | ``ddpm_sample(variance="posterior")`` |
-| Karras et al. 2022 sigma levels (eq. 5)          | ``karras_sigmas``       | ``heun_sample``               |
+| Karras et al. 2022 sigma levels (eq. 5)          | ``karras_sigmas``       | ``heun_sample``, ``dpmpp_2m_sample`` |
 
 A step discretisation is a :class:`~diffcore.schedule.NoiseSchedule` whose ``timestep_map`` names, for each of its
-positions, the network's (training) step: integer after respacing, fractional for DiffWave's aligned steps.
+positions, the network's (training) step: integer after respacing, fractional for DiffWave's aligned steps. A
+sigma discretisation is a decreasing float64 tensor of noise levels ending in 0.
 """
 
 from __future__ import annotations
@@ -105,17 +107,18 @@ def fast_schedule(
     return NoiseSchedule(betas=_float64_array(inference_betas), timestep_map=network_steps)
 
 
-def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> Tensor:
-    """Noise levels of Karras et al. 2022 eq. 5, float64 ``[steps + 1]``, decreasing, with a final 0.
+def karras_sigmas(sigma_min: float, sigma_max: float, count: int, rho: float = 7.0) -> Tensor:
+    """Noise levels of Karras et al. 2022 eq. 5, float64 ``[count + 1]``, decreasing, with a final 0: the ``steps``
+    of ``heun_sample`` and ``dpmpp_2m_sample``.
 
-    sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, i < N; sigma_N = 0.
-    For a VP denoiser the trained range is ``(denoiser.sigma_min, denoiser.sigma_max)``.
+    sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, i < N = ``count``;
+    sigma_N = 0. For a VP denoiser the trained range is ``(denoiser.sigma_min, denoiser.sigma_max)``.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
     if not 0 < sigma_min <= sigma_max or not math.isfinite(sigma_max):
         raise ValueError(f"need 0 < sigma_min <= sigma_max < inf, got {sigma_min}, {sigma_max}")
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
+    ramp = torch.linspace(0, 1, count, dtype=torch.float64) if count > 1 else torch.zeros(1, dtype=torch.float64)
     lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
     sig = (hi + ramp * (lo - hi)) ** rho
     return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])

@@ -6,11 +6,15 @@ All share one signature::
             device=None, dtype=None, project=None, **own_keywords) -> Tensor[shape]
 
 ``denoiser`` (:mod:`diffcore.denoiser`) holds the network and its parameterisation (eps, x_0 or v; learned
-variance; a PriorGrad prior); ``steps`` is the discretisation walked (:mod:`diffcore.discretization`): a
-``NoiseSchedule`` of steps for the ancestral and DDIM samplers, a decreasing tensor of sigma levels for Heun and
-DPM-Solver++. ``x_T`` is the starting point in the variance-preserving space (prior noise, drawn from
-``generator`` when not given). ``generator`` must live on ``device``; with the same seed the output is
-bit-identical. ``callback(i, x)`` is called after step ``i`` (0, 1, ... in sampling order) with the current state.
+variance; a PriorGrad prior). ``steps`` is the discretisation walked, as data (:mod:`diffcore.discretization`
+makes it): a ``NoiseSchedule`` of steps for the ancestral and DDIM samplers (``respaced``, ``fast_schedule``, the
+training schedule itself), a decreasing tensor of sigma levels ending in 0 for Heun and DPM-Solver++
+(``karras_sigmas``). A count of steps is never called ``steps`` in the core: the discretisations take it as
+``count``. ``x_T`` is the starting point in the variance-preserving space (prior noise, drawn from ``generator``
+when not given). ``generator`` must live on ``device``, or be a sequence of generators, one per batch row (each
+row's noise then comes from its own generator alone, :func:`diffcore.utils.randn`); with the same seed the output
+is bit-identical. ``callback(i, x)`` is called after step ``i`` (0, 1, ... in sampling order) with the current
+state.
 
 Projection. ``project(x0_hat, i) -> x0_hat`` (:data:`Projection`, default ``None``) replaces the denoiser's clean
 estimate at step ``i`` (the callback's index) before the update is formed from it: a constraint on the data that the
@@ -22,7 +26,9 @@ evaluations of step ``i`` and in DPM-Solver++'s multistep history. Every sampler
 x0_hat (DDPM's posterior mean at t = 1 up to the rounding of its coefficient 1), so a projection at the last step
 holds in the output. ``None`` leaves every output bit-identical.
 
-Under a PriorGrad prior (``denoiser.prior_std`` = s, Lee et al. 2022) the prior is N(0, diag(s^2)): x_T = s * z
+Prior noise. Every noise a sampler draws, x_T and each step's fresh noise, is the denoiser's prior noise
+``denoiser.prior_noise(z)`` of a standard normal z (the one helper that applies a prior; samplers never scale
+noise themselves). Under a PriorGrad prior (``denoiser.prior_std`` = s, Lee et al. 2022) that is s * z: x_T = s * z
 when not given, every added noise is sigma_t s * z (DDIM's eta part too), and eps_hat predicts the scaled
 eps = s * z. The updates that map eps_hat and x0_hat to the next state are unchanged; Heun's ODE
 dx/dsigma = (x - D(x; sigma)) / sigma is unchanged and starts from x_T = s * z. A given ``x_T`` is used as is
@@ -33,22 +39,23 @@ dx/dsigma = (x - D(x; sigma)) / sigma is unchanged and starts from x_T = s * z. 
 | beta_t, alpha_t, abar_t         | ``steps.betas/alphas/alphas_cumprod``   |
 | sigma_t^2 (reverse variance)    | ``variance="beta"`` (beta_t), ``"posterior"`` (beta~_t), ``None`` (learned) |
 | eta (DDIM stochasticity)        | ``eta``                                 |
-| sigma_i (Karras et al. eq. 5)   | ``sigmas`` (``karras_sigmas(...)``)     |
+| sigma_i (Karras et al. eq. 5)   | ``steps`` of Heun, DPM-Solver++ (``karras_sigmas(...)``) |
 | D(x; sigma)                     | ``denoiser.denoise(x, sigma, cond)``    |
 | s (PriorGrad prior std)         | ``denoiser.prior_std`` (``None`` = N(0, I)) |
+| s * z (prior noise)             | ``denoiser.prior_noise(z)``             |
 | P(x0_hat) at step i (projection) | ``project(x0_hat, i)`` (``None`` = none; :data:`Projection`) |
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence, TypeVar
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from diffcore.denoiser import Denoiser, VPDenoiser, require_vp
+from diffcore.denoiser import Denoiser, EDMDenoiser, VPDenoiser, require_vp
 from diffcore.likelihood import reverse_log_variance
 from diffcore.schedule import NoiseSchedule, validate_prior_std
 from diffcore.utils import clip_value, randn, resolve_device_dtype
@@ -56,6 +63,7 @@ from diffcore.utils import clip_value, randn, resolve_device_dtype
 __all__ = ["ddpm_sample", "ddim_sample", "heun_sample", "dpmpp_2m_sample", "Projection"]
 
 Callback = Callable[[int, Tensor], None]
+DenoiserT = TypeVar("DenoiserT", VPDenoiser, EDMDenoiser)
 Projection = Callable[[Tensor, int], Tensor]
 """``project(x0_hat, i) -> x0_hat`` of the same shape: a constraint applied to the clean estimate at step ``i``
 (module docstring)."""
@@ -70,36 +78,39 @@ def _projected(project: Projection, x0: Tensor, i: int) -> Tensor:
     return out.to(x0.dtype)
 
 
-def _start(denoiser, shape, x_T, generator, device, dtype) -> tuple[Tensor, Tensor | None]:
-    """The starting state x_T (given, or z resp. s * z drawn from ``generator``) and the checked, cast prior std."""
+def _start(denoiser: DenoiserT, shape, x_T, generator, device, dtype) -> tuple[DenoiserT, Tensor]:
+    """The denoiser with its prior checked against the state and cast to it, and the starting state x_T: the one
+    given, or prior noise drawn from ``generator`` (:func:`_noise`)."""
     device, dtype = resolve_device_dtype(denoiser.network, x_T, device, dtype)
-    prior_std = validate_prior_std(denoiser.prior_std, shape, dtype, device)
+    if denoiser.prior_std is not None:
+        denoiser = denoiser.with_prior(validate_prior_std(denoiser.prior_std, shape, dtype, device))
     if x_T is not None:
         if tuple(x_T.shape) != tuple(shape):
             raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
-        return x_T.to(device=device, dtype=dtype), prior_std
-    x = randn(shape, generator=generator, device=device, dtype=dtype)
-    if prior_std is not None:
-        x = prior_std * x
-    return x, prior_std
+        return denoiser, x_T.to(device=device, dtype=dtype)
+    return denoiser, _noise(denoiser, shape, generator, device, dtype)
 
 
-def _noise(x: Tensor, generator, prior_std: Tensor | None) -> Tensor:
-    """z ~ N(0, I) shaped like ``x``, times s under a prior."""
-    z = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return z if prior_std is None else prior_std * z
+def _noise(denoiser: Denoiser, shape, generator, device, dtype) -> Tensor:
+    """The denoiser's prior noise of ``shape``: ``denoiser.prior_noise(z)``, z ~ N(0, I) from ``generator`` (one
+    generator, or one per batch row)."""
+    return denoiser.prior_noise(randn(shape, generator=generator, device=device, dtype=dtype))
 
 
-def _checked_sigmas(denoiser: Denoiser, sigmas: Tensor, what: str) -> Tensor:
-    """``sigmas`` as float64 on the CPU, refused unless they are decreasing, positive, finite, end in 0 and lie
-    within the noise levels the denoiser was trained on."""
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu().reshape(-1)
+def _checked_sigmas(denoiser: Denoiser, steps: Tensor, what: str) -> Tensor:
+    """The sigma levels ``steps`` as float64 on the CPU, refused unless they are decreasing, positive, finite, end
+    in 0 and lie within the noise levels the denoiser was trained on."""
+    if isinstance(steps, NoiseSchedule):
+        raise TypeError(f"{what}: steps are sigma levels (karras_sigmas(denoiser.sigma_min, denoiser.sigma_max, "
+                        f"count)), not a NoiseSchedule of steps")
+    sigmas = torch.as_tensor(steps, dtype=torch.float64).detach().cpu().reshape(-1)
     if sigmas.numel() < 2 or sigmas[-1] != 0 or not bool((sigmas[:-1] > 0).all()) \
             or not bool((sigmas[1:] < sigmas[:-1]).all()):
-        raise ValueError("sigmas must be decreasing positive noise levels ending in 0 (karras_sigmas(...))")
+        raise ValueError(f"{what}: steps must be decreasing positive sigma levels ending in 0 "
+                         f"(karras_sigmas(...))")
     lo, hi = float(sigmas[-2]), float(sigmas[0])
     if not torch.isfinite(sigmas).all():
-        raise ValueError(f"{what} needs finite sigmas")
+        raise ValueError(f"{what} needs finite sigma levels")
     s_min, s_max = denoiser.sigma_min, denoiser.sigma_max
     if lo < s_min * (1 - 1e-9) or hi > s_max * (1 + 1e-9):
         raise ValueError(f"sigma range [{lo}, {hi}] must lie within the denoiser's [{s_min}, {s_max}]")
@@ -160,7 +171,7 @@ def ddpm_sample(
         raise ValueError(f"variance must be 'beta', 'posterior' or None (learned), got {variance!r}")
     if variance is None and not den.learned_variance:
         variance = "beta"
-    x, prior_std = _start(den, shape, x_T, generator, device, dtype)
+    den, x = _start(den, shape, x_T, generator, device, dtype)
     clip = clip_value(clip_denoised)
     sched = den.schedule
     batch = x.shape[0]
@@ -176,7 +187,7 @@ def ddpm_sample(
                 std = (0.5 * reverse_log_variance(sched, t, x, None, pred.var)).exp()
             else:
                 std = sched.at("betas" if variance == "beta" else "posterior_variance", t, x).sqrt()
-            x = mean + std * _noise(x, generator, prior_std)
+            x = mean + std * _noise(den, x.shape, generator, x.device, x.dtype)
         else:
             x = mean
         if clip_sample is not None:
@@ -218,7 +229,7 @@ def ddim_sample(
         raise ValueError(f"eta must be >= 0, got {eta}")
     den = _steps_of(require_vp(denoiser, "ddim_sample"), steps, "ddim_sample")
     sub = den.schedule
-    x, prior_std = _start(den, shape, x_T, generator, device, dtype)
+    den, x = _start(den, shape, x_T, generator, device, dtype)
     clip = clip_value(clip_denoised)
     batch = x.shape[0]
     for i, k in enumerate(tqdm(range(sub.num_steps - 1, -1, -1), disable=not progress, desc="ddim")):
@@ -233,7 +244,7 @@ def ddim_sample(
         s = eta * ((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)).sqrt()
         x = abar_prev.sqrt() * x0 + (1.0 - abar_prev - s**2).clamp(min=0.0).sqrt() * eps
         if eta > 0 and k > 0:
-            x = x + s * _noise(x, generator, prior_std)
+            x = x + s * _noise(den, x.shape, generator, x.device, x.dtype)
         if callback is not None:
             callback(i, x)
     return x
@@ -243,7 +254,7 @@ def ddim_sample(
 def heun_sample(
     denoiser: Denoiser,
     shape: Sequence[int],
-    sigmas: Tensor,
+    steps: Tensor,
     *,
     cond: Any = None,
     generator: torch.Generator | None = None,
@@ -254,9 +265,10 @@ def heun_sample(
     dtype: torch.dtype | None = None,
     project: Projection | None = None,
 ) -> Tensor:
-    """Deterministic 2nd-order Heun sampler, Algorithm 1 of Karras et al. 2022, over the noise levels ``sigmas``.
+    """Deterministic 2nd-order Heun sampler, Algorithm 1 of Karras et al. 2022, over the noise levels ``steps``.
 
-    ``sigmas``: decreasing ``[N + 1]`` ending in 0 (``karras_sigmas(denoiser.sigma_min, denoiser.sigma_max, N)``).
+    ``steps``: the sigma levels sigma_0 > ... > sigma_N = 0, a decreasing tensor ``[N + 1]`` ending in 0
+    (``karras_sigmas(denoiser.sigma_min, denoiser.sigma_max, N)``).
     The ODE dx/dsigma = (x - D(x; sigma)) / sigma is integrated with Heun steps and a final Euler step to
     sigma = 0 (2N - 1 network calls). D is the denoiser's: a :class:`~diffcore.denoiser.VPDenoiser` in the
     sigma view x = x_vp / sqrt(abar), or an :class:`~diffcore.denoiser.EDMDenoiser`.
@@ -264,8 +276,8 @@ def heun_sample(
     Start: x = start_scale(sigma_0) * x_T with x_T standard normal (times s under a prior): sqrt(1 + sigma_0^2)
     for a VP denoiser (x_T is then the VP prior sample), sigma_0 for EDM. The result is x at sigma = 0.
     """
-    sigmas = _checked_sigmas(denoiser, sigmas, "heun_sample")
-    x, _ = _start(denoiser, shape, x_T, generator, device, dtype)
+    sigmas = _checked_sigmas(denoiser, steps, "heun_sample")
+    denoiser, x = _start(denoiser, shape, x_T, generator, device, dtype)
     x = x * denoiser.start_scale(sigmas[0].item())
     n = sigmas.numel() - 1
 
@@ -290,7 +302,7 @@ def heun_sample(
 def dpmpp_2m_sample(
     denoiser: Denoiser,
     shape: Sequence[int],
-    sigmas: Tensor,
+    steps: Tensor,
     *,
     cond: Any = None,
     generator: torch.Generator | None = None,
@@ -302,9 +314,9 @@ def dpmpp_2m_sample(
     project: Projection | None = None,
 ) -> Tensor:
     """DPM-Solver++(2M), the deterministic second-order multistep solver of Lu et al. 2022 (arXiv 2211.01095,
-    Algorithm 2), over the noise levels ``sigmas``: one network call per level, ``N`` calls for ``N + 1`` sigmas.
+    Algorithm 2), over the noise levels ``steps``: one network call per level, ``N`` calls for ``N + 1`` sigmas.
 
-    ``sigmas``: decreasing ``[N + 1]`` ending in 0, as for :func:`heun_sample`. In the sigma view (x = x_0 + sigma
+    ``steps``: the sigma levels, decreasing ``[N + 1]`` ending in 0, as for :func:`heun_sample`. In the sigma view (x = x_0 + sigma
     eps; alpha = 1) the probability-flow ODE in lambda = -log sigma is solved exactly for the data-prediction
     term: with h_i = lambda_{i+1} - lambda_i and D_i = D(x_i; sigma_i),
 
@@ -316,8 +328,8 @@ def dpmpp_2m_sample(
     :class:`~diffcore.denoiser.VPDenoiser` in its sigma view or an :class:`~diffcore.denoiser.EDMDenoiser`; the
     start is x = start_scale(sigma_0) * x_T. ``callback(i, x)`` after step ``i``.
     """
-    sigmas = _checked_sigmas(denoiser, sigmas, "dpmpp_2m_sample")
-    x, _ = _start(denoiser, shape, x_T, generator, device, dtype)
+    sigmas = _checked_sigmas(denoiser, steps, "dpmpp_2m_sample")
+    denoiser, x = _start(denoiser, shape, x_T, generator, device, dtype)
     x = x * denoiser.start_scale(sigmas[0].item())
     lambdas = -sigmas[:-1].log()  # lambda = log(alpha / sigma) with alpha = 1; float64 on the CPU
     n = sigmas.numel() - 1

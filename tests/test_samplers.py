@@ -427,3 +427,43 @@ def test_ddpm_clip_sample_clamps_every_state():
     g = torch.Generator().manual_seed(0)
     ddpm_sample(VPDenoiser(model, schedule), (64, 8), generator=g, callback=lambda i, x: seen.append(x.abs().max()))
     assert max(float(v) for v in seen) > 1.0
+
+
+def test_every_noise_a_sampler_draws_is_the_denoisers_prior_noise(monkeypatch):
+    """x_T and each step's fresh noise go through ``denoiser.prior_noise`` (the one helper that applies a prior):
+    a prior noise that is replaced shows in every sampler's output, at the number of draws the algorithm makes."""
+    from diffcore.denoiser import EDMDenoiser
+
+    sched = NoiseSchedule.linear(6, 1e-3, 0.2)
+    shapes = []
+    for cls in (VPDenoiser, EDMDenoiser):
+        monkeypatch.setattr(cls, "prior_noise", lambda self, z: shapes.append(tuple(z.shape)) or torch.zeros_like(z))
+    net = lambda x, t, cond=None: torch.zeros_like(x)  # noqa: E731  (eps = 0 and x0_hat = x_t / sqrt(abar))
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(ddpm_sample(vp(net, sched), (2, 3), generator=g()), torch.zeros(2, 3))
+    assert shapes == [(2, 3)] * 6  # x_T, then one draw at each step but the last
+    shapes.clear()
+    assert torch.equal(ddim_sample(vp(net, sched), (2, 3), respaced(sched, 4), eta=1.0, generator=g()),
+                       torch.zeros(2, 3))
+    assert shapes == [(2, 3)] * 4
+    for sampler in (heun_sample, dpmpp_2m_sample):
+        shapes.clear()
+        assert torch.equal(sampler(vp(net, sched), (2, 3), heun_steps(sched, 3), generator=g()), torch.zeros(2, 3))
+        assert shapes == [(2, 3)]  # only x_T: the ODE adds no noise
+        shapes.clear()
+        edm = EDMDenoiser(lambda x, t, cond=None: torch.zeros_like(x))
+        sampler(edm, (2, 3), karras_sigmas(edm.sigma_min, edm.sigma_max, 3), generator=g())
+        assert shapes == [(2, 3)]
+
+
+def test_sigma_samplers_take_sigma_levels_as_their_steps():
+    """Heun and DPM-Solver++ take the discretisation as ``steps`` like the others, as sigma levels: a schedule of
+    steps is refused with a message naming what to pass."""
+    for sampler in (heun_sample, dpmpp_2m_sample):
+        with pytest.raises(TypeError, match="karras_sigmas"):
+            sampler(vp(TinyModel(), LINEAR), (1, 2), respaced(LINEAR, 5))
+        with pytest.raises(ValueError, match="steps must be decreasing"):
+            sampler(vp(TinyModel(), LINEAR), (1, 2), torch.tensor([1.0, 2.0, 0.0]))
+        out = sampler(vp(TinyModel(), LINEAR), (1, 2), steps=heun_steps(LINEAR, 3),
+                      generator=torch.Generator().manual_seed(0))
+        assert out.shape == (1, 2) and torch.isfinite(out).all()
