@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
 import reprlib
 import types
@@ -24,7 +25,7 @@ import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, Sequence, TypeVar, Union, get_args, get_origin
+from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence, TypeVar, Union, get_args, get_origin
 
 import yaml
 
@@ -45,56 +46,56 @@ __all__ = [
 C = TypeVar("C", bound="ConfigBase")
 
 
-#: Key of a dataclass field's metadata that holds the largest value ``from_dict`` accepts for it.
+#: Key of a dataclass field's metadata that holds the largest value the field accepts (:func:`bounded`).
 SIZE_LIMIT = "size_limit"
 #: Longest list a config field may hold (an explicit noise schedule, channel multipliers, ...).
 MAX_SEQUENCE = 100_000
 
-#: Bounds of the size fields of config classes that do not declare their own yet (by field name, then suffix):
-#: diffwave's mel front end and refiner, diffimage's configs. A declared bound (:func:`bounded`) always wins.
-#: Transitional: each entry goes when the classes that use the name declare it.
-_UNDECLARED_SIZE_LIMITS: dict[str, int] = {
-    "n_mels": 1024,
-    "n_fft": 65_536,
-    "win_length": 65_536,
-    "hop_length": 65_536,
-    "num_res_blocks": 64,
-    "num_heads": 1024,
-    "image_size": 4096,
-    "num_classes": 1_000_000,
-    "batch_size": 1_000_000,
-}
-_UNDECLARED_SUFFIX_LIMITS: dict[str, int] = {"channels": 4096, "layers": 512}
-
 
 def bounded(default: Any = dataclasses.MISSING, *, limit: int, **kwargs: Any) -> Any:
-    """A dataclass field whose value :meth:`ConfigBase.from_dict` refuses above ``limit``, checked before anything
-    is built, so a recipe, an export's ``config.json`` or imported parameters asking for a gigantic network or
-    schedule fail at once with the field named instead of allocating gigabytes first. Each package declares the
-    bounds of its own fields this way (``residual_layers: int = bounded(30, limit=512)``); the core enforces
-    them."""
+    """A dataclass field of a :class:`ConfigBase` whose value is refused above ``limit``: by
+    :meth:`ConfigBase.from_dict` before anything is built (so a recipe, an export's ``config.json`` or imported
+    parameters asking for a gigantic network or schedule fail at once with the field named instead of allocating
+    gigabytes first), and by the constructor before the class's own ``__post_init__`` runs. Each package declares
+    the bounds of its own fields this way (``residual_layers: int = bounded(30, limit=512)``); the core enforces
+    them and knows no field by name."""
     metadata = {**kwargs.pop("metadata", {}), SIZE_LIMIT: limit}
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
-def _size_limit(field: dataclasses.Field) -> int | None:
-    if SIZE_LIMIT in field.metadata:
-        return field.metadata[SIZE_LIMIT]
-    if field.name in _UNDECLARED_SIZE_LIMITS:
-        return _UNDECLARED_SIZE_LIMITS[field.name]
-    for suffix, limit in _UNDECLARED_SUFFIX_LIMITS.items():
-        if field.name.endswith(suffix):
-            return limit
-    return None
+def _over_limit(field: dataclasses.Field, value: Any, where: str) -> None:
+    """Refuse a number above the field's declared bound (:func:`bounded`)."""
+    limit = field.metadata.get(SIZE_LIMIT)
+    if limit is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
+        raise ConfigError(f"{where} = {value:g} is larger than the limit {limit} for this field")
 
 
 def _check_size(field: dataclasses.Field, value: Any, where: str) -> None:
     """Refuse a size field above its bound and a list longer than :data:`MAX_SEQUENCE` (before coercion)."""
     if isinstance(value, (list, tuple)) and len(value) > MAX_SEQUENCE:
         raise ConfigError(f"{where}: a list of {len(value)} items is longer than the limit {MAX_SEQUENCE}")
-    limit = _size_limit(field)
-    if limit is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
-        raise ConfigError(f"{where} = {value:g} is larger than the limit {limit} for this field")
+    _over_limit(field, value, where)
+
+
+def _check_bounds(config: "ConfigBase") -> None:
+    """Every declared bound of ``config``'s fields, on the values it was built with."""
+    for f in dataclasses.fields(config):
+        if SIZE_LIMIT in f.metadata:
+            _over_limit(f, getattr(config, f.name), f"{type(config).__name__}.{f.name}")
+
+
+def _bounds_first(post_init: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A class's own ``__post_init__`` preceded by the bounds check (once, however deep the class hierarchy)."""
+    if getattr(post_init, "_checks_bounds", False):
+        return post_init
+
+    @functools.wraps(post_init)
+    def checked(self: Any) -> None:
+        _check_bounds(self)
+        post_init(self)
+
+    checked._checks_bounds = True  # type: ignore[attr-defined]
+    return checked
 
 
 def _type_name(tp: Any) -> str:
@@ -208,6 +209,17 @@ class ConfigBase:
     PRESETS: ClassVar[dict[str, dict]] = {}
     #: Old key -> field name: configs written by older versions keep loading (one ``DeprecationWarning`` each).
     RENAMED: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # The declared bounds hold however a config is built (from_dict, the constructor, replace): a subclass's
+        # own __post_init__ runs after them, without having to remember to call the check.
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None:
+            cls.__post_init__ = _bounds_first(own)  # type: ignore[method-assign]
+
+    def __post_init__(self) -> None:
+        _check_bounds(self)
 
     @classmethod
     def _hints(cls) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import warnings
 from typing import Any, ClassVar, Literal, Mapping
 
-from diffcore.config import ConfigBase, ConfigError, DiffusionConfig
+from diffcore.config import ConfigBase, ConfigError, DiffusionConfig, bounded
 
 __all__ = ["UNetConfig", "NORM_GROUPS", "RUNTIME_KEYS", "split_runtime_keys"]
 
@@ -72,20 +72,20 @@ class UNetConfig(ConfigBase):
     - ``tiny``: 16×16×3, ch 32, mult (1, 2), 1 block, attention at 8, scale-shift norm: for tests and the CPU quickstart.
     """
 
-    image_size: int = 32
-    in_channels: int = 3
+    image_size: int = bounded(32, limit=4096)
+    in_channels: int = bounded(3, limit=4096)
     learned_variance: bool = False
-    base_channels: int = 128
+    base_channels: int = bounded(128, limit=4096)
     channel_mult: tuple[int, ...] = (1, 2, 2, 2)
-    num_res_blocks: int = 2
+    num_res_blocks: int = bounded(2, limit=64)
     attention_resolutions: tuple[int, ...] = (16,)
-    num_heads: int = 1
-    num_head_channels: int | None = None
+    num_heads: int = bounded(1, limit=1024)
+    num_head_channels: int | None = bounded(None, limit=4096)
     dropout: float = 0.1
     resample: Literal["conv", "resample"] = "conv"
     downsample_padding: Literal["symmetric", "same"] = "symmetric"
     scale_shift_norm: bool = False
-    num_classes: int | None = None
+    num_classes: int | None = bounded(None, limit=1_000_000)
     class_dropout: float = 0.0
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 
 from diffcore.checkpoint import atomic_write, load_checkpoint
-from diffcore.config import ConfigBase, ConfigError
+from diffcore.config import ConfigBase, ConfigError, bounded
 from diffwave.audio import AudioError, load_audio
 from diffwave.data import fsdd_label
 from diffwave.mel import mel_filterbank
@@ -79,9 +79,9 @@ class DigitFeatureConfig(ConfigBase):
 
     sample_rate: int = 8000
     num_samples: int = 8000
-    n_fft: int = 256
-    hop_length: int = 128
-    n_mels: int = 64
+    n_fft: int = bounded(256, limit=65_536)
+    hop_length: int = bounded(128, limit=65_536)
+    n_mels: int = bounded(64, limit=1024)
     f_min: float = 20.0
     f_max: float = 4000.0
     log_floor: float = 1e-5
@@ -111,7 +111,7 @@ class DigitClassifierConfig(ConfigBase):
     channels: tuple[int, ...] = (64, 96, 128)
     kernel_size: int = 5
     feature_dim: int = 128
-    num_classes: int = 10
+    num_classes: int = bounded(10, limit=1_000_000)
     dropout: float = 0.3
 
     def __post_init__(self) -> None:

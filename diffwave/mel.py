@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from diffcore.checkpoint import load_error_detail
-from diffcore.config import ConfigBase, ConfigError
+from diffcore.config import ConfigBase, ConfigError, bounded
 
 __all__ = [
     "MelConfig",
@@ -84,10 +84,10 @@ class MelConfig(ConfigBase):
 
     preset: MelPreset = "diffwave"
     sample_rate: int = 22050
-    n_fft: int = 1024
-    hop_length: int = 256
-    win_length: int = 1024
-    n_mels: int = 80
+    n_fft: int = bounded(1024, limit=65_536)
+    hop_length: int = bounded(256, limit=65_536)
+    win_length: int = bounded(1024, limit=65_536)
+    n_mels: int = bounded(80, limit=1024)
     f_min: float | None = None
     f_max: float | None = None
 

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffcore.config import ConfigBase, ConfigError
+from diffcore.config import ConfigBase, ConfigError, bounded
 from diffwave.mel import MelConfig
 
 __all__ = ["NETWORK_NAME", "RefinerConfig", "GriffinLimRefiner", "refiner_features", "FEATURES_PER_BIN", "log_mel_loss"]
@@ -62,9 +62,9 @@ class RefinerConfig(ConfigBase):
 
     mel: MelConfig = field(default_factory=MelConfig)
     sample_rate: int = 22050
-    dim: int = 256
-    intermediate: int = 768
-    num_blocks: int = 6
+    dim: int = bounded(256, limit=2048)  # the bounds: beyond them no CPU or GPU recipe goes
+    intermediate: int = bounded(768, limit=8192)
+    num_blocks: int = bounded(6, limit=64)
     kernel: int = 7
     embed_kernel: int = 1
     gl_iters: int = 64
@@ -79,9 +79,6 @@ class RefinerConfig(ConfigBase):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"refiner.{name} must be a positive integer, got {value!r}")
-        if self.dim > 2048 or self.intermediate > 8192 or self.num_blocks > 64:
-            raise ConfigError(f"refiner of dim {self.dim}, intermediate {self.intermediate}, {self.num_blocks} blocks "
-                              f"is larger than any CPU or GPU recipe needs (limits 2048, 8192, 64)")
         if self.kernel % 2 == 0 or self.embed_kernel % 2 == 0:
             raise ConfigError(f"refiner kernels must be odd (centred), got kernel={self.kernel}, "
                               f"embed_kernel={self.embed_kernel}")
