@@ -2,7 +2,8 @@
 
 A model package keeps its shipped models in a ``pretrained/`` folder of its own. Each model is a sub-folder named
 after it in the export layout (``config.json`` + ``model.safetensors``, weights stored in float16 to keep the
-package small and loaded into float32) with a ``MODEL_CARD.md``. :class:`ShippedModels` lists and finds them.
+package small and loaded into float32) with a ``MODEL_CARD.md``. :class:`ShippedModels` lists and finds them, and
+turns what a user typed (a shipped name or a path) into the folder or file to load (``locate``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from pathlib import Path
 
 from diffcore.checkpoint import EXPORT_CONFIG, EXPORT_WEIGHTS
+from diffcore.errors import CheckpointError
 
 __all__ = ["ShippedModels"]
 
@@ -46,8 +48,6 @@ class ShippedModels:
         the shipped vocoder without a word). When such a folder exists, a warning names both and how to load the
         folder instead: write it as a path (``./ljspeech-tiny``). An empty path is a ``CheckpointError`` (an unset
         variable would load the working directory)."""
-        from diffcore.checkpoint import CheckpointError
-
         text = os.fspath(path_or_name)
         if text.strip() == "":
             raise CheckpointError(f"an empty model path (an unset variable?): give a run folder, a checkpoint, an "
@@ -59,3 +59,13 @@ class ShippedModels:
             log.warning("%r is the name of a shipped %s and also a path in the working directory (%s): using the "
                         "shipped %s; write ./%s to load the local one", text, self.kind, p.resolve(), self.kind, text)
         return self.folder / text
+
+    def locate(self, path_or_name: str | os.PathLike) -> Path:
+        """What ``load`` reads for ``path_or_name``: the shipped model's folder for a shipped name (:meth:`resolve`),
+        else the path (``~`` expanded), which must exist: a ``CheckpointError`` names it and the shipped models
+        otherwise, so a mistyped name says what could have been meant."""
+        where = self.resolve(path_or_name).expanduser()
+        if not where.exists():
+            raise CheckpointError(f"{os.fspath(path_or_name)}: no such file or folder, and not a shipped model name "
+                                  f"(shipped: {', '.join(self.names()) or 'none'})")
+        return where

@@ -300,9 +300,9 @@ def export_run(source: str | os.PathLike, out_dir: str | os.PathLike,
 
 def available_models() -> list[str]:
     """Names of the models shipped inside the package (``diffimage/pretrained/``), which :func:`load` takes."""
-    from diffimage.pretrained import available_models as shipped
+    from diffimage.pretrained import SHIPPED
 
-    return shipped()
+    return SHIPPED.names()
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "auto") -> ImageModel:
@@ -313,12 +313,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "auto") -> ImageM
     The EMA weights are used when the checkpoint has them. Raises ``CheckpointError`` for anything that is not a
     diffimage model (the message lists the shipped names when ``path`` neither exists nor is one).
     """
-    from diffcore.checkpoint import CheckpointError
     from diffimage.pretrained import SHIPPED
 
-    where = SHIPPED.resolve(path).expanduser()
-    if not where.exists():
-        shipped = ", ".join(available_models()) or "none"
-        raise CheckpointError(f"{path}: no such file or folder, and not a shipped model name (shipped: {shipped})")
-    config, weights = load_for_inference(where)
+    config, weights = load_for_inference(SHIPPED.locate(path))
     return ImageModel.from_config_and_weights(config, weights, device, source=str(path))

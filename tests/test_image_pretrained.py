@@ -134,3 +134,21 @@ def test_the_quickstart_first_draws_with_the_shipped_model(tmp_path, monkeypatch
     assert Image.open(tmp_path / "pretrained_grid.png").size == (2 * 30 + 2, 2 * 30 + 2)
     assert re.search(r"pretrained_grid\.png in [0-9.]+ s", lines[-1])
     assert quickstart.sample_pretrained(tmp_path, "cpu", name="no-such-model", log=lines.append) is None
+
+
+def test_the_shared_registry_locates_what_load_reads(tmp_path, monkeypatch):
+    """diffimage's load goes through diffcore's ShippedModels.locate: a shipped name is its folder, an existing path
+    is itself (~ expanded), anything else is refused naming the shipped models."""
+    from diffcore.pretrained import ShippedModels
+    from diffimage.pretrained import SHIPPED
+
+    assert SHIPPED.locate(NAME) == model_dir(NAME)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "run").mkdir()
+    assert SHIPPED.locate("~/run") == tmp_path / "run"
+    empty = ShippedModels(tmp_path / "none", "image model")
+    with pytest.raises(CheckpointError, match=r"nothing: no such file or folder, and not a shipped model name "
+                                              r"\(shipped: none\)"):
+        empty.locate("nothing")
+    with pytest.raises(CheckpointError, match=rf"typo: .*\(shipped: .*{NAME}"):
+        SHIPPED.locate("typo")
