@@ -220,3 +220,20 @@ def test_training_checkpoint_is_weights_only_loadable_and_complete(trained_run):
     assert len(state["rng"]["ranks"]) == 1 and set(state["rng"]["ranks"][0]) == {"torch", "cuda", "numpy", "python"}
     # 16 examples, global batch 8: 4 steps consume epochs 0 and 1 completely
     assert state["data"] == {"epoch": 1, "samples": 16}
+
+
+def test_the_train_section_reaches_the_engine_once_and_the_stored_recipe_says_what_trained(tmp_path):
+    """The engine trains with its ``config`` argument; a recipe whose own ``train`` section says otherwise is stored
+    (config.yaml, the checkpoint's config) with the section that trained, so resuming from config.yaml repeats it."""
+    import yaml
+
+    cfg = TrainConfig(max_steps=3, batch_size=8, lr=1e-2, num_workers=0, log_every=1, ckpt_every=0, device="cpu",
+                      progress=False, tensorboard=False)
+    task = ToyTask(n=16)
+    task.config = {**task.config, "train": cfg.replace(max_steps=50, lr=0.5).to_dict()}
+    trainer = Trainer(task, cfg, tmp_path / "run")
+    assert trainer.fit()["step"] == 3  # the argument's max_steps, not the recipe's 50
+    stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    state = torch.load(find_latest(tmp_path / "run"), weights_only=True)
+    assert stored["train"] == state["config"]["train"] == state["train"] == cfg.to_dict()
+    assert stored["model"] == task.config["model"] and stored["data"] == task.config["data"]

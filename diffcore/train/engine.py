@@ -22,6 +22,10 @@ new one, which is checked before anything is written (a refused resume leaves th
 (e.g. a longer ``max_steps``) may change, and each changed value is logged as a warning (old -> new) and a
 ``config_changed`` event.
 
+The train section reaches the engine once, as ``Trainer``'s ``config`` argument (a :class:`TrainConfig`): the engine
+never reads a task's ``recipe``. The recipe it stores (``RUN/config.yaml`` and every checkpoint's ``config``) is
+``task.config`` with its ``train`` section, when it has one, set to that argument, so what is stored is what trained.
+
 One training per run folder: rank 0 holds :class:`~diffcore.train.lock.RunLock` for the whole ``fit``; a second
 training on the same folder raises :class:`~diffcore.train.lock.RunLockedError` naming the holder's PID.
 
@@ -192,6 +196,10 @@ class Trainer:
         if not isinstance(getattr(task, "config", None), dict):
             raise ConfigError(f"{type(task).__name__}.config must be the resolved recipe as a dict (recipe.to_dict())")
         _check_plain(task.config, "task.config")
+        #: The resolved recipe as stored (config.yaml, every checkpoint): the task's, with its ``train`` section (if
+        #: it has one) the engine's own ``cfg``, so the stored recipe says what trained (module docstring).
+        self.config: dict[str, Any] = task.config if "train" not in task.config \
+            else {**task.config, "train": self.cfg.to_dict()}
         # Everything below is (re)built by fit(); None until then.
         self.step = 0
         self.device: torch.device | None = None
@@ -273,7 +281,7 @@ class Trainer:
         if info.is_main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temp_files(self.ckpt_dir)
-            save_config(task.config, self.run_dir / "config.yaml")
+            save_config(self.config, self.run_dir / "config.yaml")
         if state is not None:
             position = self._restore(Path(latest), state)
             for key, old, new in changes:
@@ -294,7 +302,7 @@ class Trainer:
         as ``train.channels_last`` included, may change."""
         stored = state["config"] if isinstance(state["config"], Mapping) else {}
         stored = self.task.upgrade_config(stored)  # older checkpoints name some keys differently
-        old_model, new_model = stored.get("model"), self.task.config.get("model")
+        old_model, new_model = stored.get("model"), self.config.get("model")
         if old_model is not None and new_model is not None and old_model != new_model:
             diff = sorted(k for k in set(old_model) | set(new_model) if old_model.get(k) != new_model.get(k))
             raise CheckpointError(
@@ -302,7 +310,7 @@ class Trainer:
                 f"{', '.join(diff)}); use a new run folder or the recipe stored in {self.run_dir / 'config.yaml'}"
             )
         changes = config_changes({k: v for k, v in stored.items() if k != "model"},
-                                 {k: v for k, v in self.task.config.items() if k != "model"})
+                                 {k: v for k, v in self.config.items() if k != "model"})
         seen = {k for k, _, _ in changes}
         if isinstance(state.get("train"), Mapping):
             changes += [c for c in config_changes(state["train"], self.cfg.to_dict(), "train.") if c[0] not in seen]
@@ -340,7 +348,7 @@ class Trainer:
             "scaler": parts["scaler"],
             "rng": {"world_size": self.info.world_size, "ranks": rng_all},
             "data": self.data.position(),
-            "config": self.task.config,
+            "config": self.config,
             "train": self.cfg.to_dict(),
             "world_size": self.info.world_size,
             "precision": self.precision,

@@ -13,6 +13,10 @@ the data and the loss. A family subclasses :class:`TrainTask`::
             den = denoiser_from_config(self.recipe.model.diffusion, model)
             return diffusion_loss(den, batch["audio"], batch["mel"])
 
+and is trained with ``Trainer(task, recipe.train, run_dir).fit()``: the ``train`` section reaches the engine as that
+argument only (the engine reads neither ``recipe`` nor ``config["train"]``; it stores ``config`` with its ``train``
+section set to the argument).
+
 Rules the engine relies on:
 
 - ``build_model()`` is called once per process after the seed is set, so every rank builds the same weights.
@@ -52,6 +56,7 @@ class TrainTask(ABC):
     config: dict[str, Any]
 
     #: The family's recipe dataclass, if it has one: :meth:`upgrade_config` re-parses stored configs with its class.
+    #: The engine reads nothing else of it (its ``train`` section reaches the engine as ``Trainer``'s argument).
     recipe: ConfigBase | None = None
 
     #: Optional ``collate_fn`` for the ``DataLoader`` (``None``: PyTorch's default collation).
