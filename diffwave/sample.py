@@ -310,13 +310,15 @@ def sample_waveform(
 
     ``network``: the callable every step goes through (the DiffWave of ``config``, its
     :class:`~diffcore.inference.InferenceRunner`, or a :class:`ChunkedNetwork` of either); the caller holds the
-    context it runs in (``torch.no_grad()`` or the runner's ``context()``). ``fast``: the model's
-    ``inference_betas`` schedule (:func:`~diffcore.discretization.fast_schedule`, Kong et al. 2021, Alg. 2 at the
-    aligned fractional steps, σ_s² = β̃ of the inference schedule). ``full``: ancestral sampling over all T training
-    steps (:func:`~diffcore.samplers.ddpm_sample` with σ_t² = β̃_t, the DiffWave paper's choice). Either way the
-    state is clamped to [-1, 1] after every step, as lmnt's reference does. Noise comes from ``generator`` (on
-    ``device``); the state is ``dtype``. ``prior_std``: the per-sample standard deviation of the model's prior
-    (PriorGrad; :func:`diffwave.prior.sample_prior_std`), broadcastable to ``shape``. ``project``: a projection of
+    context it runs in (``torch.no_grad()`` or the runner's ``context()``). ``steps`` names the discretisation the
+    reverse process walks, which is made into data here and nowhere else: ``fast``, the model's ``inference_betas``
+    schedule (:func:`~diffcore.discretization.fast_schedule`, Kong et al. 2021, Alg. 2 at the aligned fractional
+    steps, σ_s² = β̃ of the inference schedule); ``full``, ancestral sampling over all T training steps
+    (:func:`~diffcore.samplers.ddpm_sample` with σ_t² = β̃_t, the DiffWave paper's choice). Either way the state is
+    clamped to [-1, 1] after every step, as lmnt's reference does. Noise comes from ``generator`` (on ``device``),
+    as the denoiser's prior noise; the state is ``dtype``. ``prior_std``: the per-sample standard deviation of the
+    model's prior (PriorGrad; :func:`diffwave.prior.sample_prior_std`), broadcastable to ``shape``, bound to the
+    denoiser (``with_prior``), which scales every noise the sampler draws by it. ``project``: a projection of
     the clean estimate at each step (:data:`diffcore.samplers.Projection`, e.g. a
     :class:`~diffwave.projection.MelProjection`; ``None`` = none).
     """
