@@ -140,6 +140,31 @@ def test_finished_run_is_not_trained_again(tmp_path):
     assert len(read_log(tmp_path, "checkpoint")) == 1
 
 
+def test_a_cpu_time_budget_stops_the_run_adds_up_over_resumes_and_resumes_exactly(tmp_path):
+    c = cfg(max_steps=100_000)  # far beyond what the budgets allow: only the CPU clock can stop these runs
+    first = Trainer(ToyTask(), c, tmp_path / "budget").fit(until_cpu_minutes=0.002)
+    assert 0 < first["step"] < c.max_steps and not first["completed"]
+    assert first["cpu_seconds"] >= 0.12
+    saved = load_checkpoint(first["checkpoint"])
+    assert saved["step"] == first["step"] and saved["cpu_seconds"] == first["cpu_seconds"]
+    # the budget is the run's total: a resume goes on from the CPU time its checkpoint holds
+    second = Trainer(ToyTask(), c, tmp_path / "budget").fit(until_cpu_minutes=0.004)
+    assert second["resumed_from"] == first["checkpoint"] and second["step"] > first["step"]
+    assert second["cpu_seconds"] >= 0.24 and not second["completed"]
+    # a run already past its budget trains no step and writes nothing
+    again = Trainer(ToyTask(), c, tmp_path / "budget").fit(until_cpu_minutes=0.001)
+    assert again["step"] == second["step"] and again["checkpoint"] is None
+    assert again["cpu_seconds"] == pytest.approx(load_checkpoint(second["checkpoint"])["cpu_seconds"], abs=0.01)
+    # stopping on the clock and resuming gives the weights of one run to the same step
+    straight = Trainer(ToyTask(), c, tmp_path / "straight")
+    straight.fit(until=second["step"])
+    resumed = Trainer(ToyTask(), c, tmp_path / "budget")
+    resumed.fit(until=second["step"])
+    assert_same_state(straight, resumed)
+    with pytest.raises(ConfigError, match="until_cpu_minutes"):
+        Trainer(ToyTask(), c, tmp_path / "nan").fit(until_cpu_minutes=float("nan"))
+
+
 def test_resume_with_a_different_model_is_refused(tmp_path):
     Trainer(ToyTask(hidden=32), cfg(max_steps=1), tmp_path).fit()
     with pytest.raises(CheckpointError, match=r"different model config \(differs in: hidden\)"):

@@ -43,6 +43,12 @@ Data failures: a batch that cannot be fetched (the dataset raises, or a data-loa
 run with :class:`TrainingError` after writing a checkpoint of the last completed step (single process; with several
 ranks the previous checkpoint is kept), so the same command resumes once the data is fixed.
 
+CPU-time budget: ``fit(until_cpu_minutes=M)`` stops, with a checkpoint, after the first step at which the run's
+training loops have used ``M`` CPU minutes (``time.process_time`` of the process, all its threads: the load of other
+jobs on a shared machine does not shorten it; setup is not counted). The count is kept in every checkpoint as
+``cpu_seconds``, so it adds up over resumes, and returned in ``fit``'s summary. One process only: the ranks'
+clocks differ, so they could not agree on the step to stop at.
+
 Signals: SIGTERM and SIGINT finish the current step on every rank, write a checkpoint, then ``fit`` raises
 ``SystemExit(143)`` (SIGTERM) or ``KeyboardInterrupt`` (SIGINT). A second signal interrupts at once (the previous
 checkpoint stays valid thanks to atomic writes).
@@ -51,6 +57,7 @@ checkpoint stays valid thanks to atomic writes).
 from __future__ import annotations
 
 import logging
+import math
 import random
 import signal
 import sys
@@ -217,6 +224,8 @@ class Trainer:
         self._signal: int | None = None
         self._old_handlers: dict[int, Any] = {}
         self._in_update = False  # parameters, optimizer and EMA are changing together: not a state to save
+        self._cpu_base = 0.0  # CPU seconds of the run's training loops before the current one started
+        self._cpu_mark: float | None = None  # time.process_time() when the current loop started
 
     # the parts of the update, under the names users know
     @property
@@ -226,6 +235,12 @@ class Trainer:
     @property
     def ema(self) -> EMA | None:
         return self.update.ema if self.update is not None else None
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds the run's training loops have used, over all its fits (module docstring)."""
+        running = time.process_time() - self._cpu_mark if self._cpu_mark is not None else 0.0
+        return self._cpu_base + running
 
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
@@ -269,7 +284,7 @@ class Trainer:
         check_first_example(dataset)  # before anything is written: bad data is one error, not a step-0 checkpoint
         self.data = TrainLoader(dataset, cfg, info, device, task.collate_fn)
 
-        self.step = 0
+        self.step, self._cpu_base, self._cpu_mark = 0, 0.0, None
         self.resumed_from, self._resumed_step = None, None
         latest = all_gather_object(str(find_latest(self.run_dir) or "") if info.is_main else "")[0]
         state = load_checkpoint(latest) if latest else None
@@ -323,6 +338,7 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointError(f"{path}: does not match the model/optimizer built from the recipe: {e}") from None
         self.step = int(state["step"])
+        self._cpu_base = float(state.get("cpu_seconds", 0.0))
         data = state.get("data") or {}
         ranks = (state.get("rng") or {}).get("ranks") or []
         if len(ranks) == self.info.world_size:
@@ -342,6 +358,7 @@ class Trainer:
         return {
             "format": FORMAT_VERSION,
             "step": self.step,
+            "cpu_seconds": self.cpu_seconds,
             "model": parts["model"],
             "ema": parts["ema"],
             "optimizer": parts["optimizer"],
@@ -398,11 +415,18 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ training
 
-    def fit(self, until: int | None = None) -> dict[str, Any]:
-        """Train to ``max_steps`` (or stop after step ``until`` without changing the LR schedule's horizon),
-        writing a checkpoint at the end. Returns a summary dict: ``step``, ``completed``, ``loss`` (mean of the
-        last logging window), ``checkpoint``, ``nonfinite_count``, ``resumed_from``, ``run_dir``, ``device``,
+    def fit(self, until: int | None = None, *, until_cpu_minutes: float | None = None) -> dict[str, Any]:
+        """Train to ``max_steps`` (or stop after step ``until`` without changing the LR schedule's horizon, or
+        once the run has used ``until_cpu_minutes`` CPU minutes in all: module docstring), writing a checkpoint at
+        the end. Returns a summary dict: ``step``, ``completed``, ``loss`` (mean of the last logging window),
+        ``cpu_seconds``, ``checkpoint``, ``nonfinite_count``, ``resumed_from``, ``run_dir``, ``device``,
         ``precision``, ``world_size``."""
+        if until_cpu_minutes is not None:
+            if not (until_cpu_minutes >= 0 and math.isfinite(until_cpu_minutes)):
+                raise ConfigError(f"until_cpu_minutes must be a finite number >= 0, got {until_cpu_minutes}")
+            if dist_env().world_size > 1:
+                raise ConfigError("until_cpu_minutes counts one process's CPU time; with several processes their "
+                                  "clocks could not agree on the step to stop at (use until or train.max_steps)")
         self._signal = None
         self.last_checkpoint = None
         self._in_update = False
@@ -410,7 +434,7 @@ class Trainer:
         try:
             self._setup()
             try:
-                summary = self._loop(until)
+                summary = self._loop(until, until_cpu_minutes)
             except Exception as e:
                 failure = e.error if isinstance(e, DataFailure) else e if worker_died(e) else None
                 if failure is None:
@@ -432,12 +456,14 @@ class Trainer:
         finally:
             self._teardown()
 
-    def _loop(self, until: int | None) -> dict[str, Any]:
+    def _loop(self, until: int | None, until_cpu_minutes: float | None = None) -> dict[str, Any]:
         cfg, logger, update, data, after = self.cfg, self.logger, self.update, self.data, self.after
         target = cfg.max_steps if until is None else min(cfg.max_steps, until)
+        cpu_limit = math.inf if until_cpu_minutes is None else 60.0 * until_cpu_minutes
         after.start(self.step, target)
         nonfinite_run, nonfinite_total = 0, 0
-        while self.step < target:
+        self._cpu_mark = time.process_time()
+        while self.step < target and self.cpu_seconds < cpu_limit:
             t0 = time.perf_counter()
             loss, norm, stop = update.forward_backward(self.task.loss, data.next_batch, self._stop_requested)
             if update.nonfinite(loss, norm):
@@ -481,6 +507,7 @@ class Trainer:
                 if signum == signal.SIGINT:
                     raise KeyboardInterrupt
                 raise SystemExit(128 + int(signum))
+        self._cpu_base, self._cpu_mark = self.cpu_seconds, None  # the loop's clock stops here
         # A resumed run already at its target has nothing new to write: its checkpoint holds this very state.
         if not (self.resumed_from is not None and self._resumed_step == self.step):
             self.save("final" if self.step >= cfg.max_steps else "until")
@@ -489,6 +516,7 @@ class Trainer:
             "step": self.step,
             "completed": self.step >= cfg.max_steps,
             "loss": after.last_loss,
+            "cpu_seconds": self.cpu_seconds,
             "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "nonfinite_count": nonfinite_total,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
