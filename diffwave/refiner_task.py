@@ -4,13 +4,18 @@ A recipe whose top level says ``network: refiner`` (``recipes/ljspeech_refiner.y
 ``model`` is a :class:`~diffwave.refiner.RefinerConfig`, ``data`` and ``train`` are DiffWave's sections, ``loss``
 weighs the reconstruction terms, and ``init_from`` names an export (a shipped model's name or a folder) whose
 weights start the run: training accumulates over working periods by warm-starting from the shipped weights with a
-fresh optimiser and the recipe's warm-up. ``diffwave train --recipe ...`` picks the recipe class from that field
-(:func:`diffwave.recipe.load_diffwave_recipe`) and the task from the recipe (:func:`diffwave.task.make_task`).
+fresh optimiser and the recipe's warm-up. ``validation`` training clips (evenly spaced) are kept out of training
+for the CPU-budget driver (:mod:`diffwave.refiner_train`) to pick its best weights with. ``diffwave train --recipe
+...`` picks the recipe class from that field (:func:`diffwave.recipe.load_diffwave_recipe`) and the task from the
+recipe (:func:`diffwave.task.make_task`).
 
 Examples are aligned crops of (recording, Griffin-Lim start) at frame boundaries, with one random gain on both; the
 start is the Griffin-Lim waveform of the whole clip's mel, computed once per clip (and kept in memory, or in
 ``data.cache_dir``), as the vocoder computes it at inference. The loss is ``mr_stft_loss + loss.mel_weight ·
 log_mel_loss`` between the refined crop and the recording.
+
+A resumed run may change the Griffin-Lim start (:data:`START_FIELDS`): it shapes the network's input, not its
+weights; any other change of ``model`` is refused by the engine.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import torch
 from torch import nn
@@ -33,9 +38,12 @@ from diffwave.mel import MelConfig, compute_mel
 from diffwave.recipe import DataConfig
 from diffwave.refiner import GriffinLimRefiner, RefinerConfig, log_mel_loss
 
-__all__ = ["RefinerLossConfig", "RefinerRecipe", "RefinerClips", "RefinerTask"]
+__all__ = ["START_FIELDS", "RefinerLossConfig", "RefinerRecipe", "RefinerClips", "RefinerTask"]
 
 log = logging.getLogger(__name__)
+
+#: Fields of :class:`RefinerConfig` that a resumed run may change: they shape the start, not the network.
+START_FIELDS = ("gl_iters", "gl_momentum")
 
 
 @dataclass
@@ -69,7 +77,8 @@ def _refiner_train() -> TrainConfig:
 @dataclass
 class RefinerRecipe(ConfigBase):
     """A refiner run: ``network: refiner`` (what marks the recipe), the model, the data, the training settings, the
-    loss and an optional ``init_from`` export to warm-start from."""
+    loss, an optional ``init_from`` export to warm-start from and ``validation``, the number of training clips kept
+    out of training as the validation set (module docstring)."""
 
     network: Literal["refiner"] = "refiner"
     model: RefinerConfig = field(default_factory=RefinerConfig)
@@ -77,8 +86,11 @@ class RefinerRecipe(ConfigBase):
     train: TrainConfig = field(default_factory=_refiner_train)
     loss: RefinerLossConfig = field(default_factory=RefinerLossConfig)
     init_from: str | None = None
+    validation: int = 0
 
     def __post_init__(self) -> None:
+        if self.validation < 0:
+            raise ConfigError(f"validation must not be negative, got {self.validation}")
         if self.data.crop_frames < 8:
             raise ConfigError(f"data.crop_frames must be at least 8 for the refiner, got {self.data.crop_frames}")
         if max(self.loss.stft_sizes) > self.data.crop_frames * self.model.mel.hop_length:
@@ -170,14 +182,24 @@ def _recipe_loss(model: nn.Module, batch: dict[str, torch.Tensor], recipe: Refin
 
 
 class RefinerTask(TrainTask):
-    """The refiner's model, data and loss for the engine (module docstring)."""
+    """The refiner's model, data and loss for the engine (module docstring). ``train_files`` are trained on;
+    ``validation_files`` (``recipe.validation`` of the training part, evenly spaced) and ``heldout_files``
+    (``data.holdout``) are not. The training clips and their Griffin-Lim starts are read once per task, however
+    many fits use it."""
 
     def __init__(self, recipe: RefinerRecipe) -> None:
         from diffwave.data import split_files
 
         self.recipe = recipe
         self.config = recipe.to_dict()
-        self.train_files, self.heldout_files = split_files(recipe.data)
+        train, self.heldout_files = split_files(recipe.data)
+        n = recipe.validation
+        if n and n >= len(train):
+            raise ConfigError(f"validation={n} would leave none of the {len(train)} training clips to train on")
+        every = max(1, len(train) // max(1, n))
+        self.validation_files = [train[i] for i in range(every // 2, len(train), every)][:n]
+        self.train_files = [f for f in train if f not in self.validation_files]
+        self._train_data: Dataset | None = None
         self._val_batch: dict[str, torch.Tensor] | None = None
 
     def build_model(self) -> nn.Module:
@@ -190,9 +212,24 @@ class RefinerTask(TrainTask):
     def train_dataset(self) -> Dataset:
         from diffwave.task import RepeatedDataset
 
-        ds = RefinerClips(self.train_files, self.recipe)
-        times = max(self.recipe.data.repeat, math.ceil(self.recipe.train.batch_size / len(ds)))
-        return RepeatedDataset(ds, times) if times > 1 else ds
+        if self._train_data is None:
+            ds = RefinerClips(self.train_files, self.recipe)
+            times = max(self.recipe.data.repeat, math.ceil(self.recipe.train.batch_size / len(ds)))
+            self._train_data = RepeatedDataset(ds, times) if times > 1 else ds
+        return self._train_data
+
+    def upgrade_config(self, stored: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The stored config in today's names, its Griffin-Lim start (:data:`START_FIELDS`) read as this recipe's:
+        a resumed run may change the start (logged here as a warning), the engine refuses any other model change."""
+        stored = super().upgrade_config(stored)
+        model = stored.get("model")
+        if not isinstance(model, Mapping):
+            return stored
+        new = {k: getattr(self.recipe.model, k) for k in START_FIELDS}
+        changed = {k: v for k, v in new.items() if model.get(k) != v}
+        for k, v in changed.items():
+            log.warning("the Griffin-Lim start changes on resume: model.%s %r -> %r", k, model.get(k), v)
+        return {**stored, "model": {**model, **changed}} if changed else stored
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return _recipe_loss(model, batch, self.recipe)

@@ -158,22 +158,17 @@ def test_export_with_bad_weights_is_refused(tmp_path):
 
 
 def test_training_lowers_the_loss_and_resumes(tmp_path):
-    from diffwave.audio import save_audio
-    from diffwave.refiner_train import RefinerTrainConfig, export_refiner, train_refiner
+    from diffcore.checkpoint import find_latest, load_checkpoint
+    from diffwave.refiner_train import export_refiner, read_record, train_refiner
 
-    files = []
-    for i in range(2):
-        files.append(save_audio(tmp_path / f"clip{i}.wav", _speechlike(1.0, seed=i), SR))
-    tc = RefinerTrainConfig.from_dict({"batch_size": 2, "crop_frames": 16, "warmup_steps": 1, "lr": 2e-3,
-                                       "stft_sizes": [256, 512]})
     run = tmp_path / "run"
-    torch.manual_seed(0)
-    train_refiner(run, files, model_config=_small(), train_config=tc, cpu_minutes=0.05, log=lambda s: None)
-    first = torch.load(run / "state.pt", weights_only=True)
+    recipe = _budgeted(tmp_path, "train.warmup_steps=1", "train.lr=2e-3")
+    train_refiner(run, recipe, cpu_minutes=0.05, with_dnsmos=False, log=lambda s: None)
+    first = load_checkpoint(find_latest(run))
     assert first["step"] > 0 and first["cpu_seconds"] >= 3.0
-    train_refiner(run, files, cpu_minutes=0.02, log=lambda s: None)
-    second = torch.load(run / "state.pt", weights_only=True)
-    assert second["step"] > first["step"] and len(second["history"]["periods"]) == 2
+    train_refiner(run, recipe, cpu_minutes=0.02, with_dnsmos=False, log=lambda s: None)
+    second = load_checkpoint(find_latest(run))
+    assert second["step"] > first["step"] and len(read_record(run)[1]) == 2
     # the EMA export of the last state loads and vocodes
     import diffwave.api as dw
 
@@ -195,6 +190,13 @@ def _recipe(tmp_path, *extra):
             "model.intermediate=64", "model.num_blocks=1", "model.gl_iters=4", "data.holdout=1",
             "loss.stft_sizes=[256,512]", "data.crop_frames=12", *extra]
     return load_diffwave_recipe("recipes/ljspeech_refiner.yaml", over, data=data)
+
+
+def _budgeted(tmp_path, *extra):
+    """:func:`_recipe` for the CPU-budget driver: no step limit that a test budget reaches, no periodic checkpoint,
+    one of the two training clips kept out as the validation set."""
+    return _recipe(tmp_path, "train.max_steps=1000000", "train.ckpt_every=0", "train.val_every=0", "validation=1",
+                   *extra)
 
 
 def test_a_refiner_recipe_trains_through_the_engine_and_warm_starts(tmp_path):
@@ -254,20 +256,93 @@ def test_the_vocode_command_takes_a_refiner_and_chunks_exactly(tmp_path):
 
 
 def test_a_resumed_run_may_change_its_start_but_not_its_network(tmp_path):
-    from diffcore.config import ConfigError
-    from diffwave.audio import save_audio
-    from diffwave.refiner_train import RefinerTrainConfig, train_refiner
+    from diffcore.checkpoint import find_latest, load_checkpoint
+    from diffwave.refiner_train import read_record, train_refiner
 
-    files = [save_audio(tmp_path / "clip.wav", _speechlike(1.0), SR)]
-    tc = RefinerTrainConfig.from_dict({"batch_size": 2, "crop_frames": 16, "stft_sizes": [256, 512]})
     run = tmp_path / "run"
-    train_refiner(run, files, model_config=_small(), train_config=tc, cpu_minutes=0.01, log=lambda s: None)
-    train_refiner(run, files, model_config=_small(gl_iters=2), cpu_minutes=0.01, log=lambda s: None)
-    state = torch.load(run / "state.pt", weights_only=True)
-    assert state["model_config"]["gl_iters"] == 2
-    assert state["history"]["periods"][-1]["start_changed"] == {"gl_iters": 2}
-    with pytest.raises(ConfigError, match="keeps its network"):
-        train_refiner(run, files, model_config=_small(gl_iters=2, dim=48), cpu_minutes=0.01, log=lambda s: None)
+    train_refiner(run, _budgeted(tmp_path), cpu_minutes=0.01, with_dnsmos=False, log=lambda s: None)
+    train_refiner(run, _budgeted(tmp_path, "model.gl_iters=2"), cpu_minutes=0.01, with_dnsmos=False,
+                  log=lambda s: None)
+    state = load_checkpoint(find_latest(run))
+    assert state["config"]["model"]["gl_iters"] == 2
+    assert read_record(run)[1][-1]["start_changed"] == {"gl_iters": 2}
+    with pytest.raises(CheckpointError, match=r"different model config \(differs in: dim\)"):
+        train_refiner(run, _budgeted(tmp_path, "model.gl_iters=2", "model.dim=48"), cpu_minutes=0.01,
+                      log=lambda s: None)
+
+
+def test_a_cpu_budgeted_run_stops_resumes_exactly_and_writes_its_record(tmp_path):
+    """The driver over the engine: each call stops on its CPU budget, a second call resumes, and the weights equal
+    those of one uninterrupted run to the same step; the record has step 0 and a line at every multiple of the
+    evaluation period of the run's CPU time, the periods join up, and best.pt holds the last new best."""
+    from diffcore.checkpoint import find_latest, load_checkpoint
+    from diffwave.refiner_task import RefinerTask
+    from diffwave.refiner_train import read_record, train_refiner
+
+    recipe = _budgeted(tmp_path)
+    task = RefinerTask(recipe)
+    assert len(task.validation_files) == 1 and not set(task.validation_files) & set(task.train_files)
+    run, quiet = tmp_path / "run", dict(with_dnsmos=False, log=lambda s: None)
+    train_refiner(run, recipe, cpu_minutes=0.01, eval_every_minutes=0.004, **quiet)
+    first = load_checkpoint(find_latest(run))
+    assert 0 < first["step"] and first["cpu_seconds"] >= 0.6
+    train_refiner(run, recipe, cpu_minutes=0.01, eval_every_minutes=0.004, **quiet)
+    last = load_checkpoint(find_latest(run))
+    assert last["step"] > first["step"] and last["cpu_seconds"] >= 1.2
+    # one uninterrupted fit (the evaluation period is longer than the run) to the same step
+    straight = tmp_path / "straight"
+    train_refiner(straight, _budgeted(tmp_path, f"train.max_steps={last['step']}"), cpu_minutes=10.0,
+                  eval_every_minutes=100.0, **quiet)
+    other = load_checkpoint(find_latest(straight))
+    assert other["step"] == last["step"]
+    for k, v in last["model"].items():
+        assert torch.equal(v, other["model"][k]), k
+    for k, v in last["ema"]["shadow"].items():
+        assert torch.equal(v, other["ema"]["shadow"][k]), k
+    rows, periods = read_record(run)
+    assert rows[0]["step"] == 0 and rows[0]["cpu_minutes"] < 1e-3
+    marks = [r["cpu_minutes"] for r in rows[1:]]
+    assert len(marks) == 5  # 0.004, 0.008, 0.012, 0.016, 0.020 CPU minutes of the run
+    assert all(m >= 0.004 * (i + 1) for i, m in enumerate(marks)) and marks == sorted(marks)
+    assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)
+    for r in rows:  # both sets scored, the baseline beside the refiner on the same clips at every line
+        assert math.isfinite(r["val"]["refiner"]["pesq_wb"]) and math.isfinite(r["heldout"]["refiner"]["stoi"])
+        assert r["heldout"]["griffinlim"] == rows[0]["heldout"]["griffinlim"]
+    assert [(p["start_step"], p["end_step"]) for p in periods] == [(0, first["step"]), (first["step"], last["step"])]
+    assert periods[-1]["end_cpu_minutes"] == pytest.approx(last["cpu_seconds"] / 60)
+    best = load_checkpoint(run / "best.pt")
+    assert rows[0]["best"] and best["step"] == [r["step"] for r in rows if r.get("best")][-1]
+    assert best["val"]["refiner"]["pesq_wb"] == max(r["val"]["refiner"]["pesq_wb"] for r in rows)
+
+
+def test_sigterm_while_the_driver_scores_stops_it_with_its_period_written(tmp_path, monkeypatch):
+    """Between the engine's fits (while scoring) SIGTERM stops the driver as it stops the engine (exit status 143),
+    after the checkpoint of the step it scores, with the period's line written and the handler given back."""
+    import os
+    import signal
+
+    import diffwave.refiner_train as rt
+    from diffcore.checkpoint import find_latest, load_checkpoint
+
+    real, calls = rt.score_refiner, []
+
+    def score(model, files, **kw):
+        calls.append(len(files))
+        if len(calls) == 3:  # the first scoring after training (step 0 scored the validation and held-out sets)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(model, files, **kw)
+
+    monkeypatch.setattr(rt, "score_refiner", score)
+    before = signal.getsignal(signal.SIGTERM)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        rt.train_refiner(run, _budgeted(tmp_path), cpu_minutes=0.02, eval_every_minutes=0.004, with_dnsmos=False,
+                         log=lambda s: None)
+    assert stopped.value.code == 143 and signal.getsignal(signal.SIGTERM) is before
+    saved = load_checkpoint(find_latest(run))
+    rows, periods = rt.read_record(run)
+    assert [r["step"] for r in rows] == [0] and saved["step"] > 0
+    assert periods == [{**periods[0], "start_step": 0, "end_step": saved["step"]}]
 
 
 def test_the_shipped_refiner_loads_by_name_and_beats_griffin_lim_on_the_shipped_clips():

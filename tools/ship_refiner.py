@@ -3,14 +3,17 @@ held-out split, and a model card whose numbers this script measures itself from 
 
     .venv/bin/python tools/ship_refiner.py --run runs/refiner_a --name ljspeech-refiner [--which best|last]
 
-1. Export the run's EMA weights (``best.pt``: the best validation PESQ-WB; ``last``: ``state.pt``) into
-   ``diffwave/pretrained/NAME/`` (refused above 8 MiB), with the held-out split in ``config.json``'s ``data``.
+The run is a ``tools/train_refiner.py`` run folder (:mod:`diffwave.refiner_train`: the engine's checkpoints plus
+``record.jsonl``, ``periods.jsonl`` and ``best.pt``).
+
+1. Export the run's EMA weights (``best``: ``best.pt``, the best validation PESQ-WB; ``last``: the latest checkpoint)
+   into ``diffwave/pretrained/NAME/`` (refused above 8 MiB), with the held-out split in ``config.json``'s ``data``.
 2. Evaluate the shipped files, loaded by name as a user gets them, exactly as ``diffwave evaluate --model NAME``
    does: the held-out clips, whole, beside Griffin-Lim (64 iterations) on the same mels.
 3. Speed: ``benchmarks/bench_vocoder_speed.py`` (10 s of speech, batch 1, one thread: its CPU-time figure is the
    per-core speed, which the load of other jobs barely changes) in a child process.
 4. ``MODEL_CARD.md``: the tables, the training record (every period's steps, CPU minutes and scores, from the run's
-   ``record.jsonl`` and ``state.pt``), and the commands that reproduce them.
+   ``record.jsonl`` and ``periods.jsonl``), and the commands that reproduce them.
 """
 
 from __future__ import annotations
@@ -39,9 +42,9 @@ def _f(v) -> str:
 
 
 def record_table(rows: list[dict], periods: list[dict] | None = None) -> str:
-    def period_of(step: int) -> int:
+    def period_of(step: int) -> int:  # a period's first step was scored at the end of the one before
         starts = [p["start_step"] for p in periods or []]
-        return max([i + 1 for i, s in enumerate(starts) if s <= step] or [1])
+        return max([i + 1 for i, s in enumerate(starts) if s < step] or [1])
 
     lines = ["| period | step | CPU-min | set | " + " | ".join(k[1] for k in KEYS) + " |",
              "|---:|---:|---:|---|" + "---:|" * len(KEYS)]
@@ -80,13 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import diffwave.api as dw
-    from diffwave.refiner_train import export_refiner
+    from diffwave.refiner_train import export_refiner, read_record
 
     run = Path(a.run)
     target = ROOT / "diffwave" / "pretrained" / a.name
-    rows = [json.loads(line) for line in (run / "record.jsonl").read_text().splitlines() if line.strip()]
-    state = torch.load(run / "state.pt", map_location="cpu", weights_only=True)
-    periods = state.get("history", {}).get("periods", [])
+    rows, periods = read_record(run)
+    if not rows:
+        raise SystemExit(f"{run}: no record.jsonl (not a tools/train_refiner.py run folder?)")
     with tempfile.TemporaryDirectory() as tmp:
         out = export_refiner(run, Path(tmp) / a.name, which=a.which, provenance={
             "data": "LJSpeech 1.1 LJ001-0001..0024 (public domain): 19 trained on, 2 validation "
@@ -147,15 +150,15 @@ score about 3.9). Reproduce this table from the repository root with the shared 
 ## Training
 
 - Data: {prov['data']}. A tiny corpus of one voice: expect it to know this speaker best.
-- Loop: `diffwave/refiner_train.py` (`tools/train_refiner.py`): batch 16 crops of 32 frames with their Griffin-Lim
-  starts (computed once per whole clip), a random gain of -6..+3 dB, loss = MR-STFT (256..2048) + log-mel L1,
-  AdamW 5e-4 (betas 0.8, 0.99) after 200 warm-up steps, gradient clip 1, EMA 0.999. The weights shipped are the
-  EMA at step {prov['step']} ({prov['cpu_minutes']:.1f} CPU-minutes of training; `{a.which}`: {'the best validation PESQ-WB' if a.which == 'best' else 'the last step'}).
-- Machine: {prov['machine']}; torch {prov['torch']}; {prov['date']}. CPU minutes are the training process's CPU
+- Loop: `tools/train_refiner.py` (`diffwave/refiner_train.py`: the one engine running `recipes/ljspeech_refiner.yaml`
+  in periods of CPU time, scored between them): batch 16 crops of 32 frames with their Griffin-Lim starts (computed
+  once per whole clip), a random gain of -6..+3 dB, loss = MR-STFT (256..2048) + log-mel L1, AdamW 5e-4 (betas 0.8,
+  0.99) after 200 warm-up steps, gradient clip 1, EMA 0.999. The weights shipped are the EMA at step
+  {prov['step']} ({prov['cpu_minutes']:.1f} CPU-minutes of training; `{a.which}`: {'the best validation PESQ-WB' if a.which == 'best' else 'the last step'}).
+- Machine: {prov['machine']}; torch {prov['torch']}; {prov['date']}. CPU minutes are the training loop's CPU
   time (`time.process_time`), so the load of other jobs does not inflate them; evaluation is not counted.
-- The same network and loss train through the one engine with `recipes/ljspeech_refiner.yaml`
-  (`diffwave train --recipe recipes/ljspeech_refiner.yaml --data DIR --run-dir RUN`); the next period continues from
-  these weights with `init_from={a.name}`.
+- `diffwave train --recipe recipes/ljspeech_refiner.yaml --data DIR --run-dir RUN` trains the same recipe without
+  the budget and the record; the next period continues from these weights with `init_from={a.name}`.
 
 Training periods (each a run of `tools/train_refiner.py` in the same run folder; CPU minutes cumulative):
 
