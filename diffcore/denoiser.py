@@ -172,10 +172,10 @@ class VPDenoiser:
     # -- network calls -----------------------------------------------------------------------------------------
     def output(self, x_t: Tensor, t: Tensor, cond: Any = None) -> tuple[Tensor, Tensor | None]:
         """The network's raw output at steps ``t`` ``[B]`` of ``schedule``, split into (prediction, variance)."""
-        steps = self.schedule.model_timesteps(t)
-        if steps.is_floating_point():
-            steps = steps.to(_step_dtype(x_t))
-        out = self.network(x_t, steps, cond=cond)
+        t_network = self.schedule.model_timesteps(t)
+        if t_network.is_floating_point():
+            t_network = t_network.to(_step_dtype(x_t))
+        out = self.network(x_t, t_network, cond=cond)
         mean_out, var = split_variance(out, self.learned_variance)
         if mean_out.shape != x_t.shape:
             want = f"[B, 2C, ...] = {(x_t.shape[0], 2 * x_t.shape[1], *x_t.shape[2:])} (the prediction, then the " \
@@ -338,8 +338,8 @@ class EDMDenoiser:
         if sigma.numel() == 1 and x.shape[0] != 1:
             sigma = sigma.expand(x.shape[0])
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
-        steps = (self.params.time_scale * c_noise).to(_step_dtype(x))
-        out = self.network(x * append_dims(c_in, x.ndim).to(x.dtype), steps, cond=cond)
+        t_network = (self.params.time_scale * c_noise).to(_step_dtype(x))
+        out = self.network(x * append_dims(c_in, x.ndim).to(x.dtype), t_network, cond=cond)
         if out.shape != x.shape:
             raise ValueError(f"model output has shape {tuple(out.shape)}, expected {tuple(x.shape)}")
         return out, append_dims(c_skip, x.ndim).to(x.dtype), append_dims(c_out, x.ndim).to(x.dtype)
