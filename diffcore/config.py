@@ -8,6 +8,9 @@ Every component of the package is configured by one dataclass that inherits :cla
   preset and the other keys override it. ``Cfg.preset(name, **overrides)`` does the same from Python.
 - ``cfg.to_dict()`` returns plain data (YAML/JSON-able) and ``from_dict(to_dict())`` round-trips.
 - ``__post_init__`` of a subclass rejects inconsistent fields by raising :class:`ConfigError`.
+- A size field declares its own upper bound as field metadata, ``bounded(default, limit=...)``; ``from_dict``
+  refuses a larger value before anything is built and the constructor before the class's own ``__post_init__``.
+  The core knows no field by name: each package bounds its own.
 
 A recipe is a YAML file that maps onto a top-level dataclass; :func:`load_recipe` reads it and applies
 ``section.field=value`` overrides from the command line with the same type checks.

@@ -101,7 +101,7 @@ class DiffWaveConfig(ConfigBase):
     residual_layers=20)`` overrides fields of another preset.
     """
 
-    # Upper bounds (``bounded``): from_dict refuses a gigantic network before building it.
+    # Upper bounds (``bounded``): from_dict and the constructor refuse a gigantic network before building it.
     residual_layers: int = bounded(30, limit=512)
     residual_channels: int = bounded(64, limit=4096)
     dilation_cycle: int = bounded(10, limit=512)
