@@ -467,3 +467,18 @@ def test_sigma_samplers_take_sigma_levels_as_their_steps():
         out = sampler(vp(TinyModel(), LINEAR), (1, 2), steps=heun_steps(LINEAR, 3),
                       generator=torch.Generator().manual_seed(0))
         assert out.shape == (1, 2) and torch.isfinite(out).all()
+
+
+def test_every_sampler_has_the_one_signature_and_counts_are_count():
+    """The module docstring's promise: ``sampler(denoiser, shape, steps, *, shared keywords..., own keywords)``,
+    the discretisation as ``steps``; a discretisation's length is ``count``, never ``steps``."""
+    import inspect
+
+    shared = ["cond", "generator", "x_T", "progress", "callback", "device", "dtype", "project"]
+    for sampler in (ddpm_sample, ddim_sample, heun_sample, dpmpp_2m_sample):
+        params = inspect.signature(sampler).parameters
+        assert list(params)[:3] == ["denoiser", "shape", "steps"], sampler.__name__
+        assert list(params)[3:3 + len(shared)] == shared, sampler.__name__
+        assert all(params[k].kind is inspect.Parameter.KEYWORD_ONLY for k in list(params)[3:]), sampler.__name__
+    for make in (respaced, karras_sigmas):
+        assert "count" in inspect.signature(make).parameters and "steps" not in inspect.signature(make).parameters
