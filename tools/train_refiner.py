@@ -64,13 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="train.device (default cpu: the budget counts CPU work)")
     a = parse_args(p, argv)
 
-    import logging
-
     import torch
 
+    from diffcore.cli import setup_logging
     from diffwave.refiner_train import train_refiner
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     torch.set_num_threads(a.threads)
     fresh = not (Path(a.run_dir) / "config.yaml").is_file()
     n_val = a.val if a.val is not None else 2 if fresh else None
@@ -82,4 +81,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from diffcore.cli import run_cli
+
+    raise SystemExit(run_cli(main))
