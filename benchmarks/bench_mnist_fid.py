@@ -92,11 +92,29 @@ def checkpoints(run_dir: Path) -> dict[int, Path]:
 
 
 def parse_sampler(spec: str) -> tuple[str, int]:
-    """``ddim50`` → ("ddim", 50); ``heun18`` → ("heun", 18)."""
-    for name in ("ddim", "heun", "ddpm"):
+    """``ddim50`` → ("ddim", 50); ``heun18`` → ("heun", 18); ``dpmpp20`` → ("dpmpp", 20)."""
+    for name in ("ddim", "heun", "ddpm", "dpmpp"):
         if spec.startswith(name):
-            return name, int(spec[len(name):] or {"ddim": 50, "heun": 18, "ddpm": 1000}[name])
-    raise SystemExit(f"--samplers takes ddimN, heunN or ddpmN, got {spec!r}")
+            return name, int(spec[len(name):] or {"ddim": 50, "heun": 18, "ddpm": 1000, "dpmpp": 20}[name])
+    raise SystemExit(f"--samplers takes ddimN, heunN, dpmppN or ddpmN, got {spec!r}")
+
+
+def cpu_record_points(folder: Path, cpu_offset: float, step_offset: int) -> list[tuple[str, float, int, str]]:
+    """The checkpoints of ``folder`` (``step_*.pt`` copied while a run trained) with the training process's CPU
+    minutes at each, from ``folder/curve.jsonl`` (one ``{"step", "cpu_s"}`` per copy): ``(path, cpu_offset +
+    cpu_s / 60, step_offset + step, label)``. The offsets carry a warm-started run's record on from the model it
+    started from."""
+    record = folder / "curve.jsonl"
+    if not record.is_file():
+        raise SystemExit(f"{record} does not exist: --points needs the folder's curve.jsonl (step, cpu_s per copy)")
+    points = []
+    for line in record.read_text().splitlines():
+        r = json.loads(line)
+        ckpt = folder / f"step_{int(r['step']):08d}.pt"
+        if ckpt.is_file():
+            step = step_offset + int(r["step"])
+            points.append((str(ckpt), cpu_offset + float(r["cpu_s"]) / 60.0, step, f"step {step}"))
+    return points
 
 
 def machine() -> dict[str, Any]:
@@ -123,7 +141,8 @@ def fid_of_features(gen: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def measure(model, reference: torch.Tensor, sampler: str, steps: int, n: int, seed: int, cache: Path,
-            batch_size: int, prefixes: list[int]) -> tuple[list[dict[str, Any]], torch.Tensor]:
+            batch_size: int, prefixes: list[int], sample_options: dict[str, Any] | None = None
+            ) -> tuple[list[dict[str, Any]], torch.Tensor]:
     """Sample ``n`` images, extract their Inception features once, and score the first ``k`` of them for each ``k``
     in ``prefixes`` and ``n`` (the first ``k`` are exactly what an ``k``-sample run with the same seed and batch size
     draws). Returns one row per ``k`` and the samples."""
@@ -134,7 +153,7 @@ def measure(model, reference: torch.Tensor, sampler: str, steps: int, n: int, se
 
     ref = reference_features(reference, None, cache, batch_size, "cpu")
     t0 = time.perf_counter()
-    samples = model.sample_seeded(n, seed, batch_size, sampler=sampler, steps=steps)
+    samples = model.sample_seeded(n, seed, batch_size, sampler=sampler, steps=steps, **(sample_options or {}))
     t_sample = time.perf_counter() - t0
     t0 = time.perf_counter()
     gen = extract_features(samples, None, batch_size, "cpu")
@@ -160,12 +179,17 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     for r in results:
         if r.get("minutes") is None:
             continue
-        groups.setdefault((r["sampler"], r["steps"], r["num_samples"], r["num_reference"]), []).append(r)
-    for (sampler, steps, n, n_ref), rows in sorted(groups.items()):
+        mode = "" if r.get("classes", "null") == "null" else f", classes cycled, guidance {r['guidance_scale']:g}"
+        groups.setdefault((r["sampler"], r["steps"], r["num_samples"], r["num_reference"], mode,
+                           r.get("minutes_kind", "wall")), []).append(r)
+    kinds = set()
+    for (sampler, steps, n, n_ref, mode, kind), rows in sorted(groups.items()):
         rows = sorted(rows, key=lambda r: r["minutes"])
+        kinds.add(kind)
         ax.plot([r["minutes"] for r in rows], [r["fid"] for r in rows], "o-",
-                label=f"{sampler} {steps} steps, {n} samples vs {n_ref} held-out digits")
-    ax.set_xlabel("training minutes (1 CPU thread)")
+                label=f"{sampler} {steps} steps{mode}, {n} samples vs {n_ref} held-out digits")
+    ax.set_xlabel("training minutes (1 CPU thread): " + " / ".join(
+        {"cpu": "CPU time of the training process", "wall": "wall-clock"}[k] for k in sorted(kinds)))
     ax.set_ylabel("FID (Inception-v3)")
     ax.set_title("MNIST: FID against held-out digits")
     ax.grid(alpha=0.3)
@@ -181,6 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", type=Path, help="a run folder: its checkpoints at --minutes / --steps")
     src.add_argument("--model", help="one model: a shipped name, export folder or checkpoint")
+    src.add_argument("--points", type=Path, help="a folder of checkpoints copied during training, with curve.jsonl "
+                     "(step, cpu_s of the training process at each copy): FID against CPU-minutes")
+    p.add_argument("--cpu-offset", type=float, default=0.0, help="CPU-minutes before the --points run (a warm "
+                   "start's earlier training)")
+    p.add_argument("--step-offset", type=int, default=0, help="steps before the --points run (a warm start's)")
+    p.add_argument("--classes", choices=("null", "cycle"), default="null", help="class-conditional model: the null "
+                   "label (unconditional; default) or labels 0, 1, ..., 9, 0, ... (balanced) with --guidance-scale")
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="with --classes cycle (1 = plain conditional)")
     p.add_argument("--data", type=Path, default=None, help="train.npz (default: $DIFF_DATA/mnist/train.npz)")
     p.add_argument("--minutes", default="", help="comma-separated training minutes (with --run)")
     p.add_argument("--steps", default="", help="comma-separated checkpoint steps (with --run)")
@@ -225,8 +257,16 @@ def main(argv: list[str] | None = None) -> int:
             wanted = [max(ckpts)]
         for s in sorted(set(wanted)):
             points.append((str(ckpts[s]), minutes_at(s, table), s, f"step {s}"))
+    elif args.points is not None:
+        points = cpu_record_points(args.points, args.cpu_offset, args.step_offset)
+        if not points:
+            raise SystemExit(f"{args.points} holds no checkpoint named in its curve.jsonl")
     else:
         points.append((args.model, None, None, args.model))
+    minutes_kind = "cpu" if args.points is not None else "wall"
+    options: dict[str, Any] = {}
+    if args.classes == "cycle":
+        options = {"classes": [i % 10 for i in range(args.num_samples)], "guidance_scale": args.guidance_scale}
 
     out_file = args.out / "results.json"
     results: list[dict[str, Any]] = json.loads(out_file.read_text()) if out_file.is_file() else []
@@ -234,20 +274,24 @@ def main(argv: list[str] | None = None) -> int:
         model = None
         for sampler, steps in samplers:
             key = dict(source=source, sampler=sampler, steps=steps, num_samples=args.num_samples,
-                       num_reference=int(reference.shape[0]), seed=args.seed)
+                       num_reference=int(reference.shape[0]), seed=args.seed, classes=args.classes,
+                       guidance_scale=args.guidance_scale if args.classes == "cycle" else None)
             if any(all(r.get(k) == v for k, v in key.items()) for r in results):
                 print(f"{label} {sampler}{steps}: measured already", flush=True)
                 continue
             if model is None:
                 model = load(source, "cpu")
-                if step is None:
-                    card_minutes = model.info.get("provenance", {}).get("training_minutes")
+                if step is None:  # a shipped model or export: its card's record (CPU minutes where it has them)
+                    prov = model.info.get("provenance", {})
+                    card_minutes = prov.get("cpu_minutes", prov.get("training_minutes"))
                     minutes = float(card_minutes) if card_minutes is not None else None
-                    step = model.info.get("provenance", {}).get("training_steps")
+                    minutes_kind = "cpu" if "cpu_minutes" in prov else "wall"
+                    step = prov.get("training_steps")
             rows, samples = measure(model, reference, sampler, steps, args.num_samples, args.seed, cache,
-                                    args.batch_size, [int(k) for k in args.also_at.split(",") if k])
+                                    args.batch_size, [int(k) for k in args.also_at.split(",") if k], options)
             for row in rows:
-                row.update(source=source, step=step, minutes=minutes, machine=machine())
+                row.update(source=source, step=step, minutes=minutes, minutes_kind=minutes_kind,
+                           classes=key["classes"], guidance_scale=key["guidance_scale"], machine=machine())
                 if not any(all(r.get(k) == row[k] for k in key if k != "num_samples") and
                            r.get("num_samples") == row["num_samples"] for r in results):
                     results.append(row)

@@ -44,10 +44,12 @@ ISSUE_EPS_PROTOTYPE = {"label": "frame-rate ε-predictor (issue's prototype, quo
 
 
 def _label(run: Path) -> str:
-    import torch
+    from diffcore.checkpoint import find_latest, load_checkpoint
 
-    state = torch.load(run / "state.pt", map_location="cpu", weights_only=True)
-    m = state["model_config"]
+    latest = find_latest(run)
+    if latest is None:
+        raise SystemExit(f"{run} holds no checkpoint: give a run folder of tools/train_refiner.py")
+    m = load_checkpoint(latest)["config"]["model"]
     phase = "gain + phase" if m.get("correct_phase", True) else "gain only"
     return f"refiner ({phase}, {m['num_blocks']}×{m['dim']})"
 
