@@ -179,11 +179,14 @@ def cmd_vocode(argv: list[str]) -> int:
     p.add_argument("--out", "-o", default="vocoded", metavar="PATH",
                    help="output folder (default: vocoded/), or a .wav/.flac path for a single input (an existing "
                         "file there is replaced only if it is a .wav/.flac)")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per network call (default: 16)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="windows of one long input per network call (default: 16); the audio does not change")
     p.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
                    help=f"longest mel vocoded in one piece; longer ones go in exact overlapping chunks "
                         f"(default: {DEFAULT_MAX_FRAMES})")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="noise seed (default: 0): each file's noise comes from this seed and that file's mel alone, "
+                        "so its audio is the same in any run, beside any other files, in any order")
     p.add_argument("--strict", action="store_true", help="refuse audio at another sample rate instead of resampling")
     args = p.parse_args(argv)
     check_number("--batch-size", args.batch_size, 1, MAX_BATCH)

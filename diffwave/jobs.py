@@ -1,7 +1,8 @@
 """Jobs over files and folders with a trained DiffWave: generating clips into a folder, vocoding audio and mel files.
 
-Each job is a loop around :mod:`diffwave.sample` (``generate_audio``, ``vocode_mels``) that reads inputs, groups them
-into sampling runs with reproducible seeds, writes every output atomically and reports what it could not read.
+Each job is a loop around :mod:`diffwave.sample` (``generate_audio``, ``vocode_mels``) that reads inputs, samples
+them with reproducible seeds (a vocoded file's noise depends on the seed and that file alone), writes every output
+atomically and reports what it could not read.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from diffwave.sample import (
     context_frames,
     generate_audio,
     num_sampling_steps,
-    plan_chunks,
     vocode_mels,
 )
 
@@ -151,9 +151,9 @@ def load_input(item: VocodeInput, config: DiffWaveConfig, strict: bool) -> tuple
 
 
 @dataclass
-class _Groups:
-    """The sampling runs of :func:`vocode_files`: inputs are gathered until they fill ``batch_size`` windows, then
-    vocoded in one run seeded by ``(seed, run index)`` and written."""
+class _Writer:
+    """The sampling runs of :func:`vocode_files`: each loaded input is vocoded alone, with noise seeded by
+    ``(seed, that input's mel)`` (:func:`diffwave.sample.input_seed`), and written."""
 
     model: torch.nn.Module
     steps: Steps
@@ -165,49 +165,31 @@ class _Groups:
     total: int
     bar: tqdm
     written: list[Path] = field(default_factory=list)
-    group: list[tuple[Path, Tensor, int | None]] = field(default_factory=list)
-    windows: int = 0
-    done: int = 0
 
     def __post_init__(self) -> None:
         self.context = context_frames(self.model.config)
 
     def add(self, target: Path, mel: Tensor, keep: int | None) -> None:
-        """Queue one loaded input (its output path, its mel, the samples to keep or ``None``); a run starts once
-        the queue holds ``batch_size`` windows."""
-        self.group.append((target, mel, keep))
-        frames = mel.shape[-1] + (-mel.shape[-1] % self.pad_multiple if self.pad_multiple > 1 else 0)
-        self.windows += len(plan_chunks(frames, self.max_frames, self.context))
-        if self.windows >= self.batch_size:
-            self.flush()
-
-    def flush(self) -> None:
-        """Vocode and write the queued inputs (nothing when the queue is empty)."""
-        if not self.group:
-            return
+        """Vocode one loaded input (its output path, its mel, the samples to keep or ``None``) and write it."""
         config: DiffWaveConfig = self.model.config
-        g = torch.Generator(device=_model_device(self.model)).manual_seed(self.seed * 1_000_003 + self.done)
-        group, per_run = self.group, num_sampling_steps(config, self.steps)
-        seconds = sum(m.shape[-1] for _, m, _ in group) * config.hop_length / config.sample_rate
-        self.bar.set_postfix_str(f"{len(group)} file(s), {seconds:.1f} s: step 0/{per_run}")
+        per_run = num_sampling_steps(config, self.steps)
+        seconds = mel.shape[-1] * config.hop_length / config.sample_rate
+        self.bar.set_postfix_str(f"{target.name}, {seconds:.1f} s: step 0/{per_run}")
 
         def on_step(i: int, x: Tensor) -> None:
-            self.bar.set_postfix_str(f"{len(group)} file(s), {seconds:.1f} s: step {i + 1}/{per_run}")
+            self.bar.set_postfix_str(f"{target.name}, {seconds:.1f} s: step {i + 1}/{per_run}")
 
-        wavs = vocode_mels(self.model, [m for _, m, _ in group], self.steps, generator=g, max_frames=self.max_frames,
-                           context=self.context, batch_size=self.batch_size,
-                           pad_multiple=self.pad_multiple, callback=on_step, inference=self.inference)
-        for (target, _, keep), wav in zip(group, wavs):
-            wav = wav[:keep] if keep is not None else wav
-            try:
-                self.written.append(save_audio(target, wav.cpu(), config.sample_rate))
-            except CheckpointError as e:  # a full disk, a folder gone read-only: say which outputs are complete
-                done = ", ".join(str(p) for p in self.written[:5]) + (", ..." if len(self.written) > 5 else "")
-                raise VocodeError(f"{e}; {len(self.written)} of {self.total} output(s) are complete"
-                                  f"{f' ({done})' if self.written else ''} and no partial file is left") from None
-        self.bar.update(len(group))
-        self.done += 1
-        self.group, self.windows = [], 0
+        wav = vocode_mels(self.model, [mel], self.steps, seed=self.seed, max_frames=self.max_frames,
+                          context=self.context, batch_size=self.batch_size, pad_multiple=self.pad_multiple,
+                          callback=on_step, inference=self.inference)[0]
+        wav = wav[:keep] if keep is not None else wav
+        try:
+            self.written.append(save_audio(target, wav.cpu(), config.sample_rate))
+        except CheckpointError as e:  # a full disk, a folder gone read-only: say which outputs are complete
+            done = ", ".join(str(p) for p in self.written[:5]) + (", ..." if len(self.written) > 5 else "")
+            raise VocodeError(f"{e}; {len(self.written)} of {self.total} output(s) are complete"
+                              f"{f' ({done})' if self.written else ''} and no partial file is left") from None
+        self.bar.update(1)
 
 
 def vocode_files(
@@ -219,7 +201,7 @@ def vocode_files(
     seed: int = 0,
     batch_size: int = 16,
     max_frames: int | None = DEFAULT_MAX_FRAMES,
-    pad_multiple: int = 16,
+    pad_multiple: int = 1,
     strict: bool = False,
     progress: bool = True,
     single_output: str | os.PathLike | None = None,
@@ -227,9 +209,13 @@ def vocode_files(
 ) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Vocode ``inputs`` into ``out_dir/<out_name>`` (each written atomically as 16-bit WAV at the model's rate).
 
-    Inputs are taken in order and grouped until a group fills ``batch_size`` windows; each group is one sampling
-    run with a generator seeded by ``(seed, group index)``. Wav inputs are cut back to their own length; mel
+    Each input is vocoded alone, in its own sampling run, with noise seeded by :func:`diffwave.sample.input_seed`
+    ``(seed, its mel)``: a file's audio depends on ``seed``, that input and the options alone, never on the other
+    inputs, their order or their number, and equals ``vocode_mels(model, [mel], seed=seed)`` of its mel
+    (``batch_size``: windows of one long input per network call). Wav inputs are cut back to their own length; mel
     inputs give ``frames · hop`` samples. An input that fails to load is reported and skipped.
+    ``pad_multiple``: pad each mel to a multiple of that many frames (off by default: the network hears the
+    padding).
     ``single_output``: write the only input to this exact path instead. ``inference``: the inference speed-ups.
 
     Returns ``(written paths, [(input, reason)] of the failures)``.
@@ -246,7 +232,7 @@ def vocode_files(
                 stale.unlink(missing_ok=True)
     failed: list[tuple[Path, str]] = []
     # The bar is created once the first input has loaded, so that a single bad input fails before any output.
-    runs = _Groups(model, steps, seed, batch_size, max_frames, pad_multiple, inference, len(inputs),
+    runs = _Writer(model, steps, seed, batch_size, max_frames, pad_multiple, inference, len(inputs),
                    tqdm(total=len(inputs), disable=True))
     try:
         for item, target in zip(inputs, targets):
@@ -264,7 +250,6 @@ def vocode_files(
             if runs.bar.disable and progress:
                 runs.bar = tqdm(total=len(inputs), initial=len(failed), desc="vocode", unit="file")
             runs.add(target, mel, keep)
-        runs.flush()
     finally:
         runs.bar.close()
     return runs.written, failed

@@ -3,8 +3,10 @@
 :func:`diffwave.api.load` returns a :class:`RefinerVocoder` for an export or run whose stored config says
 ``"network": "refiner"`` (the shipped ``ljspeech-refiner``). It is a :class:`diffwave.api.Vocoder`: ``vocode`` (every
 input shape, the argument checks), ``mel``, ``save`` and the evaluation functions are the same code, and
-:func:`diffwave.sample.vocode_mels` runs the refiner's one deterministic pass. ``steps`` and ``generator`` are
-accepted for the common signature and have no effect; ``generate`` is refused (the refiner needs a mel).
+:func:`diffwave.sample.vocode_mels` runs the refiner's one deterministic pass. ``steps``, ``generator`` and ``seed``
+are accepted for the common signature and have no effect (no noise is drawn: Griffin-Lim starts from zero phase,
+and each mel is its own pass, so a mel's audio never depends on the other mels of a call, their order or the batch
+size); ``generate`` is refused (the refiner needs a mel).
 """
 
 from __future__ import annotations

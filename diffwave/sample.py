@@ -16,10 +16,14 @@ chunks. With ``context ≥ ⌈R / hop⌉ + 2 + crossfade`` (the default, :func:`
 unchunked one up to float rounding, so chunked and whole-input vocoding give the same waveform for the same noise:
 there is no seam to hear. A smaller ``context`` still shares the noise and crossfades, and the seams stay faint.
 
-Batching. Several inputs are packed end to end into one state ``[1, Σ T_i]``; their windows never cross an input's
-boundary (each input sees zero padding at its own edges, as when it is vocoded alone), and windows of equal length
-share a network call (at most ``batch_size`` windows per call). ``pad_multiple`` pads each mel with the preset's
-silence to a multiple of that many frames (the padding is cut off), so inputs of similar length share calls.
+Batching and noise. :func:`vocode_mels` vocodes each mel in its own sampling run with its own noise generator,
+seeded from the noise seed and that mel's bytes (:func:`input_seed`; or a copy of the caller's generator), so a
+mel's waveform depends on the seed, the mel and the options alone: not on the other mels of a call, their order or
+how many there are. That is why inputs are not batched together: a padded batch lets the network hear the padding
+through its receptive field, and even rows of exactly equal length may round differently in another batch
+composition. A run's windows of equal length share a network call (at most ``batch_size`` per call).
+:class:`ChunkedNetwork` can still pack several inputs end to end into one state ``[1, Σ T_i]`` (windows never
+cross an input's boundary) for callers with their own noise.
 
 Speed. Sampling runs through :class:`diffcore.inference.InferenceRunner` unless told otherwise (``inference=``;
 the chunked network is built once around the runner, so every window goes through it):
@@ -38,7 +42,9 @@ to sampling without the option.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import struct
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
@@ -75,6 +81,9 @@ __all__ = [
     "CALL_BYTES",
     "DEFAULT_MAX_FRAMES",
     "vocode_mels",
+    "input_seed",
+    "input_generators",
+    "MAX_NOISE_SEED",
     "generate_audio",
 ]
 
@@ -359,6 +368,50 @@ def _refine_mels(model: GriffinLimRefiner, mels: Sequence[Tensor], max_frames: i
     return out
 
 
+#: Largest noise seed (the CLI's ``--seed`` and ``seed=`` of the API): seeds are 63-bit non-negative integers.
+MAX_NOISE_SEED = 2**63 - 1
+
+
+def input_seed(seed: int, mel: Tensor) -> int:
+    """The noise seed of one input: a 63-bit integer from BLAKE2b over ``seed``, ``mel``'s shape and its float32
+    bytes (C order, on the CPU). It depends on the seed and that mel alone, so the same mel gives the same audio
+    wherever and whenever it is vocoded with that seed (in a folder run, beside any other files, in any order or
+    batch size, or alone), while different mels get independent noise."""
+    h = hashlib.blake2b(digest_size=8, person=b"diffwave-noise")
+    h.update(int(seed).to_bytes(8, "little", signed=False))
+    h.update(struct.pack("<q", mel.ndim) + struct.pack(f"<{mel.ndim}q", *mel.shape))
+    h.update(mel.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return int.from_bytes(h.digest(), "little") & MAX_NOISE_SEED
+
+
+def input_generators(
+    mels: Sequence[Tensor], device: torch.device | str, *, seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> list[torch.Generator]:
+    """One noise generator per mel, on ``device``, each a function of its own mel and the seed alone.
+
+    - ``seed``: mel ``i``'s generator is seeded with :func:`input_seed` ``(seed, mels[i])``.
+    - ``generator``: each mel gets its own copy of ``generator``'s current state, so each mel draws exactly the
+      noise it would draw vocoded alone from that generator (a single mel draws what it always drew). Afterwards
+      ``generator`` is advanced as by vocoding the first mel alone, so the next call draws new noise.
+    - neither: a seed is drawn from torch's global RNG (``torch.manual_seed`` makes it reproducible), then as
+      ``seed``.
+    """
+    if seed is not None and generator is not None:
+        raise ValueError("give seed or generator, not both")
+    if generator is not None:
+        state = generator.get_state()
+        gens = [generator]
+        for _ in mels[1:]:
+            g = torch.Generator(device=generator.device)
+            g.set_state(state)
+            gens.append(g)
+        return gens
+    if seed is None:
+        seed = int(torch.randint(0, MAX_NOISE_SEED, (1,)))
+    return [torch.Generator(device=device).manual_seed(input_seed(seed, m)) for m in mels]
+
+
 @torch.no_grad()
 def vocode_mels(
     model: torch.nn.Module,
@@ -366,6 +419,7 @@ def vocode_mels(
     steps: Steps = "fast",
     *,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
     max_frames: int | None = DEFAULT_MAX_FRAMES,
     context: int | None = None,
     crossfade: int = DEFAULT_CROSSFADE,
@@ -376,13 +430,23 @@ def vocode_mels(
     inference: Inference = None,
     project: ProjectOption = None,
 ) -> list[Tensor]:
-    """Waveforms ``[F_i · hop]`` for mels ``[n_mels, F_i]`` of any lengths, in one sampling run (module docstring).
+    """Waveforms ``[F_i · hop]`` for mels ``[n_mels, F_i]`` of any lengths (module docstring).
+
+    Each mel is its own sampling run with its own noise (:func:`input_generators`: from ``seed`` and the mel, or a
+    copy of ``generator``'s state), so a mel's waveform depends on the noise seed, that mel and the options alone,
+    never on the other mels of the call or their order: it equals vocoding that mel alone. Network calls batch only
+    a mel's own windows (at most ``batch_size`` per call), and on the default inference path the batch size does
+    not change a window's result (measured bit-identical on the CPU; with ``inference="eager"`` the convolution
+    kernels oneDNN picks differ by batch size in the last bits, about 1e-6, for mels longer than ``max_frames``).
+    ``pad_multiple``: pad each mel with the preset's silence to a multiple of that many frames before vocoding (cut
+    off again; the network sees the padding within its receptive field, so it is off by default).
 
     The mels are not validated here (see :func:`diffwave.mel.validate_mel`); they are moved to the model's device.
     ``inference``: the inference speed-ups (module docstring; ``"eager"`` = eager float32). ``project``: GLA-Grad's
     mel-consistent projection (``"gla"`` or a :class:`~diffwave.projection.GLAGrad`; default ``None``, off: on held-out
     LJSpeech it lifts ``ljspeech-tiny`` to Griffin-Lim's level, not past it; BENCHMARKS.md, issue 17). With it on,
     chunked output equals whole-input output up to float rounding amplified by Griffin-Lim (module docstring).
+    ``callback(i, x)`` is called after every step of every mel's run.
     """
     gla = resolve_projection(project)
     if not mels:
@@ -390,36 +454,47 @@ def vocode_mels(
     if isinstance(model, GriffinLimRefiner):  # deterministic: no schedule, no noise, one network pass per mel
         if gla is not None:
             raise ValueError("project= projects a diffusion vocoder's reverse process; the refiner has none")
+        if seed is not None and generator is not None:
+            raise ValueError("give seed or generator, not both")
         return _refine_mels(model, mels, max_frames, callback)
     config: DiffWaveConfig = model.config
     if not config.conditional:
         raise ValueError("this model is unconditional: use generate_audio")
     device, dtype = _model_device_dtype(model)
-    frames = [int(m.shape[-1]) for m in mels]
-    if pad_multiple > 1:
-        pad = mel_pad_value(config.mel)
-        mels = [F.pad(m, (0, -m.shape[-1] % pad_multiple), value=pad) for m in mels]
+    gens = input_generators(mels, device, seed=seed, generator=generator)
     runner = inference_runner(model, inference)
-    total = sum(m.shape[-1] for m in mels) * config.hop_length * (1 + 2 * (max_frames is not None))
-    cache_bytes = config.residual_layers * 2 * config.residual_channels * total * (2 if runner.precision != "fp32" else 4)
+    return [_vocode_one(runner, config, mel, g, steps, device=device, dtype=dtype, max_frames=max_frames,
+                        context=context, crossfade=crossfade, batch_size=batch_size, pad_multiple=pad_multiple,
+                        callback=callback, progress=progress, gla=gla)
+            for mel, g in zip(mels, gens)]
+
+
+def _vocode_one(runner: InferenceRunner, config: DiffWaveConfig, mel: Tensor, generator: torch.Generator,
+                steps: Steps, *, device: torch.device, dtype: torch.dtype, max_frames: int | None,
+                context: int | None, crossfade: int, batch_size: int, pad_multiple: int,
+                callback: Callable[[int, Tensor], None] | None, progress: bool, gla: object) -> Tensor:
+    """One mel's sampling run: the waveform ``[F · hop]`` of ``mel`` ``[n_mels, F]`` with noise from ``generator``."""
+    frames = int(mel.shape[-1])
+    if pad_multiple > 1:
+        mel = F.pad(mel, (0, -mel.shape[-1] % pad_multiple), value=mel_pad_value(config.mel))
+    total = mel.shape[-1] * config.hop_length * (1 + 2 * (max_frames is not None))
+    cache_bytes = config.residual_layers * 2 * config.residual_channels * total * (2 if runner.precision != "fp32"
+                                                                                  else 4)
     prepare = runner.prepare_condition if runner.cache_condition and cache_bytes <= CONDITION_CACHE_BYTES else None
-    network = ChunkedNetwork(runner, [m.to(device, dtype) for m in mels], config=config, max_frames=max_frames,
+    network = ChunkedNetwork(runner, [mel.to(device, dtype)], config=config, max_frames=max_frames,
                              context=context, crossfade=crossfade, batch_size=batch_size,
                              prepare=prepare).to(device, dtype)
     prior_std = None
-    if config.prior is not None:  # the packed state's prior: each mel's s[n], in packing order
-        prior_std = torch.cat([sample_prior_std(m.float(), config.mel, config.prior) for m in mels])
-        prior_std = prior_std.to(device, dtype).unsqueeze(0)
+    if config.prior is not None:  # the state's prior: the mel's s[n]
+        prior_std = sample_prior_std(mel.float(), config.mel, config.prior).to(device, dtype).unsqueeze(0)
     projection = None
     if gla is not None:
-        projection = MelProjection(gla, [m.float() for m in mels], network.offsets, config.mel,
-                                   num_sampling_steps(config, steps))
+        projection = MelProjection(gla, [mel.float()], network.offsets, config.mel, num_sampling_steps(config, steps))
     with runner.context():
         x = sample_waveform(network, config, (1, network.length), steps, device=device, dtype=dtype,
                             generator=generator, callback=callback, progress=progress, prior_std=prior_std,
                             project=projection)[0]
-    hop = network.hop
-    return [x[o : o + f * hop] for o, f in zip(network.offsets, frames)]
+    return x[: frames * network.hop]
 
 
 @torch.no_grad()
