@@ -164,8 +164,10 @@ def find_latest(run_or_ckpt_dir: str | os.PathLike) -> Path | None:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint file with ``weights_only=True`` and check that it is one of ours.
 
-    Raises :class:`CheckpointError` naming the file for a missing, truncated or corrupt file, a file holding
-    objects that weights-only loading refuses, a file that is not a diffstack checkpoint, or a newer format.
+    Raises :class:`CheckpointError` naming the file for a missing, truncated or corrupt file, a file whose records
+    claim more than it holds (:func:`diffcore.torchfile.check_torch_file`, checked before anything is allocated), a
+    file holding objects that weights-only loading refuses, a file that is not a diffstack checkpoint, or a newer
+    format.
     """
     path = Path(path)
     if not path.is_file():
@@ -173,6 +175,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
         reason = not_a_file_reason(path)
         raise CheckpointError(f"{path}: no such checkpoint file" if reason == "does not exist" else f"{path}: {reason}")
+    from diffcore.torchfile import TorchFileError, check_torch_file
+
+    try:  # before torch.load allocates what the records claim: a small forged file can claim gigabytes
+        check_torch_file(path)
+    except TorchFileError as e:
+        raise CheckpointError(str(e)) from None
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files

@@ -33,13 +33,14 @@ from diffcore.checkpoint import (
 )
 from diffcore.arguments import ArgumentError, check_count, check_generator, check_integer_array, describe
 from diffcore.device import resolve_device
+from diffcore.torchfile import TorchFileError, check_torch_file
 from diffwave.config import DiffWaveConfig
 from diffwave.evaluate import evaluate_generation, evaluate_resynthesis_files
 from diffwave.mel import compute_mel, validate_mel
 from diffwave.model import DiffWave
 from diffwave.pretrained import SHIPPED, available_models
 from diffwave.projection import ProjectOption
-from diffwave.sample import DEFAULT_MAX_FRAMES, Inference, Steps, generate_audio, vocode_mels
+from diffwave.sample import DEFAULT_MAX_FRAMES, MAX_NOISE_SEED, Inference, Steps, generate_audio, vocode_mels
 
 __all__ = ["Vocoder", "RefinerVocoder", "available_models", "load", "save_export", "export_run", "import_lmnt",
            "resolve_device",
@@ -77,6 +78,12 @@ class Vocoder:
         """Load an lmnt-com/diffwave checkpoint (file or folder with ``weights.pt``); outputs equal lmnt's."""
         from diffwave.lmnt import load_lmnt_checkpoint
 
+        target = Path(path) / "weights.pt" if Path(path).is_dir() else Path(path)
+        if target.is_file():
+            try:  # records that claim more than the file holds, before torch.load would allocate them
+                check_torch_file(target)
+            except TorchFileError as e:
+                raise CheckpointError(str(e)) from None
         model, config = load_lmnt_checkpoint(path)
         problem = weights_problem(model.state_dict())
         if problem:
@@ -154,6 +161,7 @@ class Vocoder:
         steps: Steps = "fast",
         generator: torch.Generator | None = None,
         *,
+        seed: int | None = None,
         lengths: Tensor | np.ndarray | Sequence[int] | None = None,
         max_frames: int | None = DEFAULT_MAX_FRAMES,
         batch_size: int = 16,
@@ -171,15 +179,22 @@ class Vocoder:
           torchaudio's and speechbrain's vocoders return);
         - a list of mels ``[n_mels, F_i]`` of any lengths → a list of waveforms ``[F_i · hop]``.
 
-        All mels are vocoded in one sampling run (ragged inputs are packed, not padded: padding frames cost nothing
-        and cannot leak into a neighbour). ``steps``: ``fast`` (the model's ``inference_betas``, 6 network calls for the
-        paper's presets) or ``full`` (all T training steps). ``generator``: the noise source, on the model's device
-        (default: the global RNG). Mels longer than ``max_frames`` are vocoded in exact overlapping chunks (see
-        :mod:`diffwave.sample`). Raises :class:`~diffwave.mel.MelError` naming the preset the model expects when a
-        mel does not fit it, and ``ValueError`` for inconsistent shapes or lengths. ``inference``: the inference
-        speed-ups (:mod:`diffwave.sample`; default on, ``"eager"`` = eager float32). ``numpy``: return numpy arrays
-        (default: numpy when the input was numpy). ``project``: GLA-Grad's mel-consistent projection (``"gla"`` or a
-        :class:`~diffwave.projection.GLAGrad`; default ``None``, off; see :func:`diffwave.sample.vocode_mels`).
+        Each mel is vocoded in its own sampling run with its own noise (ragged inputs are not padded, and nothing
+        leaks between mels), so a mel's waveform depends on its noise seed and that mel alone, never on the other
+        mels of the call, their order or their number: it equals vocoding that mel alone. ``seed``: each mel's noise
+        comes from :func:`diffwave.sample.input_seed` ``(seed, mel)``, a hash of the seed and the mel's float32
+        bytes, so the same mel gives the same audio with the same seed wherever it is vocoded (what ``diffwave
+        vocode --seed`` does). ``generator`` (on the model's device): each mel draws from its own copy of the
+        generator's state, as it would vocoded alone (one mel draws what it always drew), and the generator is then
+        advanced as by the first mel. Neither: a seed is drawn from torch's global RNG. ``steps``: ``fast`` (the
+        model's ``inference_betas``, 6 network calls for the paper's presets) or ``full`` (all T training steps).
+        ``batch_size``: windows of one long mel per network call. Mels longer than ``max_frames`` are vocoded in
+        exact overlapping chunks (see :mod:`diffwave.sample`). Raises :class:`~diffwave.mel.MelError` naming the
+        preset the model expects when a mel does not fit it, and ``ValueError`` for inconsistent shapes or lengths.
+        ``inference``: the inference speed-ups (:mod:`diffwave.sample`; default on, ``"eager"`` = eager float32).
+        ``numpy``: return numpy arrays (default: numpy when the input was numpy). ``project``: GLA-Grad's
+        mel-consistent projection (``"gla"`` or a :class:`~diffwave.projection.GLAGrad`; default ``None``, off; see
+        :func:`diffwave.sample.vocode_mels`).
         Returns float32 audio in [-1, 1] on the CPU.
         """
         if not self.conditional:
@@ -191,14 +206,15 @@ class Vocoder:
                 return []
             as_np = all(isinstance(m, np.ndarray) for m in mel) if numpy is None else numpy
             items = [self._checked_mel(m, f"mel[{i}]", 2) for i, m in enumerate(mel)]
-            wavs = self._vocode_list(items, steps, generator, max_frames, batch_size, progress, inference, project)
+            wavs = self._vocode_list(items, steps, generator, max_frames, batch_size, progress, inference, project,
+                                     seed)
             return [w.numpy() for w in wavs] if as_np else wavs
         as_np = isinstance(mel, np.ndarray) if numpy is None else numpy
         if lengths is None:
             mel_t = self._checked_mel(mel, "mel", None)
             batch = list(mel_t) if mel_t.ndim == 3 else [mel_t]
             out = torch.stack(self._vocode_list(batch, steps, generator, max_frames, batch_size, progress, inference,
-                                                project))
+                                                project, seed))
             out = out if mel_t.ndim == 3 else out[0]
             return out.numpy() if as_np else out
         mel_t = self._checked_mel(mel, "mel", 3)
@@ -210,7 +226,7 @@ class Vocoder:
             raise ValueError(f"lengths must lie in [1, {mel_t.shape[-1]}] (the padded batch's frames), "
                              f"got {frames.tolist()}")
         wavs = self._vocode_list([m[:, : int(f)] for m, f in zip(mel_t, frames)], steps, generator, max_frames,
-                                 batch_size, progress, inference, project)
+                                 batch_size, progress, inference, project, seed)
         hop = self.hop_length
         out = torch.zeros(mel_t.shape[0], mel_t.shape[-1] * hop)
         for i, w in enumerate(wavs):
@@ -233,9 +249,13 @@ class Vocoder:
         return mel_t.float()
 
     def _vocode_list(self, mels: list[Tensor], steps, generator, max_frames, batch_size, progress,
-                     inference, project=None) -> list[Tensor]:
+                     inference, project=None, seed=None) -> list[Tensor]:
         self._check_options(steps, generator, batch_size=batch_size, max_frames=max_frames)
-        wavs = vocode_mels(self.model, mels, steps, generator=generator, max_frames=max_frames,
+        if seed is not None:
+            seed = check_count("seed", seed, 0, MAX_NOISE_SEED)
+            if generator is not None:
+                raise ArgumentError("give seed or generator, not both")
+        wavs = vocode_mels(self.model, mels, steps, generator=generator, seed=seed, max_frames=max_frames,
                            batch_size=batch_size, progress=progress, inference=inference, project=project)
         return _checked_audio([w.float().cpu() for w in wavs], self.source)
 
@@ -329,6 +349,7 @@ def _looks_like_lmnt(path: Path) -> bool:
     try:
         from diffwave.lmnt import read_lmnt_checkpoint
 
+        check_torch_file(target)  # a forged file's claims are refused before torch.load would allocate them
         ckpt = read_lmnt_checkpoint(target)
     except Exception:
         return False

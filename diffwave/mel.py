@@ -375,6 +375,7 @@ def load_mel_file(path: str | os.PathLike, config: MelConfig | None = None) -> t
     tensors are refused."""
     from diffcore.arrays import ArrayFileError, load_npy
     from diffcore.paths import not_a_file_reason
+    from diffcore.torchfile import TorchFileError, check_torch_file
 
     path = Path(path)
     if not path.is_file():
@@ -388,6 +389,7 @@ def load_mel_file(path: str | os.PathLike, config: MelConfig | None = None) -> t
             arr, _ = load_npy(path, max_bytes=MAX_MEL_FILE_BYTES)
             obj: object = torch.from_numpy(arr)
         elif suffix in (".pt", ".pth"):
+            check_torch_file(path)  # records that claim more than the file holds, before torch.load allocates them
             try:  # memory-mapped: a tensor's size is known before its data are read
                 obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError as e:
@@ -398,7 +400,7 @@ def load_mel_file(path: str | os.PathLike, config: MelConfig | None = None) -> t
             raise MelError(f"{path}: unsupported mel file type {suffix!r} (use .npy or .pt)")
     except MelError:
         raise
-    except ArrayFileError as e:
+    except (ArrayFileError, TorchFileError) as e:
         raise MelError(str(e)) from None
     except Exception as e:  # numpy/torch raise many types for a corrupt file
         refused, detail = load_error_detail(e)
