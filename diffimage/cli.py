@@ -135,7 +135,7 @@ def cmd_sample(argv: list[str]) -> int:
     from tqdm.auto import tqdm
 
     from diffimage.api import load
-    from diffimage.outputs import SampleInterrupted, check_sample_folder, write_sample_outputs
+    from diffimage.outputs import SampleInterrupted, check_sample_folder, sampling_interrupts, write_sample_outputs
     from diffimage.sample import resolved_options
 
     p = _parser("sample", "Generate images with a trained model and write them as one grid PNG and/or one PNG "
@@ -159,12 +159,19 @@ def cmd_sample(argv: list[str]) -> int:
     classes = _parse_classes(args.classes, args.n, model.num_classes)
     out = Path(args.out)
     check_sample_folder(out)  # another tool's grid.png/manifest.json: refused before any sampling
-    with tqdm(total=args.n, desc="sample", unit="img", disable=None) as bar:
-        images = model.sample_seeded(args.n, args.seed, args.batch_size, on_batch=bar.update, classes=classes,
-                                     **options)
-    manifest = {"model": model.source, "n": args.n, "seed": args.seed, "batch_size": args.batch_size,
-                **resolved_options(model.sample_defaults, model.config, **options), "classes": classes}
-    try:
+    done = [0]
+
+    def on_batch(k: int) -> None:
+        done[0] += k
+        bar.update(k)
+
+    try:  # a signal while sampling: nothing is written yet, so say so and stop (130/143)
+        with tqdm(total=args.n, desc="sample", unit="img", disable=None) as bar, \
+                sampling_interrupts(out, args.n, lambda: done[0]):
+            images = model.sample_seeded(args.n, args.seed, args.batch_size, on_batch=on_batch, classes=classes,
+                                         **options)
+            manifest = {"model": model.source, "n": args.n, "seed": args.seed, "batch_size": args.batch_size,
+                        **resolved_options(model.sample_defaults, model.config, **options), "classes": classes}
         written = write_sample_outputs(images, out, args.format, manifest, nrow=args.nrow)
     except SampleInterrupted as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,6 +8,8 @@
   the images one atomic file at a time and the manifest last. SIGINT/SIGTERM during the writes let the file in
   flight finish, write a manifest of what is complete (``"complete": false``) and raise :class:`SampleInterrupted`;
   the command exits 130/143.
+- :func:`sampling_interrupts`, around the sampling itself: SIGINT/SIGTERM before any file is written stop the
+  sampling at once with :class:`SampleInterrupted` saying so; nothing has been written, the folder is as it was.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ import json
 import re
 import signal
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from torch import Tensor
 
 from diffcore.atomic import write_json
 from diffcore.errors import CheckpointError
 
-__all__ = ["TOOL", "SampleInterrupted", "check_sample_folder", "write_sample_outputs"]
+__all__ = ["TOOL", "SampleInterrupted", "check_sample_folder", "sampling_interrupts", "write_sample_outputs"]
 
 #: The ``tool`` entry of the manifests ``diffimage sample`` writes.
 TOOL = "diffimage sample"
@@ -73,6 +76,29 @@ def check_sample_folder(out: str | Path) -> None:
         "there is no manifest.json of diffimage sample beside them"
     raise CheckpointError(f"{out}: already holds {names}, and {why}; they are not replaced: give another --out "
                           "folder (or remove them)")
+
+
+@contextmanager
+def sampling_interrupts(out: str | Path, n: int, done: Callable[[], int]) -> Iterator[None]:
+    """While the body runs (the sampling, before any output exists), SIGINT and SIGTERM raise
+    :class:`SampleInterrupted` (exit status 128 + the signal) saying that ``done()`` of ``n`` images were sampled and
+    nothing was written; the previous handlers are restored afterwards. Outside the main thread, nothing changes."""
+    out = Path(out)
+
+    def stop(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        raise SampleInterrupted(signum, f"{out}: interrupted by {name} while sampling ({done()} of {n} images "
+                                        "sampled): nothing was written")
+
+    handlers: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
 
 
 def write_sample_outputs(images: Tensor, out: str | Path, fmt: str, manifest: Mapping[str, Any],
