@@ -36,7 +36,8 @@ bench-gpu: install
 	$(BIN)/python benchmarks/run_gpu.py
 
 # The GPU call of tools/gpu_checks.sh run on this CPU, as the GPU machine would run it (docs/gpu.md): a venv of its
-# versions (torch 2.11.0; about 3.5 GB downloaded once), the wheels and data that travel, no network, toy sizes.
+# versions (torch 2.11.0; about 3.5 GB downloaded once a machine, then reused from ~/.cache/diffstack-gpu-dryrun),
+# the wheels and data that travel, no network, every step at toy size; it prints each part's wall and CPU seconds.
 gpu-dryrun: install
 	nice -n 10 bash tools/gpu_checks.sh dry-run
 

@@ -191,3 +191,73 @@ def test_returned_samples_go_through_the_fid_path(tmp_path):
 def test_the_shell_driver_refuses_an_unknown_mode():
     r = subprocess.run(["bash", str(ROOT / "tools" / "gpu_checks.sh"), "nonsense"], capture_output=True, text=True)
     assert r.returncode == 2 and "usage" in r.stderr
+
+
+def _toy_carry(root: Path) -> Path:
+    """A carry folder shaped as .gpu_carry/ (fetch-wheels makes the real one from shared/): 8 voiced clips of 1.6 s
+    at 22.05 kHz (PCM 16, as LJSpeech) and 200 MNIST-shaped digits."""
+    import wave
+
+    rng = np.random.default_rng(0)
+    clips = root / "ljspeech"
+    clips.mkdir(parents=True)
+    sr = 22050
+    t = np.arange(int(1.6 * sr)) / sr
+    for i in range(8):
+        f0 = 110 + 15 * i
+        x = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 8)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+        x = 0.2 * x / np.abs(x).max() + 0.01 * rng.standard_normal(t.size)
+        with wave.open(str(clips / f"LJ900-{i:04d}.wav"), "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(sr)
+            w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+    digits = (rng.random((200, 28, 28)) ** 4 * 255).astype(np.uint8)
+    np.savez_compressed(root / "mnist_train.npz", images=digits, labels=rng.integers(0, 10, 200).astype(np.uint8))
+    return root
+
+
+def test_the_dry_run_call_goes_through_the_gpu_scripts_commands(tmp_path, monkeypatch):
+    """`run --dry-run` end to end, as `make gpu-dryrun` runs it on the GPU machine's torch (here: the locked one),
+    on a toy carry folder, with what the GPU machine lacks hidden (pesq, pystoi, speechmos, librosa: their metrics
+    read NaN there): the steps that drive the project's commands (the benchmark's smoke sections, the refiner's
+    training and evaluations and its returned tar beside them, the MNIST training stopped by SIGTERM and its
+    samples) pass, and what comes back keeps to the device tool's limits. ``env`` (a fixed probe importing every
+    module, 6 CPU s) is left to `make gpu-dryrun`, where it runs on torch 2.11.0; here the suite's own imports
+    cover the modules."""
+    import json
+    import tarfile
+
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    for mod in ("pesq", "pystoi", "speechmos", "librosa"):
+        (hide / f"{mod}.py").write_text(f"raise ImportError('{mod}: not on the GPU machine (hidden by the test)')\n")
+    monkeypatch.setenv("PYTHONPATH", str(hide))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # the dry run's plan, smaller still where only the count changes (the suite's clock): most of what is left is
+    # the six interpreters' start (torch's import), not the work
+    dry = gc.replace(gc.PLANS["dry"], refiner_cpu_minutes=0.02, refiner_clip_s=1.0, mnist_stop_after=1,
+                     mnist_samples=4, mnist_sample_steps=2)
+    monkeypatch.setitem(gc.PLANS, "dry", dry)
+    out, work = tmp_path / "out", tmp_path / "work"
+    rc = gc.main(["run", "bench,refiner,mnist", "--dry-run", "--carry", str(_toy_carry(tmp_path / "carry")), "--out", str(out),
+                  "--work", str(work), "--site", str(tmp_path / "site")])
+    summary = json.loads((out / "summary.json").read_text())
+    assert rc == 0 and summary["failed"] == [], summary
+    assert list(summary["steps"]) == ["bench", "mnist", "refiner"]   # the refiner trains beside the others
+    steps = summary["steps"]
+    assert steps["bench"]["figures"] and not steps["bench"]["failed_sections"]
+    assert steps["refiner"]["evaluations"] == 2 and steps["refiner"]["last_step"] > 0
+    assert steps["refiner"]["heldout"]["refiner"]["pesq_wb"] is None   # as there: pesq is not on the GPU machine
+    assert steps["mnist"]["stopped_by_clock"] and steps["mnist"]["exit"] == 143   # the SIGTERM path, as there
+    assert steps["mnist"]["last_step"] >= dry.mnist_stop_after
+    names = sorted(p.name for p in out.iterdir())
+    assert set(names) <= set(gc.OUTPUTS) and len(names) <= gc.MAX_OUT_FILES
+    assert all(p.is_file() and p.stat().st_size <= gc.MAX_OUT_FILE for p in out.iterdir())
+    with np.load(out / "mnist_samples.npz") as d:
+        assert d["images"].shape == (dry.mnist_samples, 28, 28) and d["images"].dtype == np.uint8
+    with tarfile.open(out / "refiner.tar") as tar:
+        assert {"export/model.safetensors", "export/config.json", "record.jsonl"} <= set(tar.getnames())
+        tar.extractall(tmp_path / "back", filter="data")
+    import diffwave.api as dw
+
+    back = dw.load(tmp_path / "back" / "export", device="cpu")   # what refiner-score loads here afterwards
+    assert back.info["provenance"]["step"] == steps["refiner"]["last_step"]

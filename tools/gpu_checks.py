@@ -22,9 +22,11 @@ carried digits until its clock runs out, then DDIM samples as .npz for FID here)
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -62,7 +64,7 @@ OUTPUTS = {
     "summary.json": "every step's status, seconds and figures; versions; nvidia-smi",
     "log.txt": "every step's output, in order (the last 12 MiB if longer)",
     "bench.json": "benchmarks/run_gpu.py's record",
-    "refiner.tar": "the refiner run's record.jsonl and its EMA weights (state without the optimiser)",
+    "refiner.tar": "the refiner run's record.jsonl, periods.jsonl and export/ (its EMA weights, fp16, as exported)",
     "mnist_samples.npz": "uint8 [N, 28, 28] DDIM samples of the MNIST run, for FID here",
     "mnist_log.jsonl": "the MNIST run's training log",
     "nvidia-smi.txt": "nvidia-smi at the start and at the end",
@@ -84,6 +86,12 @@ class Plan:
     mnist_samples: int
     mnist_sample_steps: int
     mnist_sample_s: float
+    # the dry run's toy sizes, through the same code paths (0: as the GPU call): the refiner trains on the first
+    # ``refiner_clips`` carried clips cut to ``refiner_clip_s`` seconds; the MNIST training gets its SIGTERM (the
+    # clock's path: checkpoint, exit 143) once its log has ``mnist_stop_after`` steps, its window still the bound
+    refiner_clips: int = 0
+    refiner_clip_s: float = 0.0
+    mnist_stop_after: int = 0
 
 
 #: seconds a step may take past its window: the install from .whl/, bench's own hard stop, the SIGTERM grace
@@ -96,8 +104,10 @@ PLANS = {
                 refiner_wall=410, mnist_train_s=60, mnist_samples=2000, mnist_sample_steps=50, mnist_sample_s=30),
     "rerun": Plan(total_s=230, env_s=40, bench_budget=125, refiner_cpu_minutes=5, refiner_threads=4,
                   refiner_wall=165, mnist_train_s=30, mnist_samples=1000, mnist_sample_steps=50, mnist_sample_s=20),
-    "dry": Plan(total_s=2000, env_s=120, bench_budget=60, refiner_cpu_minutes=0.3, refiner_threads=1,
-                refiner_wall=900, mnist_train_s=60, mnist_samples=16, mnist_sample_steps=4, mnist_sample_s=300),
+    # the CPU here at toy size: windows wide enough for a loaded 2-core machine, the work small (docs/gpu.md)
+    "dry": Plan(total_s=900, env_s=120, bench_budget=60, refiner_cpu_minutes=0.1, refiner_threads=1,
+                refiner_wall=400, mnist_train_s=180, mnist_samples=16, mnist_sample_steps=4, mnist_sample_s=120,
+                refiner_clips=8, refiner_clip_s=1.5, mnist_stop_after=2),
 }
 
 
@@ -184,6 +194,17 @@ def travelling_files(root: Path = ROOT, carried: tuple[str, ...] = (".whl", ".gp
     return sizes
 
 
+def stage(dest: Path, root: Path = ROOT) -> int:
+    """Copy :func:`travelling_files` (exactly what one call carries) into ``dest``, emptied first; returns the count."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    files = travelling_files(root)
+    for rel in files:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, dest / rel)
+    return len(files)
+
+
 def carry_report(sizes: dict[str, int], limit: int = CARRY_LIMIT) -> tuple[bool, str]:
     """(fits, text): the total against ``limit`` and the share of each top-level folder."""
     groups: dict[str, int] = {}
@@ -220,11 +241,12 @@ def install_missing(site: Path) -> list[str]:
 class Runner:
     """Runs the steps, logs into one file, keeps what comes back to at most MAX_OUT_FILES plain files in ``out``."""
 
-    def __init__(self, out: Path, work: Path, plan: Plan, dry: bool, site: Path) -> None:
-        self.out, self.work, self.plan, self.dry, self.site = out, work, plan, dry, site
+    def __init__(self, out: Path, work: Path, plan: Plan, dry: bool, site: Path, carry: Path = CARRY_DIR) -> None:
+        self.out, self.work, self.plan, self.dry, self.site, self.carry = out, work, plan, dry, site, carry
         self.t0 = time.monotonic()
         out.mkdir(parents=True, exist_ok=True)
         work.mkdir(parents=True, exist_ok=True)
+        self.cpu: dict[str, float] = {}  # CPU seconds of each child (user + system, its own children included)
         self.log_path = out / "log.txt"  # in $OUT from the start: a call killed at its limit still returns it
         self.log = self.log_path.open("a", buffering=1)
         self.summary: dict = {"mode": "dry-run" if dry else "gpu", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -251,30 +273,42 @@ class Runner:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         return proc, fh
 
-    def finish(self, name: str, proc, fh, deadline_s: float, grace_s: float = 60.0) -> tuple[int, bool]:
-        """Wait until ``deadline_s`` (seconds from now); then SIGTERM, ``grace_s`` more, then SIGKILL the group.
-        Returns (exit status, whether the clock stopped it)."""
-        stopped = False
-        try:
-            rc = proc.wait(timeout=max(1.0, deadline_s))
-        except subprocess.TimeoutExpired:
+    def finish(self, name: str, proc, fh, deadline_s: float, grace_s: float = 60.0,
+               until=None) -> tuple[int, bool]:
+        """Wait until ``deadline_s`` (seconds from now), or until ``until()`` is true (polled each half second: the
+        dry run's toy stop); then SIGTERM, ``grace_s`` more, then SIGKILL the group. Returns (exit status, whether
+        it was stopped). The children's CPU seconds go to ``self.cpu[name]``."""
+        stopped, rc = False, None
+        end = time.monotonic() + max(1.0, deadline_s)
+        cpu0 = _children_cpu()
+        while rc is None:
+            left = end - time.monotonic()
+            if left <= 0 or (until is not None and until()):
+                break
+            try:
+                rc = proc.wait(timeout=min(left, 0.5) if until is not None else left)
+            except subprocess.TimeoutExpired:
+                pass
+        if rc is None:
             stopped = True
-            self.say(f"{name}: its time is up, SIGTERM")
+            self.say(f"{name}: {'its time is up' if time.monotonic() >= end else 'far enough (dry run)'}, SIGTERM")
             proc.send_signal(signal.SIGTERM)
             try:
                 rc = proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 rc = proc.wait()
+        self.cpu[name] = round(self.cpu.get(name, 0.0) + _children_cpu() - cpu0, 1)
         fh.close()
         text = (self.work / f"{name}.log").read_text(errors="replace")
         self.log.write(f"----- {name} (exit {rc}) -----\n{text}\n----- end of {name} -----\n")
         return rc, stopped
 
     def record(self, name: str, ok: bool, t0: float, **info) -> None:
-        info.update(ok=ok, seconds=round(time.monotonic() - t0, 1))
+        cpu = sum(v for k, v in self.cpu.items() if k == name or k.startswith(name + "_"))
+        info.update(ok=ok, seconds=round(time.monotonic() - t0, 1), cpu_seconds=round(cpu, 1))
         self.summary["steps"][name] = info
-        self.say(f"{name}: {'ok' if ok else 'FAILED'} in {info['seconds']} s")
+        self.say(f"{name}: {'ok' if ok else 'FAILED'} in {info['seconds']} s ({info['cpu_seconds']} CPU s)")
         self.write_summary()
 
     def write_summary(self) -> None:
@@ -295,6 +329,12 @@ class Runner:
         n = sum(1 for _ in self.out.iterdir())
         if extra or big or n > MAX_OUT_FILES:
             print(f"OUT breaks the return limits: unexpected {extra}, over 16 MiB {big}, {n} entries", file=sys.stderr)
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of the children waited for so far (and of theirs)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _num(x) -> str:
@@ -374,10 +414,30 @@ sys.exit(1 if failed else 0)
     return ok
 
 
+def toy_clips(src: Path, dst: Path, n: int, seconds: float) -> Path:
+    """The dry run's clips: the first ``n`` WAV files of ``src`` (sorted), each cut to its first ``seconds``, written
+    to ``dst`` as they were (same format; stdlib ``wave``: nothing the GPU machine's Python lacks)."""
+    import wave
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.glob("*.wav"))[:n]:
+        with wave.open(str(f), "rb") as w:
+            params = w.getparams()
+            frames = w.readframes(int(seconds * w.getframerate()))
+        with wave.open(str(dst / f.name), "wb") as w:
+            w.setparams(params)
+            w.writeframes(frames)
+    return dst
+
+
 def start_refiner(r: Runner, cores: str | None):
     p = r.plan
     run_dir = r.work / "refiner"
-    cmd = [sys.executable, "tools/train_refiner.py", "--data", str(CARRY_DIR / "ljspeech"), "--run-dir", str(run_dir),
+    data = r.carry / "ljspeech"
+    if p.refiner_clips:  # the dry run: the same training and evaluations, on fewer and shorter clips
+        data = toy_clips(data, r.work / "ljspeech_toy", p.refiner_clips, p.refiner_clip_s)
+        r.say(f"refiner: {p.refiner_clips} clips of {p.refiner_clip_s} s in {data}")
+    cmd = [sys.executable, "tools/train_refiner.py", "--data", str(data), "--run-dir", str(run_dir),
            "--cpu-minutes", str(p.refiner_cpu_minutes), "--eval-every", str(p.refiner_cpu_minutes),
            "--threads", str(p.refiner_threads)]
     return r.start("refiner", cmd, cores=cores, threads=p.refiner_threads)
@@ -390,27 +450,26 @@ def finish_refiner(r: Runner, proc, fh, t_start: float) -> bool:
     rec = run_dir / "record.jsonl"
     if rec.exists():
         rows = [json.loads(x) for x in rec.read_text().splitlines() if x.strip()]
-    packed = []
-    if (run_dir / "state.pt").exists():
-        import torch
+    packed, export_error = [], None
+    try:  # the EMA weights of the run's last checkpoint as the package exports them (fp16: about 7 MB)
+        from diffwave.refiner_train import export_refiner
 
-        st = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=True)
-        light = {k: st[k] for k in ("step", "cpu_seconds", "model_config", "train_config", "history") if k in st}
-        # fp16, as the shipped exports: half the size, well inside the 16 MiB a returned file may have
-        light["ema_fp16"] = {k: v.half() if v.is_floating_point() else v for k, v in st["ema"].items()}
-        torch.save(light, r.work / "refiner_ema.pt")
-        packed.append(r.work / "refiner_ema.pt")
-    if rec.exists():
-        packed.append(rec)
+        export = export_refiner(run_dir, r.work / "refiner_export", which="last",
+                                provenance={"by": "tools/gpu_checks.py", "mode": r.summary["mode"]})
+        packed += [(f, f"export/{f.name}") for f in sorted(Path(export).iterdir()) if f.is_file()]
+    except Exception as e:  # noqa: BLE001 - recorded: a call that brings back no weights has failed this step
+        export_error = f"{type(e).__name__}: {e}"
+        r.say(f"refiner: no weights to bring back: {export_error}")
+    packed += [(run_dir / n, n) for n in ("record.jsonl", "periods.jsonl") if (run_dir / n).exists()]
     if packed:
         with tarfile.open(r.out / "refiner.tar", "w") as tar:
-            for f in packed:
-                tar.add(f, arcname=f.name)
+            for f, name in packed:
+                tar.add(f, arcname=name)
     last = rows[-1] if rows else {}
-    ok = rc == 0 and bool(rows) and bool(packed)
+    ok = rc == 0 and bool(rows) and export_error is None
     r.record("refiner", ok, t_start, exit=rc, stopped_by_clock=stopped, evaluations=len(rows),
-             last_step=last.get("step"), cpu_minutes=last.get("cpu_minutes"),
-             heldout=(last.get("heldout") or {}), device="cpu (tools/train_refiner.py has no device option)")
+             last_step=last.get("step"), cpu_minutes=last.get("cpu_minutes"), export_error=export_error,
+             heldout=(last.get("heldout") or {}), device="cpu (tools/train_refiner.py's default: a CPU budget)")
     return ok
 
 
@@ -452,20 +511,28 @@ def step_mnist(r: Runner) -> bool:
     p = r.plan
     run_dir = r.work / "mnist"
     cmd = [sys.executable, "-m", "diffimage.cli", "train", "--recipe", "recipes/mnist.yaml",
-           "--data", str(CARRY_DIR / "mnist_train.npz"), "--run-dir", str(run_dir),
+           "--data", str(r.carry / "mnist_train.npz"), "--run-dir", str(run_dir),
            "train.progress=false", "train.sample_every=0", "train.val_every=0", "train.ckpt_every=1000",
            "train.log_every=50" if not r.dry else "train.log_every=1", "train.num_workers=2"]
-    if r.dry:  # small batches, but stopped by the clock as there (SIGTERM: the trainer's checkpoint, then exit 143)
-        cmd += ["train.batch_size=8", "train.num_workers=0"]
+    if r.dry:  # small batches, stopped after mnist_stop_after steps by the SIGTERM the clock sends there (the
+        cmd += ["train.batch_size=8"]  # trainer's checkpoint, then exit 143); the same 2 DataLoader workers
+    logf = run_dir / "log.jsonl"
+
+    def far_enough() -> bool:  # the dry run's stop: its log has mnist_stop_after training steps
+        try:
+            return sum('"loss"' in x for x in logf.read_text().splitlines()) >= p.mnist_stop_after
+        except OSError:
+            return False
+
     proc, fh = r.start("mnist", cmd)
-    rc, stopped = r.finish("mnist", proc, fh, p.mnist_train_s, grace_s=GRACE_S)
+    rc, stopped = r.finish("mnist", proc, fh, p.mnist_train_s, grace_s=GRACE_S,
+                           until=far_enough if p.mnist_stop_after else None)
     info: dict = {"exit": rc, "stopped_by_clock": stopped}
     # stopped by the clock, the trainer writes a checkpoint and exits 143; slow to exit (a loaded machine), it is
     # killed after the grace, its checkpoint already written: either way the samples come from the last checkpoint
     ckpts = sorted((run_dir / "checkpoints").glob("step_*.pt")) if (run_dir / "checkpoints").is_dir() else []
     info["checkpoint"] = ckpts[-1].name if ckpts else None
     trained = rc == 0 or (stopped and bool(ckpts))
-    logf = run_dir / "log.jsonl"
     if logf.exists():
         shutil.copy2(logf, r.out / "mnist_log.jsonl")
         rows = [json.loads(x) for x in logf.read_text().splitlines() if x.strip().startswith("{")]
@@ -494,9 +561,10 @@ def step_mnist(r: Runner) -> bool:
     return ok
 
 
-def run(mode: str, steps: list[str], out: Path, work: Path, site: Path, dry: bool, bench_only: str = "") -> int:
+def run(mode: str, steps: list[str], out: Path, work: Path, site: Path, dry: bool, bench_only: str = "",
+        carry: Path = CARRY_DIR) -> int:
     plan = plan_for(mode, steps, dry)
-    r = Runner(out, work, plan, dry, site)
+    r = Runner(out, work, plan, dry, site, carry)
     r.say(f"mode {mode}{' (dry run: CUDA parts on the CPU at toy size)' if dry else ''}, steps {steps}, plan {plan}")
     t0 = time.monotonic()
     try:
@@ -506,6 +574,9 @@ def run(mode: str, steps: list[str], out: Path, work: Path, site: Path, dry: boo
     except Exception as e:  # noqa: BLE001 - recorded; the env step then names what does not import
         r.summary["install_error"] = f"{type(e).__name__}: {e}"
         r.say(f"install from .whl/ failed: {e}")
+    if str(site) not in sys.path:  # this process too (the refiner's export after its training imports the package)
+        sys.path.append(str(site))
+        importlib.invalidate_caches()
     if "env" in steps:
         step_env(r)
     ncpu = os.cpu_count() or 1
@@ -516,13 +587,8 @@ def run(mode: str, steps: list[str], out: Path, work: Path, site: Path, dry: boo
     ref_cores = f"{ncpu - plan.refiner_threads}-{ncpu - 1}" if split else None
     ref = None
     t_ref = time.monotonic()
-    if "refiner" in steps:
-        if dry:  # one after the other on a 2-core machine
-            ref = start_refiner(r, None)
-            finish_refiner(r, *ref, t_ref)
-            ref = None
-        else:
-            ref = start_refiner(r, ref_cores)
+    if "refiner" in steps:  # beside bench and mnist, the dry run too (there on the second core)
+        ref = start_refiner(r, ref_cores)
     if "bench" in steps:
         step_bench(r, bench_cores, bench_only)
     if "mnist" in steps:
@@ -599,28 +665,28 @@ def fid_command(returned: Path, data: Path, reference: int, num_samples: int | N
     return res
 
 
-def refiner_score_command(returned: Path, data: Path) -> dict:
+def refiner_score_command(returned: Path, data: Path, max_seconds: float | None = None) -> dict:
     """Held-out scores, with every metric (PESQ, STOI, DNSMOS need packages that do not travel), of the refiner
-    weights a call brought back (refiner.tar), on the clips tools/train_refiner.py holds out."""
+    weights a call brought back (refiner.tar), on the clips tools/train_refiner.py holds out (whole, or their first
+    ``max_seconds``: the dry run's check of the path)."""
     import importlib.util
-    import io
+    import tempfile
 
-    import torch
-
-    from diffwave.refiner import GriffinLimRefiner, RefinerConfig
+    import diffwave.api as dw
     from diffwave.refiner_train import score_refiner
 
-    with tarfile.open(returned / "refiner.tar") as tar:
-        state = torch.load(io.BytesIO(tar.extractfile("refiner_ema.pt").read()), map_location="cpu",
-                           weights_only=True)
-    model = GriffinLimRefiner(RefinerConfig.from_dict(state["model_config"]))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["ema_fp16"].items()})
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(returned / "refiner.tar") as tar:
+        tar.extractall(tmp, filter="data")
+        vocoder = dw.load(Path(tmp) / "export", device="cpu")
+        info = dict(vocoder.info.get("provenance") or {})
+    model = vocoder.model.float()
     spec = importlib.util.spec_from_file_location("train_refiner", ROOT / "tools" / "train_refiner.py")
     tr = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tr)
     _, _, heldout = tr.split(str(data), 2)
-    res = score_refiner(model, heldout)
-    res.update(step=state.get("step"), cpu_minutes=(state.get("cpu_seconds") or 0) / 60, weights="EMA, fp16")
+    res = score_refiner(model, heldout, max_seconds=max_seconds)
+    res.update(step=info.get("step"), cpu_minutes=info.get("cpu_minutes"), weights="EMA, fp16",
+               max_seconds=max_seconds)
     print(json.dumps(res, indent=1, default=str))
     return res
 
@@ -640,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--work", type=Path, default=Path("/tmp/gpu_checks_work"))
         s.add_argument("--site", type=Path, default=Path("/tmp/gpu_checks_site"))
         s.add_argument("--bench-only", default="", help="benchmark sections to run (run_gpu.py --only)")
+        s.add_argument("--carry", type=Path, default=CARRY_DIR, help="the carried data (default .gpu_carry/)")
     fid = sub.add_parser("fid", help="here: FID of the samples a call brought back")
     fid.add_argument("returned", type=Path)
     fid.add_argument("--data", type=Path, default=Path(os.environ.get("DIFF_DATA", ROOT.parent / "shared/data"))
@@ -650,6 +717,9 @@ def main(argv: list[str] | None = None) -> int:
     rs.add_argument("returned", type=Path)
     rs.add_argument("--data", type=Path, default=Path(os.environ.get("DIFF_DATA", ROOT.parent / "shared/data"))
                     / "ljspeech" / "wavs")
+    rs.add_argument("--max-seconds", type=float, default=None, help="score only each clip's first seconds")
+    st = sub.add_parser("stage", help="here: copy exactly what one call carries into an empty folder")
+    st.add_argument("dest", type=Path)
     a = p.parse_args(argv)
     if a.cmd == "steps":
         print(" ".join(STEPS))
@@ -664,7 +734,11 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         return 0 if fits else 1
     if a.cmd == "refiner-score":
-        refiner_score_command(a.returned, a.data)
+        refiner_score_command(a.returned, a.data, a.max_seconds)
+        return 0
+    if a.cmd == "stage":
+        n = stage(a.dest)
+        print(f"staged {n} files in {a.dest}")
         return 0
     if a.cmd == "fid":
         fid_command(a.returned, a.data, a.reference, a.num_samples)
@@ -676,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if a.work.exists():
         shutil.rmtree(a.work)
-    return run(a.cmd, steps, a.out, a.work, a.site, a.dry_run, a.bench_only)
+    return run(a.cmd, steps, a.out, a.work, a.site, a.dry_run, a.bench_only, a.carry)
 
 
 if __name__ == "__main__":
