@@ -13,8 +13,9 @@ quantise to 8-bit levels, resize to 299×299 with TF1's legacy bilinear resize (
 
 The statistics are left to maintained libraries: :func:`compute_fid` and :func:`compute_kid` hand the extracted
 features to torchmetrics' ``FrechetInceptionDistance`` / ``KernelInceptionDistance`` (as a custom, identity
-``feature`` module); :func:`fid_from_stats` (cached reference statistics) uses ``scipy.linalg.sqrtm`` as the TTUR
-reference code does. Both need a D × D eigen-problem (about a minute for D = 2048 on two CPU cores), so for sets
+``feature`` module); :func:`fid_from_stats` (cached reference statistics) computes the trace term from symmetric
+eigenvalues, the same number as the TTUR reference code's ``scipy.linalg.sqrtm`` to about 1e-9 relative, in a
+fifth of its time. Both need a D × D eigen-problem (about a minute for D = 2048 on two CPU cores), so for sets
 smaller than D :func:`compute_fid` uses the exact low-rank identity of :func:`_fid_low_rank` (an n × m SVD).
 Any ``nn.Module`` that maps float images ``[N, C, H, W]`` in ``[-1, 1]`` to ``[N, D]`` can replace Inception
 (a small one keeps tests fast).
@@ -257,11 +258,23 @@ def feature_stats(features: Tensor | np.ndarray, feature_id: str = "") -> Featur
     return FeatureStats(mu=f.mean(0), sigma=np.cov(f, rowvar=False), n=f.shape[0], feature_id=feature_id)
 
 
-def fid_from_stats(a: FeatureStats, b: FeatureStats, eps: float = 1e-6) -> float:
-    """FID between two Gaussians (Eq. 6 of Heusel et al. 2017), with ``scipy.linalg.sqrtm`` for (Σ_a Σ_b)^{1/2}.
+def _trace_sqrt_product(s_a: np.ndarray, s_b: np.ndarray) -> float:
+    """Tr((Σ_a Σ_b)^{1/2}) for covariances Σ_a, Σ_b: Σ_a Σ_b is similar to the symmetric PSD M = Σ_a^{1/2} Σ_b
+    Σ_a^{1/2} (same eigenvalues), so the trace is the sum of the square roots of M's eigenvalues. Two symmetric
+    eigen-decompositions replace ``scipy.linalg.sqrtm`` of the product (about 3 s against 19 s for D = 2048 on one
+    core); eigenvalues below zero by rounding count as zero."""
+    w, v = np.linalg.eigh(s_a)
+    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    m = root @ s_b @ root
+    ev = np.linalg.eigvalsh((m + m.T) / 2.0)
+    return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
 
-    As in the TTUR reference code, a product that sqrtm cannot handle (singular, non-finite result) is retried
-    with ``eps · I`` added to both covariances.
+
+def fid_from_stats(a: FeatureStats, b: FeatureStats, eps: float = 1e-6) -> float:
+    """FID between two Gaussians (Eq. 6 of Heusel et al. 2017), the trace term by :func:`_trace_sqrt_product`.
+
+    As in the TTUR reference code, a product whose square root is not finite is retried with ``eps · I`` added to
+    both covariances.
     """
     if a.feature_id and b.feature_id and a.feature_id != b.feature_id:
         raise ValueError(f"statistics of different feature networks: {a.feature_id!r} vs {b.feature_id!r}")
@@ -269,15 +282,15 @@ def fid_from_stats(a: FeatureStats, b: FeatureStats, eps: float = 1e-6) -> float
     s_a, s_b = np.asarray(a.sigma, np.float64), np.asarray(b.sigma, np.float64)
     if mu_a.shape != mu_b.shape or s_a.shape != s_b.shape:
         raise ValueError(f"statistics of different dimensions: {mu_a.shape} vs {mu_b.shape}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # sqrtm warns on singular products; we check the result instead
-        covmean = scipy.linalg.sqrtm(s_a @ s_b)
-        if not np.isfinite(covmean).all():
-            offset = np.eye(s_a.shape[0]) * eps
-            covmean = scipy.linalg.sqrtm((s_a + offset) @ (s_b + offset))
-    covmean = np.real(covmean)
+    try:
+        trace = _trace_sqrt_product(s_a, s_b)
+    except np.linalg.LinAlgError:
+        trace = float("nan")
+    if not np.isfinite(trace):
+        offset = np.eye(s_a.shape[0]) * eps
+        trace = _trace_sqrt_product(s_a + offset, s_b + offset)
     diff = mu_a - mu_b
-    return float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2.0 * np.trace(covmean))
+    return float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2.0 * trace)
 
 
 def _feature_id(net: nn.Module | None) -> str:

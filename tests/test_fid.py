@@ -69,6 +69,23 @@ def test_three_fid_computations_agree():
     assert compute_fid(a, feature_stats(extract_features(b, net)), net) == pytest.approx(low, rel=1e-6)
 
 
+def test_trace_term_equals_the_reference_sqrtm_with_full_covariances():
+    """fid_from_stats' eigenvalue form against the TTUR reference's scipy.linalg.sqrtm(Σ_a Σ_b), on correlated
+    features (non-diagonal covariances), one of them rank-deficient (n < D)."""
+    import scipy.linalg
+
+    rng = np.random.default_rng(1)
+    mix = rng.standard_normal((40, 40)) * 0.3
+    fa = rng.standard_normal((300, 40)) @ mix
+    fb = rng.standard_normal((25, 40)) @ mix + 0.5
+    sa, sb = feature_stats(fa), feature_stats(fb)
+    ref = np.real(scipy.linalg.sqrtm(sa.sigma @ sb.sigma))
+    diff = sa.mu - sb.mu
+    expected = diff @ diff + np.trace(sa.sigma) + np.trace(sb.sigma) - 2 * np.trace(ref)
+    assert fid_from_stats(sa, sb) == pytest.approx(expected, rel=1e-8)
+    assert fid_from_stats(sb, sa) == pytest.approx(expected, rel=1e-8)
+
+
 def test_fid_closed_forms():
     rng = np.random.default_rng(0)
     # two Gaussians with diagonal covariances: ||dmu||^2 + sum (sqrt(a_i) - sqrt(b_i))^2
