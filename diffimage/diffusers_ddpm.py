@@ -205,6 +205,9 @@ def _read_weights(folder: Path) -> dict[str, Tensor]:
                     from safetensors.torch import load_file
 
                     return load_file(str(path))
+                from diffcore.torchfile import check_torch_file
+
+                check_torch_file(path)  # a forged record's claims are refused before torch.load allocates them
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as e:
                 raise DiffusersImportError(f"{path}: unreadable ({type(e).__name__}: {e})") from None

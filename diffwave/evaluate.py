@@ -104,10 +104,11 @@ def evaluate_resynthesis_files(
             outs.append(vocoder.vocode(m)[: r.shape[-1]])
     else:
         n_steps = num_sampling_steps(vocoder.config, steps)
-        bar = tqdm(total=n_steps * len(range(0, len(files), group)), disable=not progress, desc=f"vocode ({steps})")
-        for k, i in enumerate(range(0, len(files), group)):
-            g = torch.Generator(device=vocoder.device).manual_seed(seed * 1_000_003 + k)
-            part = vocode_mels(vocoder.model, mels[i : i + group], steps, generator=g,
+        # each mel its own run, its noise from the seed and that mel alone (diffwave.sample.input_seed), as
+        # ``diffwave vocode --seed`` does: a clip's score does not depend on the other clips evaluated with it
+        bar = tqdm(total=n_steps * len(files), disable=not progress, desc=f"vocode ({steps})")
+        for i in range(0, len(files), group):
+            part = vocode_mels(vocoder.model, mels[i : i + group], steps, seed=seed,
                                callback=lambda *_: bar.update(1), inference=inference)
             outs += [w.cpu()[: r.shape[-1]] for w, r in zip(part, refs[i : i + group])]
         bar.close()

@@ -84,6 +84,12 @@ def read_lmnt_checkpoint(path: str | os.PathLike, map_location: str | torch.devi
         path = path / "weights.pt"
     if not path.is_file():
         raise LmntImportError(f"{path}: no such lmnt checkpoint")
+    from diffcore.torchfile import TorchFileError, check_torch_file
+
+    try:
+        check_torch_file(path)  # records that claim more than the file holds, before torch.load allocates them
+    except (TorchFileError, OSError) as e:
+        raise LmntImportError(str(e) if isinstance(e, TorchFileError) else f"{path}: unreadable ({e})") from None
     try:
         with torch.serialization.safe_globals([(_AttrDictStandIn, "diffwave.params.AttrDict")]):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)

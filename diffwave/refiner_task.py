@@ -132,6 +132,9 @@ class RefinerClips(Dataset):
         target = Path(cache) / f"gl_{key}.pt" if cache else None
         if target is not None and target.is_file():
             try:
+                from diffcore.torchfile import check_torch_file
+
+                check_torch_file(target)
                 return torch.load(target, weights_only=True)
             except Exception:
                 log.warning("%s: unreadable cached Griffin-Lim start, recomputing", target)

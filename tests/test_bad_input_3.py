@@ -859,7 +859,7 @@ def test_ctrl_c_while_a_wav_is_written_finishes_that_file_then_stops_with_130(tm
     real_write = sf.write
 
     def write_with_a_signal(f, data, *args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)  # delivered now, in the middle of the write
+        signal.raise_signal(signal.SIGINT)  # delivered now, in this thread, in the middle of the write
         return real_write(f, data, *args, **kwargs)
 
     monkeypatch.setattr(audio.sf, "write", write_with_a_signal)

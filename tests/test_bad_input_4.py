@@ -308,6 +308,17 @@ def test_a_forged_pt_is_refused_in_one_line_naming_it_wherever_pt_files_are_read
     code, err = wave_cli(capsys, "vocode", path, "--model", "ljspeech-refiner", "--out", tmp_path / "o.wav")
     assert code == 2 and re.search("claim|compressed", error_line(err, str(path)))
     assert not (tmp_path / "o.wav").exists()
+    # the other .pt readers: lmnt's checkpoint importer and diffusers' weights file refuse it in their own errors
+    from diffimage.diffusers_ddpm import DiffusersImportError, _read_weights
+    from diffwave.lmnt import LmntImportError, read_lmnt_checkpoint
+
+    with pytest.raises(LmntImportError, match=re.escape(str(path)) + ": .*(claim|compressed)"):
+        read_lmnt_checkpoint(path)
+    folder = tmp_path / "diffusers"
+    folder.mkdir()
+    (folder / "diffusion_pytorch_model.bin").write_bytes(path.read_bytes())
+    with pytest.raises(DiffusersImportError, match="(claim|compressed)"):
+        _read_weights(folder)
 
 
 def test_honest_torch_files_pass_the_check(tmp_path):
