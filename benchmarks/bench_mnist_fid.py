@@ -10,6 +10,7 @@ Reference: the shared data has no MNIST test split, so the recipe (``recipes/mni
 the FID reference here (``--reference-limit`` of them, spread evenly over the 10,000). Features: the standard FID
 Inception-v3 (:mod:`diffimage.fid`), reference statistics cached in ``--cache-dir``.
 
+``--real`` scores real training digits in place of samples: the floor a perfect model reaches at those counts.
 FID from few samples is biased upwards (the bias shrinks roughly like 1/N), so every figure carries its number of
 generated and reference images, and figures are only comparable at equal counts; KID (unbiased) is reported too.
 Samples: DDIM (η = 0) with 50 steps, and Heun (Karras et al. 2022, ``heunN`` = N steps, 2N − 1 network
@@ -55,6 +56,26 @@ def heldout_reference(data: str | Path, limit: int | None, first: int = TRAIN_DI
     if limit is not None and limit < images.shape[0]:
         images = images[((np.arange(limit) + 0.5) * images.shape[0] / limit).astype(np.int64)]
     return torch.from_numpy(np.ascontiguousarray(images))[:, None]
+
+
+def training_digits(data: str | Path, n: int) -> torch.Tensor:
+    """uint8 ``[n, 1, 28, 28]``: ``n`` real digits spread over the first :data:`TRAIN_DIGITS` (the training part), the
+    "samples" of the real-vs-real floor (``--real``): what a perfect model's FID is at these counts."""
+    with np.load(data, allow_pickle=False) as d:
+        images = d["images"][:TRAIN_DIGITS]
+    picks = ((np.arange(n) + 0.5) * images.shape[0] / n).astype(np.int64)
+    return torch.from_numpy(np.ascontiguousarray(images[picks]))[:, None]
+
+
+def real_floor(data: str | Path, reference: torch.Tensor, n: int, cache: Path, batch_size: int) -> dict[str, Any]:
+    """FID of ``n`` real training digits against the held-out reference: the small-sample floor."""
+    from diffimage.evaluate import reference_features
+    from diffimage.fid import extract_features
+
+    ref = reference_features(reference, None, cache, batch_size, "cpu")
+    real = extract_features(training_digits(data, n), None, batch_size, "cpu")
+    return {"source": "real training digits", "fid": fid_of_features(real, ref), "num_samples": n,
+            "num_reference": int(ref.shape[0]), "sampler": "real", "steps": 0, "minutes": None}
 
 
 def training_minutes(run_dir: Path) -> dict[int, float]:
@@ -188,6 +209,10 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         kinds.add(kind)
         ax.plot([r["minutes"] for r in rows], [r["fid"] for r in rows], "o-",
                 label=f"{sampler} {steps} steps{mode}, {n} samples vs {n_ref} held-out digits")
+    for r in results:
+        if r.get("sampler") == "real":
+            ax.axhline(r["fid"], color="grey", ls="--", lw=0.8,
+                       label=f"real vs real floor: {r['num_samples']} training vs {r['num_reference']} held-out digits")
     ax.set_xlabel("training minutes (1 CPU thread): " + " / ".join(
         {"cpu": "CPU time of the training process", "wall": "wall-clock"}[k] for k in sorted(kinds)))
     ax.set_ylabel("FID (Inception-v3)")
@@ -207,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--model", help="one model: a shipped name, export folder or checkpoint")
     src.add_argument("--points", type=Path, help="a folder of checkpoints copied during training, with curve.jsonl "
                      "(step, cpu_s of the training process at each copy): FID against CPU-minutes")
+    src.add_argument("--real", action="store_true", help="the real-vs-real floor: --num-samples real training "
+                     "digits (spread over the first 50,000) against the held-out reference")
     p.add_argument("--cpu-offset", type=float, default=0.0, help="CPU-minutes before the --points run (a warm "
                    "start's earlier training)")
     p.add_argument("--step-offset", type=int, default=0, help="steps before the --points run (a warm start's)")
@@ -241,6 +268,18 @@ def main(argv: list[str] | None = None) -> int:
     cache = args.cache_dir or default_cache_dir()
     reference = heldout_reference(data, args.reference_limit)
     samplers = [parse_sampler(s) for s in args.samplers.split(",") if s]
+
+    if args.real:
+        out_file = args.out / "results.json"
+        results = json.loads(out_file.read_text()) if out_file.is_file() else []
+        row = {**real_floor(data, reference, args.num_samples, cache, args.batch_size), "machine": machine()}
+        results = [r for r in results if not (r.get("sampler") == "real" and r["num_samples"] == row["num_samples"]
+                                               and r["num_reference"] == row["num_reference"])] + [row]
+        args.out.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"real-vs-real floor: FID {row['fid']:.2f} ({row['num_samples']} training digits vs "
+              f"{row['num_reference']} held-out digits)")
+        return 0
 
     points: list[tuple[str, float | None, int | None, str]] = []  # (source, minutes, step, label)
     if args.run is not None:
