@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                    "start's earlier training)")
     p.add_argument("--step-offset", type=int, default=0, help="steps before the --points run (a warm start's)")
     p.add_argument("--classes", choices=("null", "cycle"), default="null", help="class-conditional model: the null "
-                   "label (unconditional; default) or labels 0, 1, ..., 9, 0, ... (balanced) with --guidance-scale")
+                   "label (the unconditional model; default) or labels 0, 1, ..., 9, 0, ... (balanced) with "
+                   "--guidance-scale (never the model's stored default)")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="with --classes cycle (1 = plain conditional)")
     p.add_argument("--data", type=Path, default=None, help="train.npz (default: $DIFF_DATA/mnist/train.npz)")
     p.add_argument("--minutes", default="", help="comma-separated training minutes (with --run)")
@@ -303,9 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         points.append((args.model, None, None, args.model))
     minutes_kind = "cpu" if args.points is not None else "wall"
-    options: dict[str, Any] = {}
-    if args.classes == "cycle":
-        options = {"classes": [i % 10 for i in range(args.num_samples)], "guidance_scale": args.guidance_scale}
+    options: dict[str, Any] = {}  # an unconditional model: no classes; a conditional one: see --classes
 
     out_file = args.out / "results.json"
     results: list[dict[str, Any]] = json.loads(out_file.read_text()) if out_file.is_file() else []
@@ -320,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if model is None:
                 model = load(source, "cpu")
+                if model.num_classes is not None:  # always explicit: the stored default would cycle the classes
+                    labels = [-1] * args.num_samples if args.classes == "null" else \
+                        [i % model.num_classes for i in range(args.num_samples)]
+                    options = {"classes": labels, "guidance_scale": 1.0 if args.classes == "null" else
+                               args.guidance_scale}
                 if step is None:  # a shipped model or export: its card's record (CPU minutes where it has them)
                     prov = model.info.get("provenance", {})
                     card_minutes = prov.get("cpu_minutes", prov.get("training_minutes"))
