@@ -60,7 +60,8 @@ def test_cli_draws_sevens_by_name(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["classes"] == [7, 7] and manifest["model"] == NAME
     # the card's recommended settings are the shipped defaults
-    assert manifest["sampler"] == "dpmpp" and manifest["guidance_scale"] == 4.0
+    prov = json.loads((model_dir(NAME) / "config.json").read_text())["provenance"]
+    assert manifest["sampler"] == "dpmpp" and manifest["guidance_scale"] == prov["recommended_guidance_scale"]
     assert np.asarray(Image.open(out / "grid.png")).ndim == 2  # grey digits
 
 
