@@ -461,26 +461,36 @@ def rebuild_model(
 
 
 def warm_start_weights(path: str | os.PathLike, config_cls: Any, model_config: Any, *, kind: str = "model",
-                       source: str | None = None) -> dict[str, torch.Tensor]:
+                       source: str | None = None,
+                       adapt: Callable[[Any, dict[str, torch.Tensor]], dict[str, torch.Tensor] | None] | None = None,
+                       ) -> dict[str, torch.Tensor]:
     """The float32 weights (EMA ones where stored) of the export, checkpoint or run folder ``path``, for a new run
     of ``model_config`` to start from (a warm start: the weights only, with a fresh optimizer and step 0).
 
+    ``adapt(stored_config, weights)``: called when the stored model section is a valid ``config_cls`` that differs
+    from ``model_config``; it returns weights for ``model_config`` made exactly from the stored ones (for instance
+    a conditional U-Net's null-label branch as an unconditional one), or ``None`` when it cannot.
+
     Raises :class:`~diffcore.config.ConfigError` naming ``source`` (default: ``path``) when the stored model
-    section is not a ``config_cls`` equal to ``model_config`` (a warm start needs the same network), and
-    :class:`CheckpointError` when the weights are damaged."""
+    section is not a ``config_cls`` equal to ``model_config`` (and ``adapt`` cannot bridge them: a warm start needs
+    the same network), and :class:`CheckpointError` when the weights are damaged."""
     where = source if source is not None else str(path)
     config, weights = load_for_inference(path)
     stored = config.get("model")
     if not isinstance(stored, Mapping):
         raise ConfigError(f"init_from {where!r}: {path} has no 'model' section, so it holds no {kind}")
     try:
-        same = config_cls.from_dict(stored) == model_config
+        stored_config = config_cls.from_dict(stored)
     except ConfigError as e:
         raise ConfigError(f"init_from {where!r}: {path} holds no {kind} ({e})") from None
-    if not same:
-        raise ConfigError(f"init_from {where!r}: its model section differs from this recipe's; a warm start needs "
-                          f"the same network")
     problem = weights_problem(weights)
     if problem:
         raise CheckpointError(f"init_from {where!r}: damaged weights: {problem}")
-    return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+    if stored_config != model_config:
+        adapted = adapt(stored_config, weights) if adapt is not None else None
+        if adapted is None:
+            raise ConfigError(f"init_from {where!r}: its model section differs from this recipe's; a warm start "
+                              f"needs the same network")
+        weights = adapted
+    return weights

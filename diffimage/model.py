@@ -31,6 +31,7 @@ config nor in the state dict): channels-last memory layout (on by default) and g
 from __future__ import annotations
 
 import math
+import dataclasses
 from typing import Literal
 
 import torch
@@ -40,7 +41,7 @@ from torch.utils.checkpoint import checkpoint
 
 from diffimage.config import NORM_GROUPS, UNetConfig
 
-__all__ = ["UNet", "timestep_embedding", "ResBlock", "AttentionBlock", "Downsample", "Upsample"]
+__all__ = ["UNet", "unconditional_from_null_label", "timestep_embedding", "ResBlock", "AttentionBlock", "Downsample", "Upsample"]
 
 # --------------------------------------------------------------------------------------------------------------
 # Building blocks
@@ -336,3 +337,25 @@ class UNet(nn.Module):
         for block in self.up:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def unconditional_from_null_label(stored: UNetConfig, target: UNetConfig,
+                                  weights: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """The weights of an unconditional U-Net ``target`` made from a class-conditional one's (``stored``) at its
+    null label, or ``None`` when ``target`` is not that network without its labels.
+
+    The label embedding is added to the output of the time embedding's last linear layer, so folding the null
+    label's row into that layer's bias gives a network that computes, for every input, exactly what the
+    conditional one computes with no class (classifier-free guidance's unconditional branch). A warm start
+    (``init_from``) of an unconditional recipe from a conditional model begins there."""
+    if stored.num_classes is None or target.num_classes is not None:
+        return None
+    if dataclasses.replace(stored, num_classes=None, class_dropout=target.class_dropout) != target:
+        return None
+    table = weights.get("label_embed.weight")
+    bias = weights.get("time_embed.2.bias")
+    if table is None or bias is None or table.shape[0] != stored.num_classes + 1 or table.shape[1:] != bias.shape:
+        return None
+    out = {k: v for k, v in weights.items() if not k.startswith("label_embed.")}
+    out["time_embed.2.bias"] = (bias.float() + table[stored.num_classes].float()).to(bias.dtype)
+    return out

@@ -66,11 +66,14 @@ class ImageTask(TrainTask):
         if self.recipe.init_from:
             from diffcore.checkpoint import warm_start_weights
             from diffimage.config import UNetConfig
+            from diffimage.model import unconditional_from_null_label
             from diffimage.pretrained import SHIPPED
 
             path = SHIPPED.resolve(self.recipe.init_from)
-            model.load_state_dict(warm_start_weights(path, UNetConfig, self.recipe.model, kind="U-Net",
-                                                     source=self.recipe.init_from))
+            target = self.recipe.model
+            model.load_state_dict(warm_start_weights(
+                path, UNetConfig, target, kind="U-Net", source=self.recipe.init_from,
+                adapt=lambda stored, weights: unconditional_from_null_label(stored, target, weights)))
             log.info("warm start from %s", self.recipe.init_from)
         return model
 

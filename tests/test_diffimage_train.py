@@ -104,6 +104,43 @@ def test_init_from_warm_starts_from_an_export_and_refuses_another_network(tmp_pa
         ImageTask(ImageRecipe.from_dict({**other.to_dict(), "init_from": str(tmp_path / "exp")})).build_model()
 
 
+def test_init_from_a_conditional_export_starts_an_unconditional_run_at_its_null_label(tmp_path):
+    """An unconditional recipe warm-started from the class-conditional version of its network computes, at step 0,
+    what the conditional network computes with the null label (the label embedding's null row folded into the time
+    embedding's bias); a class label other than null, or any other difference, is refused."""
+    from diffcore.checkpoint import write_export
+
+    cond_recipe = tiny_recipe(model={"num_classes": 3, "class_dropout": 0.2})
+    source = UNet(cond_recipe.model)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_(0, 0.05)
+    write_export(tmp_path / "cond", source.state_dict(), cond_recipe.to_dict(), dtype=torch.float32)
+    uncond = tiny_recipe()
+    assert uncond.model.num_classes is None
+    model = ImageTask(ImageRecipe.from_dict({**uncond.to_dict(), "init_from": str(tmp_path / "cond")})).build_model()
+    assert not any(k.startswith("label_embed") for k in model.state_dict())
+    source.eval()
+    model.eval()
+    c = uncond.model
+    x = torch.randn(3, c.in_channels, c.image_size, c.image_size, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([3.0, 250.0, 900.0])
+    with torch.no_grad():
+        want = source(x, t, None)
+        got = model(x, t)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
+        # it is the null label's branch, not a class's
+        assert (model(x, t) - source(x, t, torch.tensor([0, 0, 0]))).abs().max() > 1e-3
+
+    other = tiny_recipe(model={"channel_mult": [1, 2]})
+    with pytest.raises(ConfigError, match="init_from .*differs from this recipe"):
+        ImageTask(ImageRecipe.from_dict({**other.to_dict(), "init_from": str(tmp_path / "cond")})).build_model()
+    # and a conditional recipe does not start from an unconditional network
+    write_export(tmp_path / "uncond", model.state_dict(), uncond.to_dict(), dtype=torch.float32)
+    with pytest.raises(ConfigError, match="init_from .*differs from this recipe"):
+        ImageTask(ImageRecipe.from_dict({**cond_recipe.to_dict(), "init_from": str(tmp_path / "uncond")})).build_model()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Class conditioning: label dropout in training, guidance through the API
 
