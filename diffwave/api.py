@@ -362,9 +362,10 @@ def load(path: str | os.PathLike, device: Device | str | torch.device = "auto") 
     shipped with the package (:func:`available_models`; a bare shipped name means the shipped model, with a
     warning when a folder of that name is in the working directory: write ``./NAME`` for the folder).
 
-    Checkpoints give their EMA weights. Raises ``CheckpointError`` (naming the path) when nothing loadable is there.
+    Checkpoints give their EMA weights. Raises ``CheckpointError`` (naming the path) when nothing loadable is there,
+    and naming the shipped vocoders too when the path does not exist (a mistyped name).
     """
-    p = SHIPPED.resolve(path)
+    p = SHIPPED.locate(path)
     try:
         config, weights = load_for_inference(p)
     except CheckpointError:

@@ -874,3 +874,16 @@ def test_ctrl_c_while_a_wav_is_written_finishes_that_file_then_stops_with_130(tm
     assert sr == 22050 and back.shape == (2205,) and abs(back.mean() - 0.1) < 1e-3
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("package, typo", [("diffwave", "ljspeech-refinr"), ("diffimage", "mnist-cnd")])
+def test_a_mistyped_shipped_name_is_refused_with_the_shipped_names(tmp_path, monkeypatch, package, typo):
+    """Both packages' ``load`` answer a name that is neither shipped nor a path with the names that are."""
+    api = __import__(f"{package}.api", fromlist=["load"])
+    monkeypatch.chdir(tmp_path)
+    from diffcore.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=f"{typo}: no such file or folder") as e:
+        api.load(typo, "cpu")
+    for name in api.available_models():
+        assert name in str(e.value)
