@@ -14,8 +14,9 @@ Three measurements, each with its sample count in the results:
    every generated digit: **class accuracy** is the share classified as the asked-for class. FID of the same digits
    against the held-out digits sits beside it, so the quality–adherence trade-off is one table.
 2. **Samplers** (``--samplers``: ``dpmppN`` = N network calls, ``heunN`` = 2N − 1 calls, the 50-call figure is
-   ``heun25``): ``--num-samples`` unconditional digits (the null label), their FID, and the wall-clock and CPU time
-   for 64 digits. A guided digit costs two network evaluations per call (one batched forward of 2 × the batch).
+   ``heun25``): ``--num-samples`` unconditional digits (the null label; an unconditional model, with ``--scales ''``,
+   is sampled as it is), their FID, the classifier's count of each class, and the wall-clock and CPU time for 64
+   digits. A guided digit costs two network evaluations per call (one batched forward of 2 × the batch).
 3. The classifier's own accuracy on held-out digits (what the class accuracy above can be trusted to).
 
 Reference: the last 10,000 digits of train.npz, never trained on (``--reference-limit`` of them, spread evenly);
@@ -195,7 +196,8 @@ def table(record: dict[str, Any]) -> str:
         lines.append("")
     if record["samplers"]:
         r0 = record["samplers"][0]
-        lines += [f"Samplers: {r0['num_samples']} unconditional samples each (null label), FID vs "
+        what = "null label" if record.get("num_classes") else "unconditional model"
+        lines += [f"Samplers: {r0['num_samples']} unconditional samples each ({what}), FID vs "
                   f"{r0['num_reference']} held-out digits", "",
                   "| sampler | network calls | FID | wall s / 64 | CPU s / 64 | classes (classifier's count, 0-9) |",
                   "| --- | --- | --- | --- | --- | --- |"]
@@ -208,8 +210,8 @@ def table(record: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", default="mnist-cond", help="a class-conditional MNIST model: shipped name, export "
-                   "folder, run folder or checkpoint (default: mnist-cond)")
+    p.add_argument("--model", default="mnist-cond", help="a class-conditional MNIST model (or an unconditional one "
+                   "with --scales ''): shipped name, export folder, run folder or checkpoint (default: mnist-cond)")
     p.add_argument("--data", type=Path, default=None, help="train.npz (default: $DIFF_DATA/mnist/train.npz)")
     p.add_argument("--scales", default="0,1,2,3,4", help="guidance scales of the sweep ('' = no sweep)")
     p.add_argument("--per-class", type=int, default=20, help="digits per class at each scale (default: 20)")
@@ -251,15 +253,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     model = load(args.model, "cpu")
-    if model.num_classes != 10:
-        raise SystemExit(f"{args.model} is not a 10-class conditional model (num_classes {model.num_classes})")
+    sweep = [float(v) for v in args.scales.split(",") if v.strip()]
+    if model.num_classes is None and sweep:
+        raise SystemExit(f"{args.model} is unconditional: it has no guidance to sweep (give --scales '' for the "
+                         f"samplers' table alone)")
+    if model.num_classes not in (None, 10):
+        raise SystemExit(f"{args.model} is neither unconditional nor a 10-class conditional model (num_classes "
+                         f"{model.num_classes})")
     prov = model.info.get("provenance", {})
     record: dict[str, Any] = {"run_id": machine()["date"], "options": {k: str(v) for k, v in vars(args).items()},
-                              "model": args.model, "training_steps": prov.get("training_steps"),
+                              "model": args.model, "num_classes": model.num_classes,
+                              "training_steps": prov.get("training_steps"),
                               "classifier": clf_record, "machine": machine(), "guidance": [], "samplers": []}
     args.out.mkdir(parents=True, exist_ok=True)
 
-    for s in (float(v) for v in args.scales.split(",") if v.strip()):
+    for s in sweep:
         labels = [k for k in range(10) for _ in range(args.per_class)]
         n = len(labels)
         x, wall, cpu = timed_sample(model, n, args.seed, args.batch_size, sampler="dpmpp", steps=args.guidance_steps,
@@ -285,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     for spec in (v for v in args.samplers.split(",") if v.strip()):
         name, steps, calls = parse_sampler(spec)
         n = args.num_samples
-        x, wall, cpu = timed_sample(model, n, args.seed, args.batch_size, sampler=name, steps=steps,
-                                    guidance_scale=1.0, classes=[-1] * n)
+        unconditional = {} if model.num_classes is None else {"guidance_scale": 1.0, "classes": [-1] * n}
+        x, wall, cpu = timed_sample(model, n, args.seed, args.batch_size, sampler=name, steps=steps, **unconditional)
         fid = fid_of_features(features(x, args.batch_size), ref)
         row = {"sampler": name, "steps": steps, "network_calls": calls, "num_samples": n,
                "num_reference": int(ref.shape[0]), "fid": fid, "wall_s_per_64": wall * 64 / n,
