@@ -126,12 +126,12 @@ def classifier(path: Path, data: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def parse_sampler(spec: str) -> tuple[str, int, int]:
-    """``dpmpp20`` → ("dpmpp", 20, 20 network calls); ``heun25`` → ("heun", 25, 49)."""
-    for name in ("dpmpp", "heun"):
+    """``dpmpp20`` → ("dpmpp", 20, 20 network calls); ``heun25`` → ("heun", 25, 49); ``ddim50`` → ("ddim", 50, 50)."""
+    for name in ("dpmpp", "heun", "ddim"):
         if spec.startswith(name) and spec[len(name):].isdigit():
             n = int(spec[len(name):])
-            return name, n, n if name == "dpmpp" else 2 * n - 1
-    raise SystemExit(f"--samplers takes dpmppN or heunN, got {spec!r}")
+            return name, n, 2 * n - 1 if name == "heun" else n
+    raise SystemExit(f"--samplers takes dpmppN, heunN or ddimN, got {spec!r}")
 
 
 def timed_sample(model, n: int, seed: int, batch_size: int, **options) -> tuple[Tensor, float, float]:

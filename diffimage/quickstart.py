@@ -1,7 +1,8 @@
 """``diffimage quickstart``: the whole image job on a CPU in a few minutes, on a fresh machine without any data.
 
-0. A model that draws: 64 digits from the shipped ``mnist-small`` model (:mod:`diffimage.pretrained`; DDIM, 50
-   steps), in seconds, as ``pretrained_grid.png`` — what a trained model looks like before the tiny one trains.
+0. A model that draws: 64 digits from the shipped ``mnist-uncond`` model (:mod:`diffimage.pretrained`; its card's
+   sampler, DPM-Solver++ 20 steps), in seconds, as ``pretrained_grid.png`` — what a trained model looks like before
+   the tiny one trains.
 1. Data: 2048 images of 16×16 coloured shapes (disc, square, triangle, ring on a dark background) drawn by
    :func:`diffimage.data.synthetic_images`, 8 of them held out; or, with ``--data``, an ``.npz`` (``images``,
    optional ``labels``; e.g. ``../shared/data/mnist/train.npz``) or an image folder (resized to ``--image-size``),
@@ -40,7 +41,7 @@ __all__ = ["QUICKSTART_RECIPE", "DEFAULT_STEPS", "PRETRAINED_MODEL", "quickstart
            "run_quickstart"]
 
 #: The shipped model the quickstart draws with first.
-PRETRAINED_MODEL = "mnist-small"
+PRETRAINED_MODEL = "mnist-uncond"
 
 #: Training steps of the quickstart (about 3 minutes on two free CPU cores at 16×16, 0.13 s per step).
 DEFAULT_STEPS = 1200
@@ -119,8 +120,9 @@ def _loss_trend(run_dir: Path) -> tuple[float, float] | None:
 
 def sample_pretrained(out: Path, device: str = "auto", name: str = PRETRAINED_MODEL,
                       log: Callable[[str], Any] = print) -> dict[str, Any] | None:
-    """64 DDIM samples (50 steps, seed 0) of the shipped model ``name`` as ``out/pretrained_grid.png``; ``None``
-    (and a line saying so) when the package ships no such model."""
+    """64 samples (seed 0) of the shipped model ``name`` as ``out/pretrained_grid.png``, drawn with the sampler and
+    steps its card recommends (its ``sample`` defaults); ``None`` (and a line saying so) when the package ships no
+    such model."""
     from diffimage.api import available_models, load
     from diffimage.grid import save_grid
 
@@ -129,15 +131,22 @@ def sample_pretrained(out: Path, device: str = "auto", name: str = PRETRAINED_MO
         return None
     t0 = time.monotonic()
     model = load(name, device)
+    c = model.config
+    kind = "EDM" if c.diffusion.edm is not None else f"{c.diffusion.num_steps}-step DDPM"
     fid = model.info.get("provenance", {}).get("fid")
-    log(f"drawing {GRID_IMAGES} digits with the shipped model {name!r} ({model.config.diffusion.num_steps}-step "
-        f"DDPM U-Net, {sum(p.numel() for p in model.model.parameters()) / 1e6:.2f}M parameters"
-        + (f"; {fid}" if fid else "") + ") ...")
+    log(f"drawing {GRID_IMAGES} digits with the shipped model {name!r} ({kind} U-Net, "
+        f"{sum(p.numel() for p in model.model.parameters()) / 1e6:.2f}M parameters"
+        + (f"; {fid}" if isinstance(fid, str) else "") + ") ...")
+    d = model.sample_defaults
+    sampler = d.sampler
+    steps = d.steps if d.steps is not None else {"ddim": 50, "heun": 18, "dpmpp": 20}.get(sampler)
     g = torch.Generator(device=model.device).manual_seed(0)
-    images = model.sample(GRID_IMAGES, sampler="ddim", steps=50, generator=g)
+    images = model.sample(GRID_IMAGES, sampler=sampler, steps=steps, generator=g)
     grid = save_grid(images, out / "pretrained_grid.png", nrow=int(math.sqrt(GRID_IMAGES)))
     seconds = time.monotonic() - t0
-    log(f"  {grid} in {seconds:.1f} s (DDIM, 50 steps, on {model.device}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''})")
+    threads = torch.get_num_threads()
+    log(f"  {grid} in {seconds:.1f} s ({sampler}, {steps} steps, on {model.device}, {threads} "
+        f"thread{'s' if threads != 1 else ''})")
     return {"model": name, "grid": grid, "seconds": seconds}
 
 

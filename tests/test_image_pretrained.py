@@ -130,7 +130,12 @@ def test_the_quickstart_first_draws_with_the_shipped_model(tmp_path, monkeypatch
     monkeypatch.setattr(quickstart, "GRID_IMAGES", 4)
     lines: list[str] = []
     got = quickstart.sample_pretrained(tmp_path, "cpu", log=lines.append)
-    assert got is not None and got["model"] == NAME
+    assert got is not None and got["model"] == quickstart.PRETRAINED_MODEL == "mnist-uncond"
+    # with the sampler its card recommends (the shipped sample defaults), said in the log
+    assert "dpmpp, 20 steps" in lines[-1]
+    # any shipped model draws the same way, with its own defaults (mnist-small: DDIM 50)
+    got = quickstart.sample_pretrained(tmp_path, "cpu", name=NAME, log=lines.append)
+    assert got is not None and got["model"] == NAME and "ddim, 50 steps" in lines[-1]
     assert Image.open(tmp_path / "pretrained_grid.png").size == (2 * 30 + 2, 2 * 30 + 2)
     assert re.search(r"pretrained_grid\.png in [0-9.]+ s", lines[-1])
     assert quickstart.sample_pretrained(tmp_path, "cpu", name="no-such-model", log=lines.append) is None

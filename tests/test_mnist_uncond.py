@@ -1,0 +1,73 @@
+"""The shipped unconditional model ``mnist-uncond`` (issue 20): it loads by name offline from its fp16 file, draws
+digits (not noise) through the API and the command line with its card's recommended sampler, and its card states
+the figures of its provenance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import diffimage.api as di
+from diffimage.cli import main
+from diffimage.pretrained import model_dir
+
+NAME = "mnist-uncond"
+
+
+def test_mnist_uncond_is_shipped_and_loads_by_name_offline():
+    assert NAME in di.available_models()
+    m = di.load(NAME, "cpu")
+    assert m.image_shape == (1, 28, 28) and m.num_classes is None and m.config.diffusion.edm is not None
+    stored = load_file(str(model_dir(NAME) / "model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in stored.values())
+    state = m.model.state_dict()
+    assert set(state) == set(stored) and all(torch.equal(state[k], v.float()) for k, v in stored.items())
+    assert sum(p.stat().st_size for p in model_dir(NAME).iterdir()) <= 8 * 2**20
+
+
+def test_it_draws_digits_not_noise():
+    """MNIST digits are mostly black with a few thin white strokes: the shared training set's mean pixel is 0.12
+    (0..1; 99 % of digits between 0.04 and 0.25) and only 8 % of its pixels lie between 0.1 and 0.9. Noise, or an
+    untrained network, is grey everywhere. Eight digits at 8 DPM-Solver++ steps must look like the data on both
+    counts, and be reproducible."""
+    m = di.load(NAME, "cpu")
+    x = m.sample(8, sampler="dpmpp", steps=8, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (8, 1, 28, 28) and x.min() >= -1 and x.max() <= 1
+    p = (x + 1) / 2
+    ink = p.mean(dim=(1, 2, 3))
+    assert bool(((ink > 0.04) & (ink < 0.3)).all()), ink
+    grey = ((p > 0.1) & (p < 0.9)).float().mean()
+    assert grey < 0.25, grey
+    assert torch.equal(m.sample(8, sampler="dpmpp", steps=8, generator=torch.Generator().manual_seed(0)), x)
+    # and not one digit eight times
+    flat = x.flatten(1)
+    assert bool((torch.cdist(flat, flat) + torch.eye(8) * 1e9 > 1.0).all())
+
+
+def test_cli_samples_it_by_name_with_the_recommended_sampler(tmp_path):
+    out = tmp_path / "s"
+    assert main(["sample", "--model", NAME, "--n", "2", "--steps", "4", "--device", "cpu", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"] == NAME and manifest["sampler"] == "dpmpp"
+    assert np.asarray(Image.open(out / "grid.png")).ndim == 2  # grey digits
+
+
+def test_the_card_states_its_provenance():
+    folder = model_dir(NAME)
+    card = (folder / "MODEL_CARD.md").read_text()
+    prov = json.loads((folder / "config.json").read_text())["provenance"]
+    for needed in ("CC BY-SA 3.0", "MNIST", "held out", "FID", "reproduce", "diffimage train", "mnist-cond",
+                   "init_from", "Intel Xeon"):
+        assert needed in card, needed
+    assert prov["training_steps"] > 0 and prov["cpu_minutes"] > 0
+    assert str(prov["training_steps"]) in card and f"{prov['cpu_minutes']:.1f}" in card
+    fid, floor = prov["fid_1000"], prov["real_vs_real_floor"]["1000"]
+    assert f"FID **{fid:.1f}**" in card and f"{floor:.1f}" in card
+    # one continuous record, from mnist-cond's cold start on
+    record = prov["record"]
+    assert record[0]["start"] == "cold" and record[-1]["cpu_minutes"][1] == prov["cpu_minutes"]
+    assert all(a["steps"][1] == b["steps"][0] for a, b in zip(record, record[1:]))
