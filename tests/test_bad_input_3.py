@@ -869,11 +869,17 @@ def test_ctrl_c_while_a_wav_is_written_finishes_that_file_then_stops_with_130(tm
         audio.save_audio(target, np.zeros(2205, dtype=np.float32) + 0.1, 22050)
         raise AssertionError("not reached: the deferred Ctrl-C stops the run after the write")
 
-    assert run_cli(main, []) == 130
+    # Ctrl-C's own handler, as in a terminal: a job started in the background (`cmd &` in a script) inherits SIGINT
+    # ignored, and then an ignored Ctrl-C is rightly ignored after the write too
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert run_cli(main, []) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back after the write
+    finally:
+        signal.signal(signal.SIGINT, previous)
     back, sr = sf.read(target)
     assert sr == 22050 and back.shape == (2205,) and abs(back.mean() - 0.1) < 1e-3
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.parametrize("package, typo", [("diffwave", "ljspeech-refinr"), ("diffimage", "mnist-cnd")])
