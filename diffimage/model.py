@@ -30,8 +30,8 @@ config nor in the state dict): channels-last memory layout (on by default) and g
 
 from __future__ import annotations
 
-import math
 import dataclasses
+import math
 from typing import Literal
 
 import torch
@@ -41,7 +41,8 @@ from torch.utils.checkpoint import checkpoint
 
 from diffimage.config import NORM_GROUPS, UNetConfig
 
-__all__ = ["UNet", "unconditional_from_null_label", "timestep_embedding", "ResBlock", "AttentionBlock", "Downsample", "Upsample"]
+__all__ = ["UNet", "unconditional_from_null_label", "timestep_embedding", "ResBlock", "AttentionBlock", "Downsample",
+           "Upsample"]
 
 # --------------------------------------------------------------------------------------------------------------
 # Building blocks

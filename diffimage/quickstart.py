@@ -123,7 +123,7 @@ def sample_pretrained(out: Path, device: str = "auto", name: str = PRETRAINED_MO
     """64 samples (seed 0) of the shipped model ``name`` as ``out/pretrained_grid.png``, drawn with the sampler and
     steps its card recommends (its ``sample`` defaults); ``None`` (and a line saying so) when the package ships no
     such model."""
-    from diffimage.api import available_models, load
+    from diffimage.api import DEFAULT_STEPS, available_models, load
     from diffimage.grid import save_grid
 
     if name not in available_models():
@@ -139,7 +139,7 @@ def sample_pretrained(out: Path, device: str = "auto", name: str = PRETRAINED_MO
         + (f"; {fid}" if isinstance(fid, str) else "") + ") ...")
     d = model.sample_defaults
     sampler = d.sampler
-    steps = d.steps if d.steps is not None else {"ddim": 50, "heun": 18, "dpmpp": 20}.get(sampler)
+    steps = d.steps if d.steps is not None else DEFAULT_STEPS[sampler]
     g = torch.Generator(device=model.device).manual_seed(0)
     images = model.sample(GRID_IMAGES, sampler=sampler, steps=steps, generator=g)
     grid = save_grid(images, out / "pretrained_grid.png", nrow=int(math.sqrt(GRID_IMAGES)))
