@@ -4,7 +4,10 @@ the figures of its provenance."""
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +19,11 @@ from diffimage.cli import main
 from diffimage.pretrained import model_dir
 
 NAME = "mnist-uncond"
+
+_spec = importlib.util.spec_from_file_location(
+    "mnist_uncond_card", Path(__file__).resolve().parents[1] / "tools" / "mnist_uncond_card.py")
+card_tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(card_tool)
 
 
 def test_mnist_uncond_is_shipped_and_loads_by_name_offline():
@@ -71,3 +79,34 @@ def test_the_card_states_its_provenance():
     record = prov["record"]
     assert record[0]["start"] == "cold" and record[-1]["cpu_minutes"][1] == prov["cpu_minutes"]
     assert all(a["steps"][1] == b["steps"][0] for a, b in zip(record, record[1:]))
+
+
+def test_the_card_is_what_its_provenance_gives():
+    """The card holds no figure of its own: it is tools/mnist_uncond_card.py's rendering of config.json's record."""
+    folder = model_dir(NAME)
+    prov = json.loads((folder / "config.json").read_text())["provenance"]
+    assert (folder / "MODEL_CARD.md").read_text() == card_tool.render(prov)
+    assert card_tool.main(["--check"]) == 0
+
+
+def test_the_card_says_met_or_not_met_from_the_figures():
+    prov = json.loads((model_dir(NAME) / "config.json").read_text())["provenance"]
+    floor = prov["real_vs_real_floor"]["1000"]
+    good, bad = copy.deepcopy(prov), copy.deepcopy(prov)
+    good["fid_1000"], bad["fid_1000"] = floor + 4.9, floor + 5.1
+    assert 'of the floor": **met**' in card_tool.render(good)
+    assert 'of the floor": **not met**' in card_tool.render(bad)
+    # a 10k figure of earlier weights is not claimed for the shipped ones
+    bad["fid_10k"] = {**prov["fid_10k"], "weights": "period 4's weights"}
+    assert "not measured on these weights" in card_tool.render(bad)
+
+
+def test_the_card_check_fails_on_a_stale_card(tmp_path, capsys):
+    folder = model_dir(NAME)
+    for f in ("config.json", "MODEL_CARD.md"):
+        (tmp_path / f).write_text((folder / f).read_text())
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text(card.read_text().replace("FID **", "FID **9", 1))
+    assert card_tool.main(["--check", "--folder", str(tmp_path)]) == 1
+    assert "differs" in capsys.readouterr().err
+    assert card_tool.main(["--folder", str(tmp_path)]) == 0 and card_tool.main(["--check", "--folder", str(tmp_path)]) == 0
