@@ -56,6 +56,26 @@ def test_the_shipped_model_is_listed_and_loads_by_name_offline():
     assert a.shape == (2, 1, 28, 28) and torch.equal(a, b) and a.min() >= -1 and a.max() <= 1
 
 
+@pytest.mark.parametrize("name", available_models())
+def test_every_shipped_model_is_fp16_small_packaged_and_loads_exactly_offline(name):
+    """What each shipped image model must be, whichever it is: float16 on disk, widened to float32 exactly on load,
+    at most 8 MiB, every file carried as package data, and a card beside the weights."""
+    folder = model_dir(name)
+    assert {"MODEL_CARD.md", "config.json", "model.safetensors"} <= {p.name for p in folder.iterdir()}
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 8 * 2**20
+    stored = load_file(str(folder / "model.safetensors"))
+    assert stored and all(v.dtype == torch.float16 for v in stored.values())
+    state = di.load(name, "cpu").model.state_dict()
+    assert set(state) == set(stored)
+    for k, v in stored.items():
+        assert state[k].dtype == torch.float32 and torch.equal(state[k], v.float()), (name, k)
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "diffimage.pretrained"]
+    for p in folder.iterdir():
+        rel = p.relative_to(PRETRAINED_DIR).as_posix()
+        assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), rel
+
+
 def test_the_shipped_files_are_small_documented_and_carried_as_package_data():
     folder = model_dir(NAME)
     size = sum(p.stat().st_size for p in folder.iterdir())
