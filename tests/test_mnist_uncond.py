@@ -81,6 +81,7 @@ def test_the_card_is_what_its_provenance_gives():
     folder = model_dir(NAME)
     prov = json.loads((folder / "config.json").read_text())["provenance"]
     assert (folder / "MODEL_CARD.md").read_text() == card_tool.render(prov)
+    assert "{" not in card_tool.render(prov)  # no placeholder left unformatted
     assert card_tool.main(["--check"]) == 0
 
 

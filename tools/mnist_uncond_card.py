@@ -41,8 +41,9 @@ def _record(prov: dict[str, Any]) -> list[str]:
     lines = [
         "## Record",
         "",
-        *_wrap("One continuous record of the weights, from `mnist-cond`'s cold start on (1 thread; CPU minutes of the "
-        "training process). In all: {prov['training_steps']} steps, {prov['cpu_minutes']:.1f} CPU-minutes "
+        *_wrap("One continuous record of the weights, from `mnist-cond`'s cold start on (CPU minutes of the training "
+        "process, all its threads; one thread unless the period says otherwise). "
+        f"In all: {prov['training_steps']} steps, {prov['cpu_minutes']:.1f} CPU-minutes "
         f"({prov['own_training_steps']} steps and {prov['own_cpu_minutes']:.1f} CPU-minutes of them this model's own, "
         "unconditional, over "
         f"{len(own)} periods). A CPU-minute buys fewer steps on the AMD EPYC than on the Intel Xeon (about 100 against "
