@@ -201,7 +201,7 @@ def render(prov: dict[str, Any]) -> str:
         "weights),",
         "appending a period to this record.",
         "",
-        f"Limitations: some digits are malformed (see the grid); 28×28 grey only; {prov['limitations']}",
+        *_wrap(f"Limitations: some digits are malformed (see the grid); 28×28 grey only; {prov['limitations']}"),
     ]
     return "\n".join(lines) + "\n"
 
