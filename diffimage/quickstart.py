@@ -123,8 +123,9 @@ def sample_pretrained(out: Path, device: str = "auto", name: str = PRETRAINED_MO
     """64 samples (seed 0) of the shipped model ``name`` as ``out/pretrained_grid.png``, drawn with the sampler and
     steps its card recommends (its ``sample`` defaults); ``None`` (and a line saying so) when the package ships no
     such model."""
-    from diffimage.api import DEFAULT_STEPS, available_models, load
+    from diffimage.api import available_models, load
     from diffimage.grid import save_grid
+    from diffimage.sample import resolved_options
 
     if name not in available_models():
         log(f"(no shipped model named {name!r}: skipping the pretrained grid)")
@@ -137,9 +138,8 @@ def sample_pretrained(out: Path, device: str = "auto", name: str = PRETRAINED_MO
     log(f"drawing {GRID_IMAGES} digits with the shipped model {name!r} ({kind} U-Net, "
         f"{sum(p.numel() for p in model.model.parameters()) / 1e6:.2f}M parameters"
         + (f"; {fid}" if isinstance(fid, str) else "") + ") ...")
-    d = model.sample_defaults
-    sampler = d.sampler
-    steps = d.steps if d.steps is not None else DEFAULT_STEPS[sampler]
+    used = resolved_options(model.sample_defaults, model.config)
+    sampler, steps = used["sampler"], used["steps"]
     g = torch.Generator(device=model.device).manual_seed(0)
     images = model.sample(GRID_IMAGES, sampler=sampler, steps=steps, generator=g)
     grid = save_grid(images, out / "pretrained_grid.png", nrow=int(math.sqrt(GRID_IMAGES)))
