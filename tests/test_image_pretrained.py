@@ -43,13 +43,7 @@ def test_the_shipped_model_is_listed_and_loads_by_name_offline():
     assert NAME in di.available_models() == available_models()
     m = di.load(NAME, "cpu")
     assert m.image_shape == (1, 28, 28) and m.num_classes is None
-    # the weights are the fp16 file's, widened to float32 exactly
-    stored = load_file(str(model_dir(NAME) / "model.safetensors"))
-    assert all(v.dtype == torch.float16 for v in stored.values())
-    state = m.model.state_dict()
-    assert set(state) == set(stored)
-    for k, v in stored.items():
-        assert state[k].dtype == torch.float32 and torch.equal(state[k], v.float()), k
+    # its fp16 file, exact load, size and package data: the check of every shipped model below
     # it draws: two samples in [-1, 1], reproducible under a fixed generator
     a = m.sample(2, sampler="ddim", steps=3, generator=torch.Generator().manual_seed(0))
     b = m.sample(2, sampler="ddim", steps=3, generator=torch.Generator().manual_seed(0))
@@ -76,22 +70,14 @@ def test_every_shipped_model_is_fp16_small_packaged_and_loads_exactly_offline(na
         assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), rel
 
 
-def test_the_shipped_files_are_small_documented_and_carried_as_package_data():
+def test_the_shipped_card_states_its_provenance():
     folder = model_dir(NAME)
-    size = sum(p.stat().st_size for p in folder.iterdir())
-    assert size <= 8 * 2**20
     card = (folder / "MODEL_CARD.md").read_text()
     for needed in ("CC BY-SA 3.0", "MNIST", "held out", "FID", "samples", "reproduce", "diffimage train"):
         assert needed in card, needed
     prov = json.loads((folder / "config.json").read_text())["provenance"]
     assert prov["training_steps"] > 0 and prov["num_samples"] > 0
     assert f"{prov['fid_ddim50']:.1f}" in card  # the card states the measured FID of the provenance record
-    # every shipped file matches a package-data pattern of the diffimage.pretrained package
-    table = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    patterns = table["diffimage.pretrained"]
-    for p in folder.iterdir():
-        rel = p.relative_to(PRETRAINED_DIR).as_posix()
-        assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), rel
 
 
 def test_unknown_names_are_refused_with_the_shipped_ones_and_a_local_folder_is_loaded_as_a_path(tmp_path, monkeypatch):
