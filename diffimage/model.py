@@ -41,7 +41,7 @@ from torch.utils.checkpoint import checkpoint
 
 from diffimage.config import NORM_GROUPS, UNetConfig
 
-__all__ = ["UNet", "unconditional_from_null_label", "timestep_embedding", "ResBlock", "AttentionBlock", "Downsample",
+__all__ = ["UNet", "unconditional_from_null_label", "deepened", "timestep_embedding", "ResBlock", "AttentionBlock", "Downsample",
            "Upsample"]
 
 # --------------------------------------------------------------------------------------------------------------
@@ -359,4 +359,78 @@ def unconditional_from_null_label(stored: UNetConfig, target: UNetConfig,
         return None
     out = {k: v for k, v in weights.items() if not k.startswith("label_embed.")}
     out["time_embed.2.bias"] = (bias.float() + table[stored.num_classes].float()).to(bias.dtype)
+    return out
+
+
+def _block_map(config: UNetConfig, old_blocks: int) -> tuple[dict[int, int], dict[int, int]]:
+    """Where each block of a U-Net with ``old_blocks`` residual blocks per level sits in ``config``'s deeper one:
+    ``({old down index: new down index}, {old up index: new up index})``. The down and up indices missing from
+    the values are the new blocks (see :func:`deepened`)."""
+    new_blocks = config.num_res_blocks
+    down: dict[int, int] = {}
+    up: dict[int, int] = {}
+    old_i = new_i = 0
+    for level in range(len(config.channel_mult)):
+        for j in range(new_blocks):
+            if j < old_blocks:
+                down[old_i] = new_i
+                old_i += 1
+            new_i += 1
+        if level != len(config.channel_mult) - 1:  # the downsampler
+            down[old_i] = new_i
+            old_i += 1
+            new_i += 1
+    old_i = new_i = 0
+    for _level in range(len(config.channel_mult)):
+        # new block 0 is old block 0; new blocks 1 … new−old are new; the rest are old blocks 1 … old (the last
+        # of them carries the upsampler): see :func:`deepened` for why the skips then line up
+        for j in range(new_blocks + 1):
+            if j == 0 or j > new_blocks - old_blocks:
+                up[old_i] = new_i
+                old_i += 1
+            new_i += 1
+    return down, up
+
+
+def deepened(stored: UNetConfig, target: UNetConfig, weights: dict[str, Tensor],
+             fresh: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """The weights of ``target``, a U-Net like ``stored`` but with more residual blocks per level, that compute
+    exactly what ``stored``'s ``weights`` compute (a function-preserving deepening, Chen et al. 2016's Net2DeeperNet
+    for this U-Net), or ``None`` when ``target`` is not ``stored`` with a larger ``num_res_blocks``.
+
+    ``fresh``: a freshly initialised ``target`` state dict, which gives the new blocks their first weights.
+
+    On the way down each level gets its new blocks after its old ones: their last convolution starts at zero
+    (as every block's does) and their width does not change, so each is the identity, and the skips they add hold
+    the old last block's output. On the way up, a level of ``n + 1`` old blocks becomes ``m + 1``: the first keeps
+    old block 0 (its skip is a copy of the one it had), the next ``m − n`` are new, and the last ``n`` are old blocks
+    1 … n with their own skips. A new up block takes ``[h, skip]`` and must return ``h``: its 1×1 shortcut starts as
+    ``[I | 0]`` and its last convolution and attention projection at zero. Training then moves all of it."""
+    if not (target.num_res_blocks > stored.num_res_blocks
+            and dataclasses.replace(stored, num_res_blocks=target.num_res_blocks) == target):
+        return None
+    down, up = _block_map(target, stored.num_res_blocks)
+    remap = {"down": down, "up": up}
+    out = dict(fresh)
+    for key, value in weights.items():
+        part, _, rest = key.partition(".")
+        if part in remap:
+            index, _, name = rest.partition(".")
+            key = f"{part}.{remap[part][int(index)]}.{name}"
+        if key not in out or out[key].shape != value.shape:
+            return None
+        out[key] = value
+    old = {f"down.{i}." for i in down.values()} | {f"up.{i}." for i in up.values()}
+    for key in list(out):
+        part, _, rest = key.partition(".")
+        if part not in remap or any(key.startswith(prefix) for prefix in old):
+            continue
+        name = rest.partition(".")[2]  # "<layer>.<module>.<param>", layer 0 the residual block
+        if name.endswith(("conv2.weight", "conv2.bias", "proj.weight", "proj.bias", "skip.bias")):
+            out[key] = torch.zeros_like(out[key])
+        elif name.endswith("skip.weight"):  # [out, out + skip, 1, 1]: pass h through, ignore the skip
+            eye = torch.zeros_like(out[key])
+            width = eye.shape[0]
+            eye[:, :width, 0, 0] = torch.eye(width, dtype=eye.dtype)
+            out[key] = eye
     return out

@@ -122,9 +122,11 @@ class ImageRecipe(ConfigBase):
     """Everything an image run needs: the model (what inference rebuilds), the data, training and sampling.
 
     ``init_from``: a shipped model's name, an export folder or a run folder whose weights (the EMA ones) a new run
-    starts from (a warm start: fresh optimizer, step 0; its model section must equal this recipe's, or be the
-    class-conditional version of this unconditional network, which starts from its null-label branch:
-    :func:`diffimage.model.unconditional_from_null_label`). A resumed run ignores it: the checkpoint's weights win.
+    starts from (a warm start: fresh optimizer, step 0; its model section must equal this recipe's, be the
+    class-conditional version of this unconditional network, which starts from its null-label branch
+    (:func:`diffimage.model.unconditional_from_null_label`), or be this network with fewer residual blocks per
+    level, which starts deepened with identity blocks (:func:`diffimage.model.deepened`); either way step 0
+    computes what the stored network computes). A resumed run ignores it: the checkpoint's weights win.
     """
 
     model: UNetConfig = field(default_factory=UNetConfig)

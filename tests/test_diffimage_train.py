@@ -141,6 +141,54 @@ def test_init_from_a_conditional_export_starts_an_unconditional_run_at_its_null_
         ImageTask(ImageRecipe.from_dict({**cond_recipe.to_dict(), "init_from": str(tmp_path / "uncond")})).build_model()
 
 
+@pytest.mark.parametrize("blocks", [2, 3])
+def test_init_from_a_shallower_export_starts_a_deeper_run_that_computes_the_same(tmp_path, blocks):
+    """A recipe with more residual blocks per level, warm-started from the shallower network, computes at step 0
+    exactly what that network computes (diffimage.model.deepened: the new blocks are the identity), keeps every
+    stored weight, and the new blocks learn: their last convolutions get gradients. A shallower target is
+    refused. Two levels with attention at the lower one, so the down- and upsamplers and attention move too."""
+    from diffcore.checkpoint import write_export
+
+    shallow = tiny_recipe(model={"channel_mult": [1, 2], "attention_resolutions": [4], "num_res_blocks": 1})
+    source = UNet(shallow.model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in source.parameters():  # no zero weights, so a block left out or misplaced would show
+            p.normal_(0, 0.1, generator=g)
+    write_export(tmp_path / "shallow", source.state_dict(), shallow.to_dict(), dtype=torch.float32)
+    deep = tiny_recipe(model={"channel_mult": [1, 2], "attention_resolutions": [4], "num_res_blocks": blocks})
+    model = ImageTask(ImageRecipe.from_dict({**deep.to_dict(), "init_from": str(tmp_path / "shallow")})).build_model()
+    assert len(model.down) > len(source.down) and len(model.up) > len(source.up)
+
+    stored = sorted(v.flatten()[0].item() for v in source.state_dict().values())
+    kept = [v.flatten()[0].item() for v in model.state_dict().values()]
+    assert all(value in kept for value in stored)  # every stored tensor landed somewhere
+
+    source.eval()
+    model.eval()
+    c = deep.model
+    x = torch.randn(3, c.in_channels, c.image_size, c.image_size, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([3.0, 250.0, 900.0])
+    with torch.no_grad():
+        want = source(x, t)
+        assert want.abs().max() > 0.05
+        torch.testing.assert_close(model(x, t), want, rtol=0, atol=1e-6 * float(want.abs().max()))
+
+    model.train()
+    model(x, t).square().mean().backward()
+    new_blocks = [i for i in range(len(model.up)) if 0 < i % (blocks + 1) <= blocks - 1]
+    assert new_blocks
+    for i in new_blocks:
+        assert model.up[i][0].conv2.weight.grad.abs().max() > 0
+
+    write_export(tmp_path / "deep", model.state_dict(), deep.to_dict(), dtype=torch.float32)
+    with pytest.raises(ConfigError, match="init_from .*differs from this recipe"):
+        ImageTask(ImageRecipe.from_dict({**shallow.to_dict(), "init_from": str(tmp_path / "deep")})).build_model()
+    wider = tiny_recipe(model={"channel_mult": [1, 3], "attention_resolutions": [4], "num_res_blocks": blocks})
+    with pytest.raises(ConfigError, match="init_from .*differs from this recipe"):
+        ImageTask(ImageRecipe.from_dict({**wider.to_dict(), "init_from": str(tmp_path / "shallow")})).build_model()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Class conditioning: label dropout in training, guidance through the API
 
