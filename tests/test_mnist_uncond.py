@@ -70,6 +70,10 @@ def test_the_card_states_its_provenance():
     assert str(prov["training_steps"]) in card and f"{prov['cpu_minutes']:.1f}" in card
     fid, floor = prov["fid_1000"], prov["real_vs_real_floor"]["1000"]
     assert f"FID **{fid:.1f}**" in card and f"{floor:.1f}" in card
+    # the network it describes is the one it ships
+    model = di.load(NAME, "cpu").model
+    assert f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters" in card
+    assert f"{(folder / 'model.safetensors').stat().st_size / 2**20:.1f} MiB" in card
     # one continuous record, from mnist-cond's cold start on
     record = prov["record"]
     assert record[0]["start"] == "cold" and record[-1]["cpu_minutes"][1] == prov["cpu_minutes"]
@@ -79,28 +83,34 @@ def test_the_card_states_its_provenance():
 def test_the_card_is_what_its_provenance_gives():
     """The card holds no figure of its own: it is tools/mnist_uncond_card.py's rendering of config.json's record."""
     folder = model_dir(NAME)
-    prov = json.loads((folder / "config.json").read_text())["provenance"]
-    assert (folder / "MODEL_CARD.md").read_text() == card_tool.render(prov)
-    assert "{" not in card_tool.render(prov)  # no placeholder left unformatted
+    config = json.loads((folder / "config.json").read_text())
+    text = card_tool.render(config["provenance"], config["model"], folder)
+    assert (folder / "MODEL_CARD.md").read_text() == text
+    assert "{" not in text  # no placeholder left unformatted
     assert card_tool.main(["--check"]) == 0
 
 
 def test_the_card_says_met_or_not_met_from_the_figures():
-    prov = json.loads((model_dir(NAME) / "config.json").read_text())["provenance"]
+    config = json.loads((model_dir(NAME) / "config.json").read_text())
+    prov, model = config["provenance"], config["model"]
+
+    def render(p):
+        return card_tool.render(p, model, model_dir(NAME))
+
     floor = prov["real_vs_real_floor"]["1000"]
     good, bad = copy.deepcopy(prov), copy.deepcopy(prov)
     good["fid_1000"], bad["fid_1000"] = floor + 4.9, floor + 5.1
-    assert 'of the floor": **met**' in card_tool.render(good)
-    assert 'of the floor": **not met**' in card_tool.render(bad)
+    assert 'of the floor": **met**' in render(good)
+    assert 'of the floor": **not met**' in render(bad)
     # a 10k figure of earlier weights is not claimed for the shipped ones
     bad["fid_10k"] = {**prov["fid_10k"], "weights": "period 4's weights"}
-    assert "not measured on these weights" in card_tool.render(bad)
+    assert "not measured on these weights" in render(bad)
 
 
 def test_the_card_check_fails_on_a_stale_card(tmp_path, capsys):
     folder = model_dir(NAME)
-    for f in ("config.json", "MODEL_CARD.md"):
-        (tmp_path / f).write_text((folder / f).read_text())
+    for f in ("config.json", "MODEL_CARD.md", "model.safetensors"):
+        (tmp_path / f).write_bytes((folder / f).read_bytes())
     card = tmp_path / "MODEL_CARD.md"
     card.write_text(card.read_text().replace("FID **", "FID **9", 1))
     assert card_tool.main(["--check", "--folder", str(tmp_path)]) == 1

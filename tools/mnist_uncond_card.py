@@ -137,8 +137,29 @@ def _measured(prov: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render(prov: dict[str, Any]) -> str:
-    """The card's markdown for the provenance record ``prov``."""
+_COUNT = {1: "one", 2: "two", 3: "three", 4: "four"}
+
+
+def _network(model: dict[str, Any], folder: Path) -> list[str]:
+    """The network's line of the card, from the export's model section ``model``."""
+    from diffimage.config import UNetConfig
+    from diffimage.model import UNet
+
+    config = UNetConfig.from_dict(model)
+    params = sum(p.numel() for p in UNet(config).parameters())
+    blocks = config.num_res_blocks
+    per_level = f"{_COUNT.get(blocks, blocks)} residual block{'s' if blocks > 1 else ''} per level"
+    if blocks > 1:
+        per_level += " (theirs have one)"
+    return _wrap(f"- Network: the diffimage U-Net of `mnist-small` and `mnist-cond` (`base_channels` "
+                 f"{config.base_channels}, `channel_mult` {tuple(config.channel_mult)} over 28/14/7, {per_level}, "
+                 "attention at 7×7 and in the middle, adaptive group norm, no dropout), without a label embedding: "
+                 f"{params / 1e6:.2f}M parameters.", "  ")
+
+
+def render(prov: dict[str, Any], model: dict[str, Any], folder: Path = FOLDER) -> str:
+    """The card's markdown for the provenance record ``prov`` of the export in ``folder`` whose model section is
+    ``model``."""
     lines = [
         "# mnist-uncond",
         "",
@@ -161,13 +182,11 @@ def render(prov: dict[str, Any]) -> str:
         "",
         "## Model",
         "",
-        "- Network: the diffimage U-Net of `mnist-small` and `mnist-cond` (`base_channels` 32, `channel_mult` "
-        "(1, 2, 2)",
-        "  over 28/14/7, one residual block per level, attention at 7×7 and in the middle, adaptive group norm, no",
-        "  dropout), without a label embedding: 1.19M parameters.",
+        *_network(model, folder),
         "- Diffusion: EDM preconditioning D(x; σ) = c_skip x + c_out F(c_in x, c_noise), σ_data 0.5, σ in [0.002, 80],",
         "  log-normal training σ (P_mean −1.2, P_std 1.2), loss weight 1/c_out², `time_scale` 250.",
-        *_wrap(f"- Weights: {prov['weights']}, float16 safetensors (2.3 MiB; loaded as float32).", "  "),
+        *_wrap(f"- Weights: {prov['weights']}, float16 safetensors "
+               f"({(folder / 'model.safetensors').stat().st_size / 2**20:.1f} MiB; loaded as float32).", "  "),
         "  `config.json` is the export's resolved recipe plus the `provenance` record with every figure here; this card",
         "  is written from it by `tools/mnist_uncond_card.py`.",
         "- Sampling defaults: DPM-Solver++(2M), 20 steps.",
@@ -211,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 when the card is not what the record gives")
     p.add_argument("--folder", type=Path, default=FOLDER, help="the model folder (default: the shipped one)")
     args = p.parse_args(argv)
-    prov = json.loads((args.folder / "config.json").read_text())["provenance"]
+    config = json.loads((args.folder / "config.json").read_text())
     card = args.folder / "MODEL_CARD.md"
-    text = render(prov)
+    text = render(config["provenance"], config["model"], args.folder)
     if args.check:
         if card.read_text() != text:
             print(f"{card} differs from what {args.folder / 'config.json'}'s provenance gives; "
