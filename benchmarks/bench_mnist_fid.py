@@ -200,7 +200,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     for r in results:
         if r.get("minutes") is None:
             continue
-        mode = "" if r.get("classes", "null") == "null" else f", classes cycled, guidance {r['guidance_scale']:g}"
+        mode = {"null": "", "prior": ", labels drawn from the prior"}.get(
+            r.get("classes", "null"), f", classes cycled, guidance {r['guidance_scale']:g}")
         groups.setdefault((r["sampler"], r["steps"], r["num_samples"], r["num_reference"], mode,
                            r.get("minutes_kind", "wall")), []).append(r)
     kinds = set()
@@ -237,9 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-offset", type=float, default=0.0, help="CPU-minutes before the --points run (a warm "
                    "start's earlier training)")
     p.add_argument("--step-offset", type=int, default=0, help="steps before the --points run (a warm start's)")
-    p.add_argument("--classes", choices=("null", "cycle"), default="null", help="class-conditional model: the null "
-                   "label (the unconditional model; default) or labels 0, 1, ..., 9, 0, ... (balanced) with "
-                   "--guidance-scale (never the model's stored default)")
+    p.add_argument("--classes", choices=("null", "cycle", "prior"), default=None, help="class-conditional model: "
+                   "the null label (default, unless the model has a class prior), labels 0, 1, ..., 9, 0, ... "
+                   "(balanced) with "
+                   "--guidance-scale (never the model's stored default), or labels drawn from the model's "
+                   "class_prior (default for a model that has one: its labels are latent, e.g. clusters, and these are its "
+                   "unconditional samples)")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="with --classes cycle (1 = plain conditional)")
     p.add_argument("--data", type=Path, default=None, help="train.npz (default: $DIFF_DATA/mnist/train.npz)")
     p.add_argument("--minutes", default="", help="comma-separated training minutes (with --run)")
@@ -310,19 +314,29 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = json.loads(out_file.read_text()) if out_file.is_file() else []
     for source, minutes, step, label in points:
         model = None
+        classes = args.classes
+        if classes is None:  # the model's own unconditional samples: from its prior where it has one
+            model = load(source, "cpu")
+            classes = "prior" if model.config.class_prior is not None else "null"
+        prepared = False
         for sampler, steps in samplers:
             key = dict(source=source, sampler=sampler, steps=steps, num_samples=args.num_samples,
-                       num_reference=int(reference.shape[0]), seed=args.seed, classes=args.classes,
-                       guidance_scale=args.guidance_scale if args.classes == "cycle" else None)
+                       num_reference=int(reference.shape[0]), seed=args.seed, classes=classes,
+                       guidance_scale=args.guidance_scale if classes in ("cycle", "prior") else None)
             if any(all(r.get(k) == v for k, v in key.items()) for r in results):
                 print(f"{label} {sampler}{steps}: measured already", flush=True)
                 continue
-            if model is None:
-                model = load(source, "cpu")
-                if model.num_classes is not None:  # always explicit: the stored default would cycle the classes
-                    labels = [-1] * args.num_samples if args.classes == "null" else \
+            if not prepared:
+                prepared = True
+                model = model or load(source, "cpu")
+                if classes == "prior" and model.config.class_prior is None:
+                    raise SystemExit(f"{source} has no class_prior: --classes prior is for a model with one")
+                if classes == "prior":  # no labels given: each batch draws its own from the prior
+                    options = {"guidance_scale": args.guidance_scale}
+                elif model.num_classes is not None:  # always explicit: the stored default would cycle the classes
+                    labels = [-1] * args.num_samples if classes == "null" else \
                         [i % model.num_classes for i in range(args.num_samples)]
-                    options = {"classes": labels, "guidance_scale": 1.0 if args.classes == "null" else
+                    options = {"classes": labels, "guidance_scale": 1.0 if classes == "null" else
                                args.guidance_scale}
                 if step is None:  # a shipped model or export: its card's record (CPU minutes where it has them)
                     prov = model.info.get("provenance", {})

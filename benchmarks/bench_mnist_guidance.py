@@ -196,7 +196,8 @@ def table(record: dict[str, Any]) -> str:
         lines.append("")
     if record["samplers"]:
         r0 = record["samplers"][0]
-        what = "null label" if record.get("num_classes") else "unconditional model"
+        what = ("labels drawn from the model's class prior" if record.get("class_prior") else "null label"
+                if record.get("num_classes") else "unconditional model")
         lines += [f"Samplers: {r0['num_samples']} unconditional samples each ({what}), FID vs "
                   f"{r0['num_reference']} held-out digits", "",
                   "| sampler | network calls | FID | wall s / 64 | CPU s / 64 | classes (classifier's count, 0-9) |",
@@ -254,15 +255,16 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load(args.model, "cpu")
     sweep = [float(v) for v in args.scales.split(",") if v.strip()]
-    if model.num_classes is None and sweep:
-        raise SystemExit(f"{args.model} is unconditional: it has no guidance to sweep (give --scales '' for the "
-                         f"samplers' table alone)")
-    if model.num_classes not in (None, 10):
+    latent = model.config.class_prior is not None  # labels drawn from its prior: an unconditional generator
+    if (model.num_classes is None or latent) and sweep:
+        raise SystemExit(f"{args.model} is unconditional: it has no digit classes to sweep guidance over (give "
+                         f"--scales '' for the samplers' table alone)")
+    if model.num_classes not in (None, 10) and not latent:
         raise SystemExit(f"{args.model} is neither unconditional nor a 10-class conditional model (num_classes "
                          f"{model.num_classes})")
     prov = model.info.get("provenance", {})
     record: dict[str, Any] = {"run_id": machine()["date"], "options": {k: str(v) for k, v in vars(args).items()},
-                              "model": args.model, "num_classes": model.num_classes,
+                              "model": args.model, "num_classes": model.num_classes, "class_prior": latent,
                               "training_steps": prov.get("training_steps"),
                               "classifier": clf_record, "machine": machine(), "guidance": [], "samplers": []}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -293,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     for spec in (v for v in args.samplers.split(",") if v.strip()):
         name, steps, calls = parse_sampler(spec)
         n = args.num_samples
-        unconditional = {} if model.num_classes is None else {"guidance_scale": 1.0, "classes": [-1] * n}
+        # an unconditional model as it is; a conditional one at its null label; one with a class prior draws its
+        # labels from the prior (its own unconditional samples)
+        unconditional = {} if model.num_classes is None else {"guidance_scale": 1.0} if latent else \
+            {"guidance_scale": 1.0, "classes": [-1] * n}
         x, wall, cpu = timed_sample(model, n, args.seed, args.batch_size, sampler=name, steps=steps, **unconditional)
         fid = fid_of_features(features(x, args.batch_size), ref)
         row = {"sampler": name, "steps": steps, "network_calls": calls, "num_samples": n,

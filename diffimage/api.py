@@ -138,7 +138,7 @@ class ImageModel:
         scale = d.guidance_scale if guidance_scale is None else guidance_scale
         if self.num_classes is None and guidance_scale is None:
             scale = 1.0
-        labels = class_labels(self.config, n, _checked_classes(classes), torch.device("cpu"))
+        labels = self._labels(n, classes)
         bs = n if batch_size is None else check_count("batch_size", batch_size, 1)
         out = []
         for i in range(0, n, bs):
@@ -155,6 +155,14 @@ class ImageModel:
             raise FloatingPointError(f"{self.source}: the model produced {int((~finite).sum())} non-finite values "
                                      "(NaN or Inf); its weights or schedule are broken")
         return images
+
+    def _labels(self, n: int, classes: Classes) -> Tensor | None:
+        """The labels of ``n`` images, or ``None`` where each batch draws its own from the model's ``class_prior``
+        (no ``classes`` given), with the batch's generator."""
+        classes = _checked_classes(classes)
+        if classes is None and self.config.class_prior is not None:
+            return None
+        return class_labels(self.config, n, classes, torch.device("cpu"))
 
     def _checked_options(self, sampler: Any, steps: Any, eta: Any, guidance_scale: Any,
                          generator: Any) -> tuple[int | None, float | None, float | None]:
@@ -188,7 +196,7 @@ class ImageModel:
         n = check_count("n", n, 1, 1_000_000)
         seed = check_count("seed", seed, 0, 2**63 - 1)
         batch_size = check_count("batch_size", batch_size, 1)
-        labels = class_labels(self.config, n, _checked_classes(classes), torch.device("cpu"))
+        labels = self._labels(n, classes)
         out = []
         for i in range(0, n, batch_size):
             k = min(batch_size, n - i)

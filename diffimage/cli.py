@@ -145,7 +145,8 @@ def cmd_sample(argv: list[str]) -> int:
     _add_sampling(p)
     p.add_argument("--class", dest="classes", metavar="K[,K...]",
                    help="class(es) of a conditional model, cycled over the images (-1: unconditional; "
-                        "default: 0, 1, ..., K-1, 0, ...)")
+                        "default: 0, 1, ..., K-1, 0, ..., or, for a model with a class prior such as a "
+                        "cluster-conditioned one, labels drawn from it)")
     p.add_argument("--out", "-o", default="samples", metavar="DIR", help="output folder (default: samples/)")
     p.add_argument("--format", choices=("grid", "images", "both"), default="grid",
                    help="grid.png, one PNG per image, or both (default: grid)")
@@ -171,7 +172,8 @@ def cmd_sample(argv: list[str]) -> int:
             images = model.sample_seeded(args.n, args.seed, args.batch_size, on_batch=on_batch, classes=classes,
                                          **options)
             manifest = {"model": model.source, "n": args.n, "seed": args.seed, "batch_size": args.batch_size,
-                        **resolved_options(model.sample_defaults, model.config, **options), "classes": classes}
+                        **resolved_options(model.sample_defaults, model.config, **options),
+                        "classes": "prior" if classes is None and model.config.class_prior is not None else classes}
         written = write_sample_outputs(images, out, args.format, manifest, nrow=args.nrow)
     except SampleInterrupted as e:
         print(f"error: {e}", file=sys.stderr)

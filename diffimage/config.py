@@ -54,6 +54,10 @@ class UNetConfig(ConfigBase):
     ``num_classes``: None for an unconditional model; otherwise labels ``0 .. num_classes - 1`` plus the null label
     ``num_classes`` (what ``cond=None`` or a negative label means), which ``class_dropout`` substitutes at random
     while training so that one network gives both terms of classifier-free guidance.
+    ``class_prior``: the labels' frequencies in the training data (one per class, summing to 1), or None. A model
+    that has one draws each image's label from it when it is sampled without classes, so that it generates the
+    data's own mixture p(x) = Σ_c p(c) p(x | c): an unconditional generator whose labels are latent, such as
+    clusters found without annotation (Hu et al. 2023, "Self-Guided Diffusion Models"; ``tools/mnist_clusters.py``).
     ``num_head_channels``: when set, the number of heads at a level is ``channels // num_head_channels`` (as in
     guided-diffusion); otherwise every attention layer has ``num_heads`` heads.
     ``resample``: ``"conv"`` (strided 3×3 conv / nearest + 3×3 conv, DDPM's ``resamp_with_conv=True``) or
@@ -87,6 +91,7 @@ class UNetConfig(ConfigBase):
     scale_shift_norm: bool = False
     num_classes: int | None = bounded(None, limit=1_000_000)
     class_dropout: float = 0.0
+    class_prior: tuple[float, ...] | None = None
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
     RENAMED: ClassVar[dict[str, str]] = {"learn_sigma": "learned_variance"}
@@ -188,3 +193,10 @@ class UNetConfig(ConfigBase):
                               f"{self.diffusion.prediction!r}")
         if self.class_dropout > 0 and self.num_classes is None:
             raise ConfigError("class_dropout > 0 needs num_classes (an unconditional model has no label to drop)")
+        if self.class_prior is not None:
+            if self.num_classes is None or len(self.class_prior) != self.num_classes:
+                raise ConfigError(f"class_prior needs one frequency per class (num_classes = {self.num_classes}), "
+                                  f"got {len(self.class_prior)}")
+            if any(not p >= 0 for p in self.class_prior) or not abs(sum(self.class_prior) - 1.0) < 1e-3:
+                raise ConfigError("class_prior must hold non-negative frequencies summing to 1, got "
+                                  f"{list(self.class_prior)} (sum {sum(self.class_prior):g})")

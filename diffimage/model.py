@@ -351,7 +351,7 @@ def unconditional_from_null_label(stored: UNetConfig, target: UNetConfig,
     (``init_from``) of an unconditional recipe from a conditional model begins there."""
     if stored.num_classes is None or target.num_classes is not None:
         return None
-    if dataclasses.replace(stored, num_classes=None, class_dropout=target.class_dropout) != target:
+    if dataclasses.replace(stored, num_classes=None, class_dropout=target.class_dropout, class_prior=None) != target:
         return None
     table = weights.get("label_embed.weight")
     bias = weights.get("time_embed.2.bias")
@@ -359,6 +359,27 @@ def unconditional_from_null_label(stored: UNetConfig, target: UNetConfig,
         return None
     out = {k: v for k, v in weights.items() if not k.startswith("label_embed.")}
     out["time_embed.2.bias"] = (bias.float() + table[stored.num_classes].float()).to(bias.dtype)
+    return out
+
+
+def conditional_from_unconditional(stored: UNetConfig, target: UNetConfig,
+                                   weights: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """The weights of a class-conditional U-Net ``target`` made from an unconditional one's (``stored``), or ``None``
+    when ``target`` is not that network with labels added.
+
+    The label embedding (``num_classes + 1`` rows, the null label's included) is added to the time embedding, so
+    starting it at zero gives a network that computes, for every label, exactly what the unconditional one
+    computes; training then teaches it what each label means. A warm start (``init_from``) of a conditional recipe
+    from an unconditional model (e.g. one conditioned on clusters, ``tools/mnist_clusters.py``) begins there."""
+    if stored.num_classes is not None or target.num_classes is None:
+        return None
+    if dataclasses.replace(target, num_classes=None, class_dropout=0.0, class_prior=None) != stored:
+        return None
+    bias = weights.get("time_embed.2.bias")
+    if bias is None or any(k.startswith("label_embed.") for k in weights):
+        return None
+    out = dict(weights)
+    out["label_embed.weight"] = torch.zeros(target.num_classes + 1, bias.shape[0], dtype=bias.dtype)
     return out
 
 

@@ -38,15 +38,22 @@ def denoiser_of(model: nn.Module, schedule: NoiseSchedule | None = None) -> Deno
     return denoiser_from_config(cfg.diffusion, model, learned_variance=cfg.learned_variance, schedule=schedule)
 
 
-def class_labels(config: UNetConfig, n: int, classes: Classes, device: torch.device) -> Tensor | None:
-    """Labels ``[n]`` for a conditional network: ``None`` cycles ``0, 1, …, K−1, 0, …``; an int is used for every
-    image; a sequence/tensor gives one label per image (``-1`` = the null label, i.e. unconditional)."""
+def class_labels(config: UNetConfig, n: int, classes: Classes, device: torch.device,
+                 generator: torch.Generator | None = None) -> Tensor | None:
+    """Labels ``[n]`` for a conditional network: ``None`` draws each label from ``config.class_prior`` when the model
+    has one (with ``generator``, on its device: a model whose labels are latent, sampled as the data's mixture) and
+    otherwise cycles ``0, 1, …, K−1, 0, …``; an int is used for every image; a sequence/tensor gives one label per
+    image (``-1`` = the null label, i.e. unconditional)."""
     if config.num_classes is None:
         if classes is not None:
             raise ValueError("this model is unconditional (num_classes is null): it takes no classes")
         return None
     k = config.num_classes
-    if classes is None:
+    if classes is None and config.class_prior is not None:
+        prior = torch.tensor(config.class_prior, dtype=torch.float64,
+                             device=generator.device if generator is not None else None)
+        labels = torch.multinomial(prior, n, replacement=True, generator=generator)
+    elif classes is None:
         labels = torch.arange(n) % k
     elif isinstance(classes, int):
         labels = torch.full((n,), classes)
@@ -141,7 +148,7 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        cond = class_labels(cfg, n, classes, device)
+        cond = class_labels(cfg, n, classes, device, generator)
         if cond is not None and guidance_scale != 1.0:
             den = guided(den, guidance_scale, null_cond=model.null_label)
         elif cond is None and guidance_scale != 1.0 and cfg.num_classes is None:

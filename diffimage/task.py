@@ -66,7 +66,7 @@ class ImageTask(TrainTask):
         if self.recipe.init_from:
             from diffcore.checkpoint import warm_start_weights
             from diffimage.config import UNetConfig
-            from diffimage.model import deepened, unconditional_from_null_label
+            from diffimage.model import conditional_from_unconditional, deepened, unconditional_from_null_label
             from diffimage.pretrained import SHIPPED
 
             path = SHIPPED.resolve(self.recipe.init_from)
@@ -74,8 +74,11 @@ class ImageTask(TrainTask):
             fresh = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
             def adapt(stored: UNetConfig, weights: dict) -> dict | None:
-                made = unconditional_from_null_label(stored, target, weights)
-                return made if made is not None else deepened(stored, target, weights, fresh)
+                for made in (unconditional_from_null_label(stored, target, weights),
+                             conditional_from_unconditional(stored, target, weights)):
+                    if made is not None:
+                        return made
+                return deepened(stored, target, weights, fresh)
 
             model.load_state_dict(warm_start_weights(
                 path, UNetConfig, target, kind="U-Net", source=self.recipe.init_from, adapt=adapt))

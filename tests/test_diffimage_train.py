@@ -135,10 +135,41 @@ def test_init_from_a_conditional_export_starts_an_unconditional_run_at_its_null_
     other = tiny_recipe(model={"channel_mult": [1, 2]})
     with pytest.raises(ConfigError, match="init_from .*differs from this recipe"):
         ImageTask(ImageRecipe.from_dict({**other.to_dict(), "init_from": str(tmp_path / "cond")})).build_model()
-    # and a conditional recipe does not start from an unconditional network
-    write_export(tmp_path / "uncond", model.state_dict(), uncond.to_dict(), dtype=torch.float32)
+
+
+def test_init_from_an_unconditional_export_starts_a_conditional_run_that_computes_the_same(tmp_path):
+    """A class-conditional recipe (here with a class prior, as a cluster-conditioned model has) warm-started from
+    the unconditional version of its network computes at step 0, for every label and the null label, what the
+    unconditional network computes (diffimage.model.conditional_from_unconditional: the label table starts at
+    zero); the label table then learns. Another network is refused."""
+    from diffcore.checkpoint import write_export
+
+    uncond = tiny_recipe()
+    source = UNet(uncond.model)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_(0, 0.05, generator=g)
+    write_export(tmp_path / "uncond", source.state_dict(), uncond.to_dict(), dtype=torch.float32)
+    cond = tiny_recipe(model={"num_classes": 4, "class_dropout": 0.1, "class_prior": [0.1, 0.2, 0.3, 0.4]})
+    model = ImageTask(ImageRecipe.from_dict({**cond.to_dict(), "init_from": str(tmp_path / "uncond")})).build_model()
+    source.eval()
+    model.eval()
+    c = cond.model
+    x = torch.randn(5, c.in_channels, c.image_size, c.image_size, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([3.0, 40.0, 250.0, 600.0, 900.0])
+    with torch.no_grad():
+        want = source(x, t)
+        assert want.abs().max() > 0.05
+        for labels in (torch.tensor([0, 1, 2, 3, -1]), None):
+            torch.testing.assert_close(model(x, t, labels), want, rtol=0, atol=0)
+    model.train()
+    model(x, t, torch.tensor([0, 1, 2, 3, 3])).square().mean().backward()
+    assert model.label_embed.weight.grad.abs().max() > 0
+
+    other = tiny_recipe(model={"channel_mult": [1, 2], "num_classes": 4})
     with pytest.raises(ConfigError, match="init_from .*differs from this recipe"):
-        ImageTask(ImageRecipe.from_dict({**cond_recipe.to_dict(), "init_from": str(tmp_path / "uncond")})).build_model()
+        ImageTask(ImageRecipe.from_dict({**other.to_dict(), "init_from": str(tmp_path / "uncond")})).build_model()
 
 
 @pytest.mark.parametrize("blocks", [2, 3])
