@@ -10,6 +10,8 @@ Reference: the shared data has no MNIST test split, so the recipe (``recipes/mni
 the FID reference here (``--reference-limit`` of them, spread evenly over the 10,000). Features: the standard FID
 Inception-v3 (:mod:`diffimage.fid`), reference statistics cached in ``--cache-dir``.
 
+``--reference training`` scores against training digits instead (other ones than ``--real`` uses): the reference
+for choosing a sampling option such as a guidance scale, so the held-out digits only ever report the choice.
 ``--real`` scores real training digits in place of samples: the floor a perfect model reaches at those counts.
 FID from few samples is biased upwards (the bias shrinks roughly like 1/N), so every figure carries its number of
 generated and reference images, and figures are only comparable at equal counts; KID (unbiased) is reported too.
@@ -56,6 +58,16 @@ def heldout_reference(data: str | Path, limit: int | None, first: int = TRAIN_DI
     if limit is not None and limit < images.shape[0]:
         images = images[((np.arange(limit) + 0.5) * images.shape[0] / limit).astype(np.int64)]
     return torch.from_numpy(np.ascontiguousarray(images))[:, None]
+
+
+def tuning_reference(data: str | Path, limit: int) -> torch.Tensor:
+    """uint8 ``[limit, 1, 28, 28]``: training digits spread over the first :data:`TRAIN_DIGITS` at other positions
+    than :func:`training_digits` picks (``k · 50000 / limit`` against ``(k + 0.5) · 50000 / limit``), the reference
+    of ``--reference training``: a sampling option is chosen against it, never against the held-out digits."""
+    with np.load(data, allow_pickle=False) as d:
+        images = d["images"][:TRAIN_DIGITS]
+    picks = (np.arange(limit) * images.shape[0] / limit).astype(np.int64)
+    return torch.from_numpy(np.ascontiguousarray(images[picks]))[:, None]
 
 
 def training_digits(data: str | Path, n: int) -> torch.Tensor:
@@ -252,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-samples", type=int, default=1000, help="generated images per point (default: 1000)")
     p.add_argument("--also-at", default="", help="also score the first K samples, for each comma-separated K "
                    "(the same samples a K-sample run draws; no extra sampling or features)")
+    p.add_argument("--reference", choices=("heldout", "training"), default="heldout", help="FID reference: the "
+                   "held-out digits (default; the figures to report) or training digits (to choose a sampling "
+                   "option, e.g. the guidance scale, without looking at the held-out ones)")
     p.add_argument("--reference-limit", type=int, default=1000, help="held-out digits used (default: 1000 of 10000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=100)
@@ -271,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(data).is_file():
         raise SystemExit(f"{data} does not exist: give --data PATH/train.npz")
     cache = args.cache_dir or default_cache_dir()
-    reference = heldout_reference(data, args.reference_limit)
+    reference = heldout_reference(data, args.reference_limit) if args.reference == "heldout" else \
+        tuning_reference(data, args.reference_limit)
     samplers = [parse_sampler(s) for s in args.samplers.split(",") if s]
 
     if args.real:
@@ -323,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             key = dict(source=source, sampler=sampler, steps=steps, num_samples=args.num_samples,
                        num_reference=int(reference.shape[0]), seed=args.seed, classes=classes,
                        guidance_scale=args.guidance_scale if classes in ("cycle", "prior") else None)
+            if args.reference != "heldout":
+                key["reference"] = args.reference
             if any(all(r.get(k) == v for k, v in key.items()) for r in results):
                 print(f"{label} {sampler}{steps}: measured already", flush=True)
                 continue
@@ -348,13 +366,15 @@ def main(argv: list[str] | None = None) -> int:
                                     args.batch_size, [int(k) for k in args.also_at.split(",") if k], options)
             for row in rows:
                 row.update(source=source, step=step, minutes=minutes, minutes_kind=minutes_kind,
-                           classes=key["classes"], guidance_scale=key["guidance_scale"], machine=machine())
+                           classes=key["classes"], guidance_scale=key["guidance_scale"], reference=args.reference,
+                           machine=machine())
                 if not any(all(r.get(k) == row[k] for k in key if k != "num_samples") and
                            r.get("num_samples") == row["num_samples"] for r in results):
                     results.append(row)
                 print(f"{label} ({'?' if minutes is None else f'{minutes:.1f}'} min): {sampler} {steps} steps: "
                       f"FID {row['fid']:.2f}, KID {row['kid']:.4f} ± {row['kid_std']:.4f} ({row['num_samples']} "
-                      f"samples vs {reference.shape[0]} held-out digits; sampling {row['sample_s']:.0f} s, features "
+                      f"samples vs {reference.shape[0]} {'held-out' if args.reference == 'heldout' else 'training'} digits; "
+                      f"sampling {row['sample_s']:.0f} s, features "
                       f"{row['features_s']:.0f} s)", flush=True)
             args.out.mkdir(parents=True, exist_ok=True)
             out_file.write_text(json.dumps(results, indent=1) + "\n")

@@ -104,6 +104,8 @@ class ImageModel:
     def __repr__(self) -> str:
         c = self.config
         cls = f", {c.num_classes} classes" if c.num_classes else ""
+        if c.class_prior is not None:
+            cls += " drawn from its prior"
         params = sum(p.numel() for p in self.model.parameters())
         process = "EDM" if c.diffusion.edm is not None else f"T={c.diffusion.num_steps}"
         return (f"ImageModel({self.source!r}: {c.in_channels}x{c.image_size}x{c.image_size}, {params / 1e6:.2f}M "

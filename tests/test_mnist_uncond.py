@@ -28,7 +28,9 @@ _spec.loader.exec_module(card_tool)
 def test_mnist_uncond_is_shipped_and_loads_by_name_offline():
     assert NAME in di.available_models()
     m = di.load(NAME, "cpu")
-    assert m.image_shape == (1, 28, 28) and m.num_classes is None and m.config.diffusion.edm is not None
+    assert m.image_shape == (1, 28, 28) and m.config.diffusion.edm is not None
+    # unconditional: no labels at all, or latent ones (clusters) drawn from its prior when none are given
+    assert m.num_classes is None or len(m.config.class_prior) == m.num_classes
     # its fp16 file, size and package data: test_image_pretrained.py checks every shipped model
 
 

@@ -69,6 +69,18 @@ def _record(prov: dict[str, Any]) -> list[str]:
     ]
     for r in own:
         lines += _wrap(f"- Period {r['period']}: {r['start']}; stopped by {r['stopped']}.", "  ")
+    clustered = [r for r in own if r.get("clusters")]
+    if clustered:
+        r = clustered[0]
+        lines += [""]
+        lines += _wrap(f"From period {r['period']} on the network is conditioned on {r['clusters']} clusters of the "
+                       "training digits, found by k-means on their pixels without the annotated classes "
+                       "(`tools/mnist_clusters.py`; Hu et al. 2023, \"Self-Guided Diffusion Models\"). "
+                       "`init_from: mnist-uncond` in that conditional recipe adds the label table at zero "
+                       "(`diffimage.model.conditional_from_unconditional`), so its step 0 computed exactly what the "
+                       "unconditional network computed, for every label. Sampled without classes, the model draws "
+                       "each image's cluster from the clusters' frequencies in the training digits "
+                       "(`model.class_prior`) and so generates the data's mixture; a user gives no label.")
     return lines
 
 
@@ -80,8 +92,11 @@ def _curve(prov: dict[str, Any]) -> list[str]:
         "DPM-Solver++ 20 steps against 1000 digits held out from training (spread over the last 10,000 of the shared",
         "`train.npz`, never trained on); the real-vs-real floor (real training digits against the same reference) is",
         f"**{floor['500']:.1f} at 500 and {floor['1000']:.1f} at 1000** samples. Small-sample FIDs are biased upwards:",
-        "compare them only at equal counts. `benchmarks/results/mnist_uncond_curve/`, made by",
-        "`benchmarks/bench_mnist_fid.py`.",
+        *(["compare them only at equal counts. `benchmarks/results/mnist_uncond_curve/` (periods 3-4) and",
+            "`benchmarks/results/mnist_clusters_curve/` (period 6), made by `benchmarks/bench_mnist_fid.py`."]
+          if any(r.get("clusters") for r in prov["record"]) else
+          ["compare them only at equal counts. `benchmarks/results/mnist_uncond_curve/`, made by",
+           "`benchmarks/bench_mnist_fid.py`."]),
         "",
         "| CPU-minutes | step | weights | FID (500) | FID (1000) | machine |",
         "| ---: | ---: | --- | ---: | ---: | --- |",
@@ -111,7 +126,8 @@ def _measured(prov: dict[str, Any]) -> list[str]:
                        f"it was measured. The real-vs-real floor at 10k vs 10k is {floor['10000']:.2f}.", "  ")
     lines += _wrap(f"- Samplers, 500 samples each vs 1000 held-out digits, measured on "
                    f"{prov['samplers_measured_on']}, with the classes a small CNN (trained by the benchmark on the "
-                   "same 50,000 training digits) sees in them (`benchmarks/results/mnist_uncond_samplers/`):", "  ")
+                   "same 50,000 training digits) sees in them "
+                   f"(`{prov.get('samplers_results', 'benchmarks/results/mnist_uncond_samplers/')}`):", "  ")
     lines += [
         "",
         "| sampler | network calls | FID (500) | wall s / 64 | CPU s / 64 | classes (classifier's count, 0–9) |",
@@ -151,15 +167,22 @@ def _network(model: dict[str, Any], folder: Path) -> list[str]:
     per_level = f"{_COUNT.get(blocks, blocks)} residual block{'s' if blocks > 1 else ''} per level"
     if blocks > 1:
         per_level += " (theirs have one)"
+    labels = ("without a label embedding" if config.num_classes is None else
+              f"with a label embedding for {config.num_classes} clusters and the null label (dropped to it 10 % of "
+              f"the time in training, `class_dropout` {config.class_dropout:g})")
     return _wrap(f"- Network: the diffimage U-Net of `mnist-small` and `mnist-cond` (`base_channels` "
                  f"{config.base_channels}, `channel_mult` {tuple(config.channel_mult)} over 28/14/7, {per_level}, "
-                 "attention at 7×7 and in the middle, adaptive group norm, no dropout), without a label embedding: "
+                 f"attention at 7×7 and in the middle, adaptive group norm, no dropout), {labels}: "
                  f"{params / 1e6:.2f}M parameters.", "  ")
 
 
 def render(prov: dict[str, Any], model: dict[str, Any], folder: Path = FOLDER) -> str:
     """The card's markdown for the provenance record ``prov`` of the export in ``folder`` whose model section is
     ``model``."""
+    clusters = model.get("num_classes")
+    latent = [] if not clusters else _wrap(
+        f"It was trained on {clusters} clusters of the digits found without their annotations and draws each "
+        "sample's cluster from their frequencies, so it is sampled with no label at all (see Record).")
     lines = [
         "# mnist-uncond",
         "",
@@ -168,6 +191,7 @@ def render(prov: dict[str, Any], model: dict[str, Any], folder: Path = FOLDER) -
         "this project (issue 20). It draws any digit; for a chosen digit use `mnist-cond`. It is the default of the "
         "image",
         "quickstart's first grid.",
+        *latent,
         "",
         "    diffimage sample --model mnist-uncond --n 64 --out digits/          # DPM-Solver++ 20 steps (the default)",
         "    python -c \"import diffimage.api as di; x = di.load('mnist-uncond').sample(16)\"",
@@ -189,7 +213,9 @@ def render(prov: dict[str, Any], model: dict[str, Any], folder: Path = FOLDER) -
                f"({(folder / 'model.safetensors').stat().st_size / 2**20:.1f} MiB; loaded as float32).", "  "),
         "  `config.json` is the export's resolved recipe plus the `provenance` record with every figure here; this card",
         "  is written from it by `tools/mnist_uncond_card.py`.",
-        "- Sampling defaults: DPM-Solver++(2M), 20 steps.",
+        *_wrap("- Sampling defaults: DPM-Solver++(2M), 20 steps" + (
+            ", each image's cluster drawn from `class_prior` (an explicit `--class` still picks one)." if clusters
+            else "."), "  "),
         "",
         "## Data and licence",
         "",
@@ -216,9 +242,13 @@ def render(prov: dict[str, Any], model: dict[str, Any], folder: Path = FOLDER) -
         "--reference-limit 10000` for the 10k figure; `bench_mnist_guidance.py --model mnist-uncond --scales ''",
         "--samplers dpmpp10,dpmpp20,heun10,heun25 --num-samples 500` for the samplers' table).",
         "",
-        "To continue training next time: the same recipe with `init_from=mnist-uncond` (a warm start from these "
-        "weights),",
-        "appending a period to this record.",
+        *(["To continue training next time: the same recipe (`recipes/mnist_edm_clusters.yaml`, on the clusters' "
+            "`.npz`) with",
+            "`init_from=mnist-uncond` (a warm start from these weights), appending a period to this record."]
+          if clusters else
+          ["To continue training next time: the same recipe with `init_from=mnist-uncond` (a warm start from these "
+           "weights),",
+           "appending a period to this record."]),
         "",
         *_wrap(f"Limitations: some digits are malformed (see the grid); 28×28 grey only; {prov['limitations']}"),
     ]
