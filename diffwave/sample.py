@@ -435,9 +435,10 @@ def vocode_mels(
     Each mel is its own sampling run with its own noise (:func:`input_generators`: from ``seed`` and the mel, or a
     copy of ``generator``'s state), so a mel's waveform depends on the noise seed, that mel and the options alone,
     never on the other mels of the call or their order: it equals vocoding that mel alone. Network calls batch only
-    a mel's own windows (at most ``batch_size`` per call), and on the default inference path the batch size does
-    not change a window's result (measured bit-identical on the CPU; with ``inference="eager"`` the convolution
-    kernels oneDNN picks differ by batch size in the last bits, about 1e-6, for mels longer than ``max_frames``).
+    a mel's own windows (at most ``batch_size`` per call), and the batch size changes a window's result at most in
+    the last bits (bit-identical on the default inference path on an AMD EPYC and an earlier Intel Xeon; on an Intel
+    Xeon of the Ice Lake kind, and with ``inference="eager"`` anywhere, the convolution kernels oneDNN picks differ
+    by batch size, about 1e-7 to 1e-6, for mels longer than ``max_frames``).
     ``pad_multiple``: pad each mel with the preset's silence to a multiple of that many frames before vocoding (cut
     off again; the network sees the padding within its receptive field, so it is off by default).
 

@@ -77,11 +77,18 @@ def test_a_mels_audio_depends_on_the_seed_and_that_mel_alone_in_the_api(shipped,
     alone = {k: voc.vocode(m[k], seed=7, max_frames=mf) for k in m}
     for k, wav in zip(["a", "b", "c", "long"], run):
         assert torch.equal(wav, alone[k]), k
+    # Another batch size changes how many windows one network call holds, and on some processors the convolution
+    # kernels oneDNN picks then round differently in the last bits (an Intel Xeon, Ice Lake: 1.3e-7 of audio that
+    # peaks at 0.36), so these compare to float rounding; other mels' noise or order would change the audio by its
+    # own size.
+    def same(x: torch.Tensor, want: torch.Tensor) -> bool:
+        return bool((x - want).abs().max() <= 1e-5 * want.abs().max())
+
     other = voc.vocode([m["long"], m["c"], m["a"]], seed=7, max_frames=mf, batch_size=1)
     for k, wav in zip(["long", "c", "a"], other):
-        assert torch.equal(wav, alone[k]), k
+        assert same(wav, alone[k]), k
     batch = voc.vocode(torch.stack([m["c"], m["a"]]), seed=7, max_frames=mf, batch_size=3)
-    assert torch.equal(batch[0], alone["c"]) and torch.equal(batch[1], alone["a"])
+    assert same(batch[0], alone["c"]) and same(batch[1], alone["a"])
     padded, _ = voc.vocode(torch.stack([m["a"], torch.cat([m["b"], m["b"][:, :9]], -1)]), lengths=[40, 31], seed=7,
                            max_frames=mf)
     assert torch.equal(padded[0], alone["a"]) and torch.equal(padded[1, : 31 * 256], alone["b"])
@@ -122,7 +129,9 @@ def _samples(path) -> np.ndarray:
 @pytest.mark.parametrize("model", ["ljspeech-tiny", "ljspeech-refiner"])
 def test_a_files_audio_in_vocode_depends_on_the_seed_and_that_file_alone(tmp_path, capsys, speech_mels, model):
     """diffwave vocode of files a, b, c (a wav) and d in one run, in another order with other companions and
-    batch sizes, and alone: each file's samples are identical, and equal the API's vocode(mel, seed=...)."""
+    batch sizes, and alone: each file's samples are the same (to one 16-bit step where the batch size differs: on
+    some processors the convolution kernels round differently by batch size), and equal the API's
+    vocode(mel, seed=...)."""
     src = tmp_path / "in"
     src.mkdir()
     np.save(src / "a.npy", speech_mels["a"].numpy())
@@ -140,15 +149,15 @@ def test_a_files_audio_in_vocode_depends_on_the_seed_and_that_file_alone(tmp_pat
         assert wave_cli(capsys, "vocode", src / f"{name}.{'wav' if name == 'c' else 'npy'}",
                         "--out", tmp_path / f"alone_{name}.wav", "--batch-size", "3", *common)[0] == 0
         ref = _samples(tmp_path / f"alone_{name}.wav")
-        for run in runs.values():
-            assert np.array_equal(_samples(run / f"{name}.wav"), ref), (name, run)
+        for run in runs.values():  # other batch sizes: float rounding may move a 16-bit sample by one step
+            assert np.abs(_samples(run / f"{name}.wav").astype(np.int64) - ref).max() <= 1, (name, run)
     assert np.abs(_samples(tmp_path / "all" / "a.wav")).max() > 1000  # real audio
     voc = dw.load(model, "cpu")
     api = save_audio(tmp_path / "api_long.wav", voc.vocode(speech_mels["long"], seed=11, max_frames=MAX_FRAMES[model]),
                      22050)
-    assert np.array_equal(_samples(api), _samples(tmp_path / "all" / "long.wav"))
-    api = save_audio(tmp_path / "api_a.wav", voc.vocode(speech_mels["a"], seed=11), 22050)  # one window either way
-    assert np.array_equal(_samples(api), _samples(tmp_path / "all" / "a.wav"))
+    assert np.abs(_samples(api).astype(np.int64) - _samples(tmp_path / "all" / "long.wav")).max() <= 1
+    api = save_audio(tmp_path / "api_a.wav", voc.vocode(speech_mels["a"], seed=11), 22050)
+    assert np.abs(_samples(api).astype(np.int64) - _samples(tmp_path / "all" / "a.wav")).max() <= 1
     if model == "ljspeech-tiny":
         assert not np.array_equal(_samples(tmp_path / "all" / "a.wav"), _samples(tmp_path / "all" / "d.wav"))
 

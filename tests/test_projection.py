@@ -301,8 +301,15 @@ def test_gla_grad_chunked_equals_whole_and_packed_inputs_stay_apart():
     mels = [speech_mel(0.7, seed=3)[1], speech_mel(0.3, seed=4)[1]]
     whole = vocode_mels(model, mels, generator=torch.Generator().manual_seed(0), max_frames=None, project="gla")
     chunked = vocode_mels(model, mels, generator=torch.Generator().manual_seed(0), max_frames=24, project="gla")
-    for w, c in zip(whole, chunked):
-        torch.testing.assert_close(c, w, rtol=0, atol=1e-4)
+    plain_whole = vocode_mels(model, mels, generator=torch.Generator().manual_seed(0), max_frames=None)
+    plain_chunked = vocode_mels(model, mels, generator=torch.Generator().manual_seed(0), max_frames=24)
+    # Without the projection, windows and the whole mel differ by float rounding alone (6e-7 measured). Griffin-Lim's
+    # phase updates amplify that rounding, by how much depends on the processor's kernels: below 1e-4 on an AMD EPYC
+    # and an earlier Intel Xeon, 3.3e-3 of audio peaking at 1.0 on an Intel Xeon (Ice Lake). A window misplaced or cut
+    # without its context would differ by the signal's own size.
+    for w, c, pw, pc in zip(whole, chunked, plain_whole, plain_chunked):
+        torch.testing.assert_close(pc, pw, rtol=0, atol=1e-5)
+        torch.testing.assert_close(c, w, rtol=0, atol=1e-2 * float(w.abs().max()))
     # the packed projection is each input's own projection, toward its own mel
     lengths = [m.shape[-1] * 256 for m in mels]
     x0 = torch.randn(1, sum(lengths), generator=torch.Generator().manual_seed(1))
