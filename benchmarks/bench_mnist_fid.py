@@ -212,8 +212,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     for r in results:
         if r.get("minutes") is None:
             continue
-        mode = {"null": "", "prior": ", labels drawn from the prior"}.get(
-            r.get("classes", "null"), f", classes cycled, guidance {r['guidance_scale']:g}")
+        classes = r.get("classes", "null")
+        mode = "" if classes == "null" else ", labels drawn from the prior" if classes == "prior" else \
+            f", classes cycled, guidance {r['guidance_scale']:g}"
         groups.setdefault((r["sampler"], r["steps"], r["num_samples"], r["num_reference"], mode,
                            r.get("minutes_kind", "wall")), []).append(r)
     kinds = set()
@@ -252,10 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-offset", type=int, default=0, help="steps before the --points run (a warm start's)")
     p.add_argument("--classes", choices=("null", "cycle", "prior"), default=None, help="class-conditional model: "
                    "the null label (default, unless the model has a class prior), labels 0, 1, ..., 9, 0, ... "
-                   "(balanced) with "
-                   "--guidance-scale (never the model's stored default), or labels drawn from the model's "
-                   "class_prior (default for a model that has one: its labels are latent, e.g. clusters, and these are its "
-                   "unconditional samples)")
+                   "(balanced) with --guidance-scale (never the model's stored default), or labels drawn from the "
+                   "model's class_prior (default for a model that has one: its labels are latent, e.g. clusters, "
+                   "and these are its unconditional samples)")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="with --classes cycle (1 = plain conditional)")
     p.add_argument("--data", type=Path, default=None, help="train.npz (default: $DIFF_DATA/mnist/train.npz)")
     p.add_argument("--minutes", default="", help="comma-separated training minutes (with --run)")
@@ -324,44 +324,37 @@ def main(argv: list[str] | None = None) -> int:
     else:
         points.append((args.model, None, None, args.model))
     minutes_kind = "cpu" if args.points is not None else "wall"
-    options: dict[str, Any] = {}  # an unconditional model: no classes; a conditional one: see --classes
 
     out_file = args.out / "results.json"
     results: list[dict[str, Any]] = json.loads(out_file.read_text()) if out_file.is_file() else []
     for source, minutes, step, label in points:
-        model = None
-        classes = args.classes
-        if classes is None:  # the model's own unconditional samples: from its prior where it has one
-            model = load(source, "cpu")
-            classes = "prior" if model.config.class_prior is not None else "null"
-        prepared = False
+        model = load(source, "cpu")
+        # by default the model's own unconditional samples: from its class prior where it has one
+        classes = args.classes or ("prior" if model.config.class_prior is not None else "null")
+        options: dict[str, Any] = {}  # an unconditional model: no classes
+        if classes == "prior" and model.config.class_prior is None:
+            raise SystemExit(f"{source} has no class_prior: --classes prior is for a model with one")
+        if classes == "prior":  # no labels given: each batch draws its own from the prior
+            options = {"guidance_scale": args.guidance_scale}
+        elif model.num_classes is not None:  # always explicit: the stored default would cycle the classes
+            labels = [-1] * args.num_samples if classes == "null" else \
+                [i % model.num_classes for i in range(args.num_samples)]
+            options = {"classes": labels, "guidance_scale": 1.0 if classes == "null" else args.guidance_scale}
+        if step is None:  # a shipped model or export: its card's record (CPU minutes where it has them)
+            prov = model.info.get("provenance", {})
+            card_minutes = prov.get("cpu_minutes", prov.get("training_minutes"))
+            minutes = float(card_minutes) if card_minutes is not None else None
+            minutes_kind = "cpu" if "cpu_minutes" in prov else "wall"
+            step = prov.get("training_steps")
         for sampler, steps in samplers:
             key = dict(source=source, sampler=sampler, steps=steps, num_samples=args.num_samples,
                        num_reference=int(reference.shape[0]), seed=args.seed, classes=classes,
                        guidance_scale=args.guidance_scale if classes in ("cycle", "prior") else None)
-            if args.reference != "heldout":
+            if args.reference != "heldout":  # rows from before the option have no "reference": held-out ones
                 key["reference"] = args.reference
             if any(all(r.get(k) == v for k, v in key.items()) for r in results):
                 print(f"{label} {sampler}{steps}: measured already", flush=True)
                 continue
-            if not prepared:
-                prepared = True
-                model = model or load(source, "cpu")
-                if classes == "prior" and model.config.class_prior is None:
-                    raise SystemExit(f"{source} has no class_prior: --classes prior is for a model with one")
-                if classes == "prior":  # no labels given: each batch draws its own from the prior
-                    options = {"guidance_scale": args.guidance_scale}
-                elif model.num_classes is not None:  # always explicit: the stored default would cycle the classes
-                    labels = [-1] * args.num_samples if classes == "null" else \
-                        [i % model.num_classes for i in range(args.num_samples)]
-                    options = {"classes": labels, "guidance_scale": 1.0 if classes == "null" else
-                               args.guidance_scale}
-                if step is None:  # a shipped model or export: its card's record (CPU minutes where it has them)
-                    prov = model.info.get("provenance", {})
-                    card_minutes = prov.get("cpu_minutes", prov.get("training_minutes"))
-                    minutes = float(card_minutes) if card_minutes is not None else None
-                    minutes_kind = "cpu" if "cpu_minutes" in prov else "wall"
-                    step = prov.get("training_steps")
             rows, samples = measure(model, reference, sampler, steps, args.num_samples, args.seed, cache,
                                     args.batch_size, [int(k) for k in args.also_at.split(",") if k], options)
             for row in rows:
@@ -373,9 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                     results.append(row)
                 print(f"{label} ({'?' if minutes is None else f'{minutes:.1f}'} min): {sampler} {steps} steps: "
                       f"FID {row['fid']:.2f}, KID {row['kid']:.4f} ± {row['kid_std']:.4f} ({row['num_samples']} "
-                      f"samples vs {reference.shape[0]} {'held-out' if args.reference == 'heldout' else 'training'} digits; "
-                      f"sampling {row['sample_s']:.0f} s, features "
-                      f"{row['features_s']:.0f} s)", flush=True)
+                      f"samples vs {reference.shape[0]} {'held-out' if args.reference == 'heldout' else 'training'} "
+                      f"digits; sampling {row['sample_s']:.0f} s, features {row['features_s']:.0f} s)", flush=True)
             args.out.mkdir(parents=True, exist_ok=True)
             out_file.write_text(json.dumps(results, indent=1) + "\n")
             if args.grid:

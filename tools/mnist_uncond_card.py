@@ -168,8 +168,8 @@ def _network(model: dict[str, Any], folder: Path) -> list[str]:
     if blocks > 1:
         per_level += " (theirs have one)"
     labels = ("without a label embedding" if config.num_classes is None else
-              f"with a label embedding for {config.num_classes} clusters and the null label (dropped to it 10 % of "
-              f"the time in training, `class_dropout` {config.class_dropout:g})")
+              f"with a label embedding for {config.num_classes} clusters and the null label (dropped to it "
+              f"{100 * config.class_dropout:g} % of the time in training, `class_dropout` {config.class_dropout:g})")
     return _wrap(f"- Network: the diffimage U-Net of `mnist-small` and `mnist-cond` (`base_channels` "
                  f"{config.base_channels}, `channel_mult` {tuple(config.channel_mult)} over 28/14/7, {per_level}, "
                  f"attention at 7×7 and in the middle, adaptive group norm, no dropout), {labels}: "
