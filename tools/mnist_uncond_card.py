@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -153,6 +154,15 @@ def _measured(prov: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _last_recipe(prov: dict[str, Any]) -> str:
+    """The recipe of the last period (its ``--recipe`` in the record's commands): the one to continue with."""
+    own = [r for r in prov["record"] if r["model"] == "mnist-uncond"]
+    found = re.search(r"--recipe (\S+)", " ".join(own[-1]["commands"]))
+    if found is None:
+        raise ValueError(f"period {own[-1]['period']}'s commands name no --recipe")
+    return found.group(1)
+
+
 _COUNT = {1: "one", 2: "two", 3: "three", 4: "four"}
 
 
@@ -242,7 +252,7 @@ def render(prov: dict[str, Any], model: dict[str, Any], folder: Path = FOLDER) -
         "--reference-limit 10000` for the 10k figure; `bench_mnist_guidance.py --model mnist-uncond --scales ''",
         "--samplers dpmpp10,dpmpp20,heun10,heun25 --num-samples 500` for the samplers' table).",
         "",
-        *(["To continue training next time: the same recipe (`recipes/mnist_edm_clusters.yaml`, on the clusters' "
+        *([f"To continue training next time: the same recipe (`{_last_recipe(prov)}`, on the clusters' "
             "`.npz`) with",
             "`init_from=mnist-uncond` (a warm start from these weights), appending a period to this record."]
           if clusters else
