@@ -107,6 +107,18 @@ def test_the_card_says_met_or_not_met_from_the_figures():
     # a 10k figure of earlier weights is not claimed for the shipped ones
     bad["fid_10k"] = {**prov["fid_10k"], "weights": "period 4's weights"}
     assert "not measured on these weights" in render(bad)
+    # the speed goal holds when any sampler of <= 20 calls is under 10 s and within 10 % of the most-call figure,
+    # even where a slower one of <= 20 calls scores better
+    row = dict(num_samples=500, num_reference=1000, wall_s_per_64=1.0, class_histogram=[1] * 10)
+    speed = copy.deepcopy(prov)
+    speed["samplers"] = [{**row, "sampler": "dpmpp", "steps": 10, "network_calls": 10, "fid": 20.5, "cpu_s_per_64": 8.0},
+                         {**row, "sampler": "dpmpp", "steps": 20, "network_calls": 20, "fid": 20.0, "cpu_s_per_64": 16.0},
+                         {**row, "sampler": "heun", "steps": 25, "network_calls": 49, "fid": 19.5, "cpu_s_per_64": 40.0}]
+    text = " ".join(render(speed).split())  # the card wraps its lines
+    assert "dpmpp 10: 8.0 CPU-s per 64 digits at FID 20.5, against 49 calls' 19.5 (+5 %): **met**" in text
+    speed["samplers"][0]["cpu_s_per_64"] = 10.5
+    text = " ".join(render(speed).split())
+    assert "dpmpp 20: 16.0 CPU-s per 64 digits at FID 20.0, against 49 calls' 19.5 (+3 %): **not met**" in text
 
 
 def test_the_card_check_fails_on_a_stale_card(tmp_path, capsys):

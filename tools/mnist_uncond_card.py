@@ -87,17 +87,21 @@ def _record(prov: dict[str, Any]) -> list[str]:
 
 def _curve(prov: dict[str, Any]) -> list[str]:
     floor = prov["real_vs_real_floor"]
+    folders = ["`benchmarks/results/mnist_uncond_curve/`"]
+    if any(r.get("clusters") for r in prov["record"]):
+        folders.append("`benchmarks/results/mnist_clusters_curve/` (period 6)")
+    # the periods after 6 name their curve's folder in the record
+    folders += [f"`{r['results']}` (period {r['period']})" for r in prov["record"] if r.get("results")]
+    if len(folders) > 1:
+        folders = [folders[0] + " (periods 3-4)", *folders[1:-1]] + [f"and {folders[-1]}"]
+    folders = ", ".join(folders) if len(folders) > 2 else " ".join(folders)
     lines = [
         "## FID against CPU-minutes",
         "",
         "DPM-Solver++ 20 steps against 1000 digits held out from training (spread over the last 10,000 of the shared",
         "`train.npz`, never trained on); the real-vs-real floor (real training digits against the same reference) is",
         f"**{floor['500']:.1f} at 500 and {floor['1000']:.1f} at 1000** samples. Small-sample FIDs are biased upwards:",
-        *(["compare them only at equal counts. `benchmarks/results/mnist_uncond_curve/` (periods 3-4) and",
-            "`benchmarks/results/mnist_clusters_curve/` (period 6), made by `benchmarks/bench_mnist_fid.py`."]
-          if any(r.get("clusters") for r in prov["record"]) else
-          ["compare them only at equal counts. `benchmarks/results/mnist_uncond_curve/`, made by",
-           "`benchmarks/bench_mnist_fid.py`."]),
+        *_wrap(f"compare them only at equal counts. {folders}, made by `benchmarks/bench_mnist_fid.py`."),
         "",
         "| CPU-minutes | step | weights | FID (500) | FID (1000) | machine |",
         "| ---: | ---: | --- | ---: | ---: | --- |",
@@ -139,8 +143,11 @@ def _measured(prov: dict[str, Any]) -> list[str]:
         lines.append(f"| {r['sampler']} {r['steps']} | {r['network_calls']} | {r['fid']:.1f} | "
                      f"{r['wall_s_per_64']:.1f} | {r['cpu_s_per_64']:.1f} | {hist} |")
     best = max(prov["samplers"], key=lambda r: r["network_calls"])
-    quick = min((r for r in prov["samplers"] if r["network_calls"] <= 20), key=lambda r: r["fid"])
-    ok = quick["cpu_s_per_64"] < 10 and quick["fid"] <= 1.1 * best["fid"]
+    few = [r for r in prov["samplers"] if r["network_calls"] <= 20]
+    passing = [r for r in few if r["cpu_s_per_64"] < 10 and r["fid"] <= 1.1 * best["fid"]]
+    # the goal's sampler: the best FID among those that meet it, else the best FID at <= 20 calls
+    quick = min(passing or few, key=lambda r: r["fid"])
+    ok = bool(passing)
     lines += [
         "",
         "  (Wall seconds were measured beside other jobs on the 2 cores, so wall exceeds CPU; the sampling process's",
