@@ -93,8 +93,9 @@ def _curve(prov: dict[str, Any]) -> list[str]:
     # the periods after 6 name their curve's folder in the record
     folders += [f"`{r['results']}` (period {r['period']})" for r in prov["record"] if r.get("results")]
     if len(folders) > 1:
-        folders = [folders[0] + " (periods 3-4)", *folders[1:-1]] + [f"and {folders[-1]}"]
-    folders = ", ".join(folders) if len(folders) > 2 else " ".join(folders)
+        folders[0] += " (periods 3-4)"
+        folders[-1] = "and " + folders[-1]
+    folders = (", " if len(folders) > 2 else " ").join(folders)
     lines = [
         "## FID against CPU-minutes",
         "",
