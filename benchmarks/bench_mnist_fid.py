@@ -60,23 +60,25 @@ def heldout_reference(data: str | Path, limit: int | None, first: int = TRAIN_DI
     return torch.from_numpy(np.ascontiguousarray(images))[:, None]
 
 
+def _training_part(data: str | Path, n: int, offset: float) -> torch.Tensor:
+    """uint8 ``[n, 1, 28, 28]``: the digits at ``(k + offset) · 50000 / n`` of the first :data:`TRAIN_DIGITS`."""
+    with np.load(data, allow_pickle=False) as d:
+        images = d["images"][:TRAIN_DIGITS]
+    picks = ((np.arange(n) + offset) * images.shape[0] / n).astype(np.int64)
+    return torch.from_numpy(np.ascontiguousarray(images[picks]))[:, None]
+
+
 def tuning_reference(data: str | Path, limit: int) -> torch.Tensor:
     """uint8 ``[limit, 1, 28, 28]``: training digits spread over the first :data:`TRAIN_DIGITS` at other positions
     than :func:`training_digits` picks (``k · 50000 / limit`` against ``(k + 0.5) · 50000 / limit``), the reference
     of ``--reference training``: a sampling option is chosen against it, never against the held-out digits."""
-    with np.load(data, allow_pickle=False) as d:
-        images = d["images"][:TRAIN_DIGITS]
-    picks = (np.arange(limit) * images.shape[0] / limit).astype(np.int64)
-    return torch.from_numpy(np.ascontiguousarray(images[picks]))[:, None]
+    return _training_part(data, limit, 0.0)
 
 
 def training_digits(data: str | Path, n: int) -> torch.Tensor:
     """uint8 ``[n, 1, 28, 28]``: ``n`` real digits spread over the first :data:`TRAIN_DIGITS` (the training part), the
     "samples" of the real-vs-real floor (``--real``): what a perfect model's FID is at these counts."""
-    with np.load(data, allow_pickle=False) as d:
-        images = d["images"][:TRAIN_DIGITS]
-    picks = ((np.arange(n) + 0.5) * images.shape[0] / n).astype(np.int64)
-    return torch.from_numpy(np.ascontiguousarray(images[picks]))[:, None]
+    return _training_part(data, n, 0.5)
 
 
 def real_floor(data: str | Path, reference: torch.Tensor, n: int, cache: Path, batch_size: int) -> dict[str, Any]:
