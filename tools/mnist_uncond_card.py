@@ -6,7 +6,7 @@
 The card holds no figure of its own: every number in it (the training record, the FID curve, the shipped file's
 FIDs, the samplers' table) is read from ``provenance``, which the benchmarks' results fill
 (``benchmarks/bench_mnist_fid.py``, ``benchmarks/bench_mnist_guidance.py``). A new training period appends an entry
-to ``provenance["record"]`` and its measured points to ``provenance["curve"]``; this script then redraws the card, and
+(its curve's results folder in ``"results"``) to ``provenance["record"]`` and its measured points to ``provenance["curve"]``; this script then redraws the card, and
 ``tests/test_mnist_uncond.py`` checks that the shipped card is this script's output.
 """
 
@@ -87,13 +87,13 @@ def _record(prov: dict[str, Any]) -> list[str]:
 
 def _curve(prov: dict[str, Any]) -> list[str]:
     floor = prov["real_vs_real_floor"]
-    folders = ["`benchmarks/results/mnist_uncond_curve/`"]
-    if any(r.get("clusters") for r in prov["record"]):
-        folders.append("`benchmarks/results/mnist_clusters_curve/` (period 6)")
-    # the periods after 6 name their curve's folder in the record
-    folders += [f"`{r['results']}` (period {r['period']})" for r in prov["record"] if r.get("results")]
+    periods: dict[str, list[int]] = {}  # each curve's folder (a period's "results") and the periods it holds
+    for r in prov["record"]:
+        if r.get("results"):
+            periods.setdefault(r["results"], []).append(r["period"])
+    folders = [f"`{f}` (period {p[0]})" if len(p) == 1 else f"`{f}` (periods {p[0]}-{p[-1]})"
+               for f, p in periods.items()]
     if len(folders) > 1:
-        folders[0] += " (periods 3-4)"
         folders[-1] = "and " + folders[-1]
     folders = (", " if len(folders) > 2 else " ").join(folders)
     lines = [
@@ -198,6 +198,7 @@ def render(prov: dict[str, Any], model: dict[str, Any], folder: Path = FOLDER) -
     """The card's markdown for the provenance record ``prov`` of the export in ``folder`` whose model section is
     ``model``."""
     clusters = model.get("num_classes")
+    on_clusters = ", on the clusters' `.npz`" if clusters else ""
     latent = [] if not clusters else _wrap(
         f"It was trained on {clusters} clusters of the digits found without their annotations and draws each "
         "sample's cluster from their frequencies, so it is sampled with no label at all (see Record).")
@@ -260,13 +261,8 @@ def render(prov: dict[str, Any], model: dict[str, Any], folder: Path = FOLDER) -
         "--reference-limit 10000` for the 10k figure; `bench_mnist_guidance.py --model mnist-uncond --scales ''",
         "--samplers dpmpp10,dpmpp20,heun10,heun25 --num-samples 500` for the samplers' table).",
         "",
-        *([f"To continue training next time: the same recipe (`{_last_recipe(prov)}`, on the clusters' "
-            "`.npz`) with",
-            "`init_from=mnist-uncond` (a warm start from these weights), appending a period to this record."]
-          if clusters else
-          ["To continue training next time: the same recipe with `init_from=mnist-uncond` (a warm start from these "
-           "weights),",
-           "appending a period to this record."]),
+        *_wrap(f"To continue training next time: the same recipe (`{_last_recipe(prov)}`{on_clusters}) with "
+               "`init_from=mnist-uncond` (a warm start from these weights), appending a period to this record."),
         "",
         *_wrap(f"Limitations: some digits are malformed (see the grid); 28×28 grey only; {prov['limitations']}"),
     ]
