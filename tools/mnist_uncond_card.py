@@ -6,8 +6,9 @@
 The card holds no figure of its own: every number in it (the training record, the FID curve, the shipped file's
 FIDs, the samplers' table) is read from ``provenance``, which the benchmarks' results fill
 (``benchmarks/bench_mnist_fid.py``, ``benchmarks/bench_mnist_guidance.py``). A new training period appends an entry
-(its curve's results folder in ``"results"``) to ``provenance["record"]`` and its measured points to ``provenance["curve"]``; this script then redraws the card, and
-``tests/test_mnist_uncond.py`` checks that the shipped card is this script's output.
+to ``provenance["record"]`` (with its curve's folder as ``"results"``) and its measured points to
+``provenance["curve"]``; this script then redraws the card, and ``tests/test_mnist_uncond.py`` checks that the
+shipped card is this script's output.
 """
 
 from __future__ import annotations
