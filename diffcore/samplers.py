@@ -264,8 +264,13 @@ def heun_sample(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     project: Projection | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = math.inf,
+    s_noise: float = 1.0,
 ) -> Tensor:
-    """Deterministic 2nd-order Heun sampler, Algorithm 1 of Karras et al. 2022, over the noise levels ``steps``.
+    """2nd-order Heun sampler of Karras et al. 2022 over the noise levels ``steps``: Algorithm 1 (deterministic,
+    the default), or Algorithm 2 (stochastic) with ``s_churn`` > 0.
 
     ``steps``: the sigma levels sigma_0 > ... > sigma_N = 0, a decreasing tensor ``[N + 1]`` ending in 0
     (``karras_sigmas(denoiser.sigma_min, denoiser.sigma_max, N)``).
@@ -275,7 +280,18 @@ def heun_sample(
 
     Start: x = start_scale(sigma_0) * x_T with x_T standard normal (times s under a prior): sqrt(1 + sigma_0^2)
     for a VP denoiser (x_T is then the VP prior sample), sigma_0 for EDM. The result is x at sigma = 0.
+
+    Churn (Algorithm 2; the names are the paper's S_churn, S_tmin, S_tmax, S_noise). Before step ``i``, where
+    s_tmin <= sigma_i <= s_tmax, the state is moved up to sigma_hat = sigma_i (1 + gamma), gamma =
+    min(s_churn / N, sqrt(2) - 1), by adding fresh prior noise of std s_noise * sqrt(sigma_hat^2 - sigma_i^2); the
+    Heun step then runs from sigma_hat to sigma_{i+1}. sigma_hat is capped at the denoiser's sigma_max (the first
+    level of ``karras_sigmas`` is churned only to there). The added noise undoes part of the earlier steps' errors
+    at the cost of more noise for the later ones (the paper's Section 4); ``s_churn`` 0 is Algorithm 1, bit for
+    bit, and draws nothing from ``generator`` after x_T.
     """
+    if s_churn < 0 or s_noise <= 0 or not s_tmin <= s_tmax:
+        raise ValueError(f"heun_sample: s_churn must be >= 0, s_noise > 0 and s_tmin <= s_tmax, got s_churn="
+                         f"{s_churn}, s_noise={s_noise}, s_tmin={s_tmin}, s_tmax={s_tmax}")
     sigmas = _checked_sigmas(denoiser, steps, "heun_sample")
     denoiser, x = _start(denoiser, shape, x_T, generator, device, dtype)
     x = x * denoiser.start_scale(sigmas[0].item())
@@ -285,8 +301,15 @@ def heun_sample(
         d = denoiser.denoise(x, sigma, cond)
         return d if project is None else _projected(project, d, i)
 
+    gamma = min(s_churn / n, math.sqrt(2.0) - 1.0)
     for i in tqdm(range(n), disable=not progress, desc="heun"):
         s_cur, s_next = sigmas[i].item(), sigmas[i + 1].item()
+        if gamma > 0 and s_tmin <= s_cur <= s_tmax:
+            s_hat = min(s_cur * (1.0 + gamma), denoiser.sigma_max)
+            if s_hat > s_cur:
+                z = _noise(denoiser, x.shape, generator, x.device, x.dtype)
+                x = x + s_noise * math.sqrt(s_hat**2 - s_cur**2) * z
+                s_cur = s_hat
         d = (x - denoised(x, s_cur, i)) / s_cur
         x_next = x + (s_next - s_cur) * d
         if s_next > 0:

@@ -279,6 +279,36 @@ def heun_map(mix: Mixture1D, sigma_min: float, sigma_max: float, steps: int, rho
     return x
 
 
+def heun_churn_law(m: float, s: float, sigmas: Sequence[float], churn: float, tmin: float, tmax: float,
+                   noise: float, cap: float) -> tuple[float, float]:
+    """The exact law (mean, variance) of Karras et al. Algorithm 2 (stochastic Heun) for N(m, s^2) data and its
+    exact denoiser D(x; sigma) = m + s^2 / (s^2 + sigma^2) (x - m), started at x = sigmas[0] z, z ~ N(0, 1).
+
+    Every operation is affine in x - m with independent Gaussian noise, so the law is carried exactly: the churn
+    (sigma_hat = min(sigma (1 + gamma), cap) where tmin <= sigma <= tmax, gamma = min(churn / N, sqrt(2) - 1)) adds
+    noise^2 (sigma_hat^2 - sigma^2) to the variance, and the Heun step from sigma_hat to the next level multiplies
+    x - m by k = 1 + h (d + d') / 2, with d = (1 - c(sigma_hat)) / sigma_hat, d' = k_euler (1 - c(next)) / next,
+    c(sigma) = s^2 / (s^2 + sigma^2), h = next - sigma_hat (Euler, k = 1 + h d, for the last step to 0)."""
+    n = len(sigmas) - 1
+    gamma = min(churn / n, math.sqrt(2.0) - 1.0)
+    mean, var = -m, float(sigmas[0]) ** 2  # of x - m
+
+    def slope(sig: float) -> float:  # (x - D(x; sig)) / sig per unit of x - m
+        return (1.0 - s * s / (s * s + sig * sig)) / sig
+
+    for i in range(n):
+        cur, nxt = float(sigmas[i]), float(sigmas[i + 1])
+        if gamma > 0 and tmin <= cur <= tmax:
+            hat = min(cur * (1.0 + gamma), cap)
+            var += noise**2 * (hat * hat - cur * cur)
+            cur = hat
+        k = 1.0 + (nxt - cur) * slope(cur)
+        if nxt > 0:
+            k = 1.0 + (nxt - cur) * 0.5 * (slope(cur) + k * slope(nxt))
+        mean, var = k * mean, k * k * var
+    return m + mean, var
+
+
 def dpmpp_2m_map(mix: Mixture1D, sigma_min: float, sigma_max: float, steps: int, rho: float,
                  z: np.ndarray) -> np.ndarray:
     """DPM-Solver++(2M) as Algorithm 2 of Lu et al. 2022 writes it, in the variance-preserving space: alpha_i =

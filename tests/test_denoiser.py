@@ -15,7 +15,7 @@ from diffcore.guidance import guided
 from diffcore.losses import diffusion_loss, edm_loss, epsilon_loss, v_loss, x0_loss
 from diffcore.samplers import ddpm_sample, heun_sample
 from diffcore.schedule import NoiseSchedule
-from gaussian_refs import GaussianEps, abar_exact, torch_single_thread, v_from_eps, v_of, x0_from_eps  # noqa: F401
+from gaussian_refs import GaussianEps, abar_exact, heun_churn_law, torch_single_thread, v_from_eps, v_of, x0_from_eps  # noqa: F401
 
 F64 = torch.float64
 MU, S = 0.3, 0.45  # data N(MU, S^2) per dimension
@@ -110,6 +110,67 @@ def test_heun_with_the_ideal_edm_denoiser_follows_the_exact_ode():
               for n in (16, 64, 256)]
     assert errors[2] < 1e-3
     assert errors[0] / errors[1] > 10 and errors[1] / errors[2] > 10, errors
+
+
+def edm_ideal() -> EDMDenoiser:
+    den = EDMDenoiser(None, EDMConfig(sigma_data=0.5, sigma_min=0.002, sigma_max=80.0))
+    return den.with_network(ideal_edm_network(den))
+
+
+@pytest.mark.parametrize("steps, churn, tmin, tmax, noise", [(8, 2.0, 0.0, math.inf, 1.0),  # gamma 0.25, capped at 80
+                                                              (8, 40.0, 0.05, 10.0, 1.1),  # gamma sqrt(2) - 1, a window
+                                                              (24, 10.0, 0.0, math.inf, 1.0)])
+def test_heun_churn_has_the_gaussian_law_of_algorithm_2(steps, churn, tmin, tmax, noise):
+    """Karras et al. Algorithm 2 with the exact denoiser of N(mu, s^2) data is affine in x - mu with fresh Gaussian
+    noise at each churned level, so its output law is known exactly (``heun_churn_law``). 2^17 samples: the sample
+    mean and variance within 4 standard errors of it (variance: relative SE sqrt(2 / n))."""
+    sigmas = karras_sigmas(0.002, 80.0, steps)
+    n = 2**17
+    x = heun_sample(edm_ideal(), (n, 1), sigmas, generator=torch.Generator().manual_seed(steps), dtype=F64,
+                    s_churn=churn, s_tmin=tmin, s_tmax=tmax, s_noise=noise)
+    mean, var = heun_churn_law(MU, S, sigmas.tolist(), churn, tmin, tmax, noise, cap=80.0)
+    assert abs(x.mean().item() - mean) < 4 * math.sqrt(var / n)
+    assert x.var().item() / var == pytest.approx(1.0, abs=4 * math.sqrt(2 / n))
+    ode_mean, ode_var = heun_churn_law(MU, S, sigmas.tolist(), 0.0, 0.0, math.inf, 1.0, cap=80.0)
+    assert abs(var - ode_var) > 10 * math.sqrt(2 / n) * var  # the churn moved the law far beyond the tolerance
+
+
+def test_heun_churn_converges_to_the_data_law_and_zero_churn_is_algorithm_1():
+    """As the levels grow the stochastic sampler's law tends to N(mu, s^2) (first order in 1 / N here); with
+    s_churn 0 the sampler is Algorithm 1 bit for bit and draws nothing after x_T; a churned run is reproducible
+    from its seed."""
+    gaps = [abs(heun_churn_law(MU, S, karras_sigmas(0.002, 80.0, n).tolist(), 40.0, 0.0, math.inf, 1.0, 80.0)[1]
+                / S**2 - 1) for n in (16, 64, 256)]
+    assert gaps[2] < 0.005 and gaps[0] / gaps[1] > 4 and gaps[1] / gaps[2] > 4, gaps
+    den, sigmas = edm_ideal(), karras_sigmas(0.002, 80.0, 6)
+    z = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    g = torch.Generator().manual_seed(5)
+    assert torch.equal(heun_sample(den, (64, 3), sigmas, x_T=z, generator=g, s_churn=0.0, s_tmin=0.1),
+                       heun_sample(den, (64, 3), sigmas, x_T=z))
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(5).get_state())
+    churned = [heun_sample(den, (64, 3), sigmas, x_T=z, generator=torch.Generator().manual_seed(1), s_churn=5.0)
+               for _ in range(2)]
+    assert torch.equal(churned[0], churned[1]) and not torch.equal(churned[0], heun_sample(den, (64, 3), sigmas, x_T=z))
+
+
+def test_heun_churn_never_asks_the_network_above_sigma_max():
+    """sigma_hat is capped at the denoiser's sigma_max, so the first level (sigma_max itself) is not churned."""
+    den = edm_ideal()
+    ideal, seen = den.network, []
+
+    def network(x_in, t, cond=None):
+        seen.append(torch.exp(4.0 * t.to(F64) / den.params.time_scale).max().item())
+        return ideal(x_in, t, cond)
+
+    heun_sample(den.with_network(network), (4, 2), karras_sigmas(0.002, 80.0, 4), s_churn=100.0, dtype=F64,
+                generator=torch.Generator().manual_seed(0))
+    assert max(seen) == pytest.approx(80.0, rel=1e-9) and len(seen) == 7
+
+
+@pytest.mark.parametrize("bad", [{"s_churn": -1.0}, {"s_noise": 0.0}, {"s_tmin": 2.0, "s_tmax": 1.0}])
+def test_heun_churn_refuses_bad_settings(bad):
+    with pytest.raises(ValueError, match="s_churn must be >= 0, s_noise > 0 and s_tmin <= s_tmax"):
+        heun_sample(edm_ideal(), (2, 1), karras_sigmas(0.002, 80.0, 3), **bad)
 
 
 def test_vp_sigma_view_is_x_minus_sigma_eps():
