@@ -289,9 +289,9 @@ def heun_sample(
     at the cost of more noise for the later ones (the paper's Section 4); ``s_churn`` 0 is Algorithm 1, bit for
     bit, and draws nothing from ``generator`` after x_T.
     """
-    if s_churn < 0 or s_noise <= 0 or not s_tmin <= s_tmax:
-        raise ValueError(f"heun_sample: s_churn must be >= 0, s_noise > 0 and s_tmin <= s_tmax, got s_churn="
-                         f"{s_churn}, s_noise={s_noise}, s_tmin={s_tmin}, s_tmax={s_tmax}")
+    if not (0 <= s_churn < math.inf and 0 < s_noise < math.inf and s_tmin <= s_tmax):  # NaN fails too
+        raise ValueError(f"heun_sample: s_churn must be finite >= 0, s_noise finite > 0 and s_tmin <= s_tmax, got "
+                         f"s_churn={s_churn}, s_noise={s_noise}, s_tmin={s_tmin}, s_tmax={s_tmax}")
     sigmas = _checked_sigmas(denoiser, steps, "heun_sample")
     denoiser, x = _start(denoiser, shape, x_T, generator, device, dtype)
     x = x * denoiser.start_scale(sigmas[0].item())

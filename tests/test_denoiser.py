@@ -167,9 +167,10 @@ def test_heun_churn_never_asks_the_network_above_sigma_max():
     assert max(seen) == pytest.approx(80.0, rel=1e-9) and len(seen) == 7
 
 
-@pytest.mark.parametrize("bad", [{"s_churn": -1.0}, {"s_noise": 0.0}, {"s_tmin": 2.0, "s_tmax": 1.0}])
+@pytest.mark.parametrize("bad", [{"s_churn": -1.0}, {"s_churn": math.nan}, {"s_noise": 0.0}, {"s_noise": math.inf},
+                                 {"s_tmin": 2.0, "s_tmax": 1.0}, {"s_tmin": math.nan}])
 def test_heun_churn_refuses_bad_settings(bad):
-    with pytest.raises(ValueError, match="s_churn must be >= 0, s_noise > 0 and s_tmin <= s_tmax"):
+    with pytest.raises(ValueError, match="s_churn must be finite >= 0, s_noise finite > 0 and s_tmin <= s_tmax"):
         heun_sample(edm_ideal(), (2, 1), karras_sigmas(0.002, 80.0, 3), **bad)
 
 
